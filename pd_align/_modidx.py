@@ -6,4 +6,9 @@ d = { 'settings': { 'branch': 'main',
                 'git_url': 'https://github.com/pd-align/pd_align',
                 'lib_path': 'pd_align'},
   'syms': { 'pd_align.cli': { 'pd_align.cli.build_parser': ('cli.html#build_parser', 'pd_align/cli.py'),
-                              'pd_align.cli.main': ('cli.html#main', 'pd_align/cli.py')}}}
+                              'pd_align.cli.main': ('cli.html#main', 'pd_align/cli.py')},
+            'pd_align.tiny': { 'pd_align.tiny.load_smollm2': ('tiny.html#load_smollm2', 'pd_align/tiny.py'),
+                               'pd_align.tiny.smollm2_path': ('tiny.html#smollm2_path', 'pd_align/tiny.py'),
+                               'pd_align.tiny.tiny_causal_lm': ('tiny.html#tiny_causal_lm', 'pd_align/tiny.py'),
+                               'pd_align.tiny.tiny_model_and_tokenizer': ('tiny.html#tiny_model_and_tokenizer', 'pd_align/tiny.py'),
+                               'pd_align.tiny.train_tokenizer': ('tiny.html#train_tokenizer', 'pd_align/tiny.py')}}}
