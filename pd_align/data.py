@@ -292,7 +292,7 @@ def _uf_rating(v, i, field):
     if v is None: return None
     raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a number or "N/A"')
 
-def _uf_completions(row, i:int) -> list[tuple[str, dict]]:
+def _uf_completions(row, i:int, stats:collections.Counter) -> list[tuple[str, dict]]:
     "(response, {aspect: rating or None}) for each completion of UltraFeedback row `i`."
     _row_field(row, i, 'instruction')
     comps = _row_field(row, i, 'completions', list)
@@ -308,8 +308,8 @@ def _uf_completions(row, i:int) -> list[tuple[str, dict]]:
         for a in ULTRAFEEDBACK_ASPECTS:
             x = ann.get(a)
             if isinstance(x, list) and x: x = x[0]  # the raw GitHub release stores a one-element list per aspect
-            if not isinstance(x, Mapping) or 'Rating' not in x:
-                raise RecordError('missing_field', i, None, f'{base}.annotations.{a}.Rating', 'missing')
+            if not isinstance(x, Mapping) or x.get('Rating') is None:  # no annotation: unknown, like "N/A", but counted apart
+                stats[f'missing_rating:{a}'] += 1; ratings[a] = None; continue
             ratings[a] = _uf_rating(x['Rating'], i, f'{base}.annotations.{a}.Rating')
         out.append((resp, ratings))
     return out
@@ -354,7 +354,7 @@ def from_ultrafeedback(rows, # openbmb/UltraFeedback rows (list, Dataset or .jso
     stats = collections.Counter() if stats is None else stats
     rows, before, recs = _rows(rows), collections.Counter(skipped), []
     for i, row in enumerate(_progress(rows, 'UltraFeedback')):
-        try: comps = _uf_completions(row, i)
+        try: comps = _uf_completions(row, i, stats)
         except RecordError as e: _handle(e, on_error, skipped); continue
         ratings = [r for _, r in comps]
         for a in aspects:
@@ -409,7 +409,7 @@ def from_helpsteer2(rows, # HelpSteer2 / HelpSteer rows (list, Dataset or .jsonl
                                      chosen_scores=dict(sc), rejected_scores=dict(sr), source=source))
     return from_records(recs, aspects=HELPSTEER_ASPECTS, on_error=on_error, skipped=skipped)
 
-# %% ../nbs/00_data.ipynb #c036
+# %% ../nbs/00_data.ipynb #c039
 ROLE_NAMES = {'user': 'Human', 'assistant': 'Assistant', 'system': 'System'}
 ASSISTANT = '\n\nAssistant:'
 
@@ -481,7 +481,7 @@ def from_trl(rows, # TRL preference rows: prompt/chosen/rejected, plain strings 
     _log_skipped('from_trl rows', skipped - before, len(rows))
     return from_records(recs, on_error=on_error, skipped=skipped, strict=strict)
 
-# %% ../nbs/00_data.ipynb #c039
+# %% ../nbs/00_data.ipynb #c042
 def split_hh(chosen:str, # full chosen transcript
              rejected:str, # full rejected transcript
             ) -> tuple[str, str, str, bool]: # (prompt, chosen response, rejected response, prefixes differed)
@@ -525,7 +525,7 @@ def from_hh(rows, # Anthropic HH rows with full `chosen`/`rejected` transcripts
     _log_skipped(f'from_hh({aspect}) rows', skipped - before, len(rows))
     return from_records(recs, on_error=on_error, skipped=skipped)
 
-# %% ../nbs/00_data.ipynb #c042
+# %% ../nbs/00_data.ipynb #c045
 FORMATS = ('ultrafeedback', 'helpsteer', 'hh', 'trl', 'fine-grained')
 
 def detect_format(row:Mapping, # the first row of a file
@@ -583,7 +583,7 @@ def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk 
         return from_records(rows, strict=strict, **common, **kwargs)
     raise ValueError(f'format must be "auto" or one of {FORMATS}, got {format!r}')
 
-# %% ../nbs/00_data.ipynb #c044
+# %% ../nbs/00_data.ipynb #c047
 HUB = {'ultrafeedback': ('openbmb/UltraFeedback', None), 'helpsteer2': ('nvidia/HelpSteer2', None), 'helpsteer': ('nvidia/HelpSteer', None),
        'hh-helpful': ('Anthropic/hh-rlhf', 'helpful-base'), 'hh-harmless': ('Anthropic/hh-rlhf', 'harmless-base')}
 
@@ -606,7 +606,7 @@ def load_hub(name:str, # one of `HUB` or 'hh'
     aspect = name.split('-')[1]
     return from_hh(rows, aspect=kwargs.pop('aspect', aspect), source=kwargs.pop('source', name), **kwargs)
 
-# %% ../nbs/00_data.ipynb #c046
+# %% ../nbs/00_data.ipynb #c049
 def add_lengths(ds:Dataset, # a fine-grained dataset
                 tokenizer=None, # a Hugging Face tokenizer; None counts characters
                 batch_size:int=1000,
@@ -620,7 +620,7 @@ def add_lengths(ds:Dataset, # a fine-grained dataset
     feats = Features({**ds.features, 'chosen_len': Value('int64'), 'rejected_len': Value('int64')})
     return ds.map(fn, batched=True, batch_size=batch_size, features=feats, desc='lengths' if len(ds) > 10_000 else None)
 
-# %% ../nbs/00_data.ipynb #c049
+# %% ../nbs/00_data.ipynb #c052
 def _json_default(o):
     if isinstance(o, torch.Tensor): return o.tolist()
     if hasattr(o, 'tolist'): return o.tolist()  # numpy arrays and scalars
