@@ -12,14 +12,14 @@ import torch
 from datasets import Dataset, DatasetDict, Features, Value, load_from_disk
 from tqdm.auto import tqdm
 
-logger = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)  # private: not exported by `import *`
 
 # %% auto #0
-__all__ = ['logger', 'COLUMNS', 'TEXT_FIELDS', 'SCORE_FIELDS', 'ULTRAFEEDBACK_ASPECTS', 'HELPSTEER_ASPECTS', 'ROLE_NAMES',
-           'ASSISTANT', 'FORMATS', 'HUB', 'get_aspects', 'RecordError', 'validate', 'from_records', 'scores_matrix',
-           'aspect_index', 'aggregate', 'read_jsonl', 'from_ultrafeedback', 'from_helpsteer2', 'messages_to_text',
-           'from_trl', 'split_hh', 'from_hh', 'detect_format', 'load_local', 'load_hub', 'add_lengths',
-           'atomic_write_text', 'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic']
+__all__ = ['COLUMNS', 'TEXT_FIELDS', 'SCORE_FIELDS', 'ULTRAFEEDBACK_ASPECTS', 'HELPSTEER_ASPECTS', 'ROLE_NAMES', 'ASSISTANT',
+           'FORMATS', 'HUB', 'get_aspects', 'RecordError', 'validate', 'from_records', 'scores_matrix', 'aspect_index',
+           'aggregate', 'read_jsonl', 'from_ultrafeedback', 'from_helpsteer2', 'messages_to_text', 'from_trl',
+           'split_hh', 'from_hh', 'detect_format', 'load_local', 'load_hub', 'add_lengths', 'atomic_write_text',
+           'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic']
 
 # %% ../nbs/00_data.ipynb #c005
 COLUMNS = ['id', 'prompt', 'chosen', 'rejected', 'aspect', 'chosen_scores', 'rejected_scores', 'source']
@@ -69,7 +69,7 @@ def _handle(err:RecordError, on_error:str, skipped:collections.Counter):
 def _log_skipped(what:str, counts:collections.Counter, total:int):
     "One-line summary of what was skipped."
     n = sum(counts.values())
-    if n: logger.warning(f"{what}: skipped {n} of {total}: " + ', '.join(f'{k}={v}' for k, v in sorted(counts.items())))
+    if n: _log.warning(f"{what}: skipped {n} of {total}: " + ', '.join(f'{k}={v}' for k, v in sorted(counts.items())))
 
 # %% ../nbs/00_data.ipynb #c009
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
