@@ -562,7 +562,7 @@ def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk 
                aspect:str|None=None, # aspect for hh (required) and trl rows without an aspect column
                on_error:str='raise', skipped:collections.Counter|None=None,
                stats:collections.Counter|None=None,
-               strict:bool=True, # see `validate` (fine-grained and trl rows with scores)
+               strict:bool=False, # see `validate`; off by default: saved score columns may be model estimates
                **kwargs, # passed to the converter (e.g. pairing=, seed=, mismatch=)
               ) -> Dataset:
     "Load a local preference file or folder in any supported schema as a fine-grained `Dataset`."

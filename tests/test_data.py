@@ -404,9 +404,20 @@ def test_load_local_every_format(tmp_path):
     with pytest.raises(ValueError, match='no records'): load_local(tmp_path/'empty.jsonl')
     with pytest.raises(ValueError, match='format'): load_local(FIXTURES/'hh.jsonl', format='csv', aspect='h')
 
+def test_load_local_keeps_a_scored_dataset(tmp_path):
+    "A dataset saved after scoring: estimated scores that disagree with the label, original ratings in extra struct columns."
+    hs = from_helpsteer2(rows('helpsteer2.jsonl'))
+    flipped = [{**r, 'orig_chosen_scores': r['chosen_scores'], 'orig_rejected_scores': r['rejected_scores'],
+                'chosen_scores': r['rejected_scores'], 'rejected_scores': r['chosen_scores'], 'pd': 0.25} for r in hs]
+    scored = from_records(flipped, aspects=HELPSTEER_ASPECTS, strict=False)
+    save_dataset_atomic(scored, tmp_path/'scored')
+    back = load_local(tmp_path/'scored')
+    assert back.to_list() == scored.to_list() and back.column_names[-3:] == ['orig_chosen_scores', 'orig_rejected_scores', 'pd']
+    with pytest.raises(ValueError, match='score_order'): load_local(tmp_path/'scored', strict=True)
+
 def test_load_local_skip_counts():
     sk = collections.Counter()
-    ds = load_local(FIXTURES/'bad_records.jsonl', on_error='skip', skipped=sk, aspects=['helpfulness'])
+    ds = load_local(FIXTURES/'bad_records.jsonl', on_error='skip', skipped=sk, aspects=['helpfulness'], strict=True)
     assert ds['id'] == ['bad-0'] and sum(sk.values()) == 10
 
 def test_load_hub_wiring_without_network(monkeypatch):
