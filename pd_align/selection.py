@@ -9,13 +9,15 @@ from fractions import Fraction
 import numpy as np
 import torch
 from torch import Tensor
-from .divergence import preference_divergence, holistic_margin
+from collections.abc import Mapping
+from .data import scores_matrix, aspect_index, get_aspects
+from .divergence import preference_divergence, holistic_margin, conflict_rate
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'METHODS', 'n_keep', 'select_by_pd', 'select_highest_pd', 'select_by_margin', 'select_by_holistic_margin',
-           'select_random', 'select_full', 'tempered_share', 'length_balanced', 'select']
+           'select_random', 'select_full', 'tempered_share', 'length_balanced', 'aspect_weights', 'select']
 
 # %% ../nbs/04_selection.ipynb #c005
 def n_keep(ratio:float, # share to keep, in (0, 1]
@@ -133,11 +135,21 @@ def length_balanced(dataset, # Dataset with `chosen`/`rejected` (or `chosen_len`
 # %% ../nbs/04_selection.ipynb #c014
 METHODS = ('pd', 'pd_high', 'random', 'margin', 'holistic', 'full')
 
-def _from_scores(dataset, weights, on_missing):
-    "Chosen/rejected score matrices and labelling-aspect indices from the fine-grained columns."
-    from pd_align.data import scores_matrix, aspect_index
+def aspect_weights(dataset, # a fine-grained Dataset
+                   weights=None, # None (uniform), a [K] sequence in `get_aspects` order, or {aspect: weight}
+                  ) -> Tensor|None: # [K] weights in `get_aspects(dataset)` order (None = uniform)
+    "Aspect weights for a dataset; a dict is matched to the dataset's aspects by name."
+    if weights is None or not isinstance(weights, Mapping): return None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    aspects = get_aspects(dataset)
+    missing = [a for a in aspects if a not in weights]
+    extra = [a for a in weights if a not in aspects]
+    if missing or extra: raise ValueError(f"weights: aspects {missing} missing, {extra} unknown; the dataset's aspects are {aspects}")
+    return torch.tensor([float(weights[a]) for a in aspects], dtype=torch.float64)
+
+def _from_scores(dataset):
+    "Chosen/rejected score matrices (float64) and labelling-aspect indices from the fine-grained columns."
     c, r = scores_matrix(dataset)
-    return c, r, aspect_index(dataset)
+    return c.double(), r.double(), aspect_index(dataset)
 
 def _column_or_scores(dataset, name, given, weights, on_missing, required):
     if given is not None:
@@ -146,9 +158,10 @@ def _column_or_scores(dataset, name, given, weights, on_missing, required):
         return t
     if name in dataset.column_names: return torch.tensor(np.asarray(dataset[name], dtype=np.float64))
     if 'chosen_scores' in dataset.column_names and 'rejected_scores' in dataset.column_names:
-        c, r, a = _from_scores(dataset, weights, on_missing)
-        if name == 'pd': return preference_divergence(c, r, a, weights, on_missing=on_missing)
-        if name == 'holistic_margin': return holistic_margin(c, r, weights, on_missing=on_missing)
+        c, r, a = _from_scores(dataset)
+        w = aspect_weights(dataset, weights)
+        if name == 'pd': return preference_divergence(c, r, a, w, on_missing=on_missing)
+        if name == 'holistic_margin': return holistic_margin(c, r, w, on_missing=on_missing)
         own = (c - r)[torch.arange(len(a)), a]
         return own
     if required: raise ValueError(f"select: method needs `{name}`: pass it, add a `{name}` column, or provide chosen_scores/rejected_scores")
@@ -159,7 +172,7 @@ def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
            ratio:float=0.3, # share to keep, in (0, 1] (ignored by 'full')
            seed:int=0, # seed for 'random'
            per_aspect:bool=False, # apply the rule within each `aspect` group (stratified)
-           weights=None, # [K] aspect weights for PD/holistic margin computed from scores
+           weights=None, # aspect weights for PD/holistic margin from scores: [K] or {aspect: w}; default uniform
            pd:Tensor|None=None, # [N] PD to use instead of a `pd` column / the scores
            margins:Tensor|None=None, # [N] labelled-aspect margins for 'margin'
            holistic:Tensor|None=None, # [N] holistic margins for 'holistic'
@@ -189,9 +202,7 @@ def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
         idx = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
     else: idx = rule(np.arange(N), 0)
     idx = np.sort(idx)
-    out = dataset.select(idx.tolist())
-    if pdv is not None:
-        if 'pd' in out.column_names: out = out.remove_columns('pd')
-        out = out.add_column('pd', _scores_1d(pdv, 'pd')[torch.as_tensor(idx)].double().tolist() if len(idx) else [])
-    if 'orig_index' in out.column_names: out = out.remove_columns('orig_index')
-    return out.add_column('orig_index', idx.tolist())
+    # add the columns before selecting: adding to an index-mapped selection would rewrite (flatten) it
+    out = dataset.remove_columns([c for c in ('orig_index',) + (('pd',) if pdv is not None else ()) if c in dataset.column_names])
+    if pdv is not None: out = out.add_column('pd', _scores_1d(pdv, 'pd').double().tolist())
+    return out.add_column('orig_index', list(range(N))).select(idx.tolist())
