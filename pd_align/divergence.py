@@ -135,7 +135,7 @@ def standardize_scores(chosen_scores:Tensor, # [N, K]
 
 def scale_margins(deltas:Tensor, # [N, K] per-aspect margins (NaN allowed, kept)
                   gamma:float=0.9, # quantile of |delta| used as each aspect's unit
-                  method:str='quantile', # 'quantile' (divide, clip to [-1, 1]) or 'zscore' (divide by std, no clip)
+                  method:str='quantile', # 'quantile' (divide, clip to [-1, 1]) or 'zscore' (divide by the spread about 0, no clip)
                  ) -> Tensor: # [N, K] scaled margins
     "Per-aspect margin scaling of DESIGN.md §4.5."
     d = torch.as_tensor(deltas)
