@@ -5,12 +5,11 @@
 # %% ../nbs/05_toy.ipynb #c002
 from __future__ import annotations
 import io, json, math, os, tempfile, time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 from .data import from_records, aggregate, get_aspects, scores_matrix, aspect_index, atomic_write_text, atomic_write_json
