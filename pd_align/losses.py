@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['sequence_logps', 'dpo_loss', 'dfpo_loss']
+__all__ = ['sequence_logps', 'neg_logsigmoid', 'dpo_loss', 'dfpo_loss']
 
 # %% ../nbs/01_losses.ipynb #c005
 def _upcast(x:Tensor) -> Tensor:
@@ -33,7 +33,13 @@ def sequence_logps(logits:Tensor, # [B, T, V] next-token logits of the causal LM
     total = tok.sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
 
-# %% ../nbs/01_losses.ipynb #c009
+# %% ../nbs/01_losses.ipynb #c010
+def neg_logsigmoid(t:Tensor # any shape
+                  ) -> Tensor: # -log(sigmoid(t)), elementwise
+    "f(t) = -log sigmoid(t) = softplus(-t), stable, exact to float rounding, fast on small CPU tensors."
+    return F.softplus(-t, threshold=40.0)
+
+# %% ../nbs/01_losses.ipynb #c012
 def _margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
     "Policy-minus-reference log-ratio margin (not yet times beta), and the two log-ratios."
     pc, pr, rc, rr = map(_upcast, (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
@@ -48,17 +54,17 @@ def dpo_loss(policy_chosen_logps:Tensor, # [N] log pi_theta(y_w|x)
              label_smoothing:float=0.0, # conservative-DPO label noise epsilon in [0, 0.5)
              loss_type:str='sigmoid', # 'sigmoid' (DPO) or 'ipo'
             ) -> tuple[Tensor, Tensor, Tensor]: # per-sample (losses, chosen_rewards, rejected_rewards)
-    "Per-sample DPO loss with TRL semantics: `-logsigmoid(beta*margin)`, rewards `beta*(policy-ref)`."
+    "Per-sample DPO loss with TRL semantics: `-log sigmoid(beta*margin)`, rewards `beta*(policy-ref)`."
     if not 0.0 <= label_smoothing < 0.5: raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     margin, chosen, rejected = _margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     if loss_type == 'sigmoid':
-        losses = -F.logsigmoid(beta * margin)
-        if label_smoothing: losses = (1 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-beta * margin)
+        losses = neg_logsigmoid(beta * margin)
+        if label_smoothing: losses = (1 - label_smoothing) * losses + label_smoothing * neg_logsigmoid(-beta * margin)
     elif loss_type == 'ipo': losses = (margin - 1 / (2 * beta)) ** 2
     else: raise ValueError(f"loss_type must be 'sigmoid' or 'ipo', got {loss_type!r}")
     return losses, beta * chosen.detach(), beta * rejected.detach()
 
-# %% ../nbs/01_losses.ipynb #c013
+# %% ../nbs/01_losses.ipynb #c016
 def dfpo_loss(policy_chosen_logps:Tensor, # [N] log pi_theta(y_w|x)
               policy_rejected_logps:Tensor, # [N] log pi_theta(y_l|x)
               ref_chosen_logps:Tensor, # [N] log pi_ref(y_w|x)
@@ -67,7 +73,7 @@ def dfpo_loss(policy_chosen_logps:Tensor, # [N] log pi_theta(y_w|x)
               aspect_weight:Tensor|float, # [N] or scalar weight w_k of the labelling aspect, > 0
               beta:float=0.1, # KL strength
              ) -> tuple[Tensor, Tensor, Tensor]: # per-sample (losses, chosen_rewards, rejected_rewards)
-    "Per-sample DFPO loss `-logsigmoid((beta*margin + pd) / aspect_weight)` (DESIGN.md §2)."
+    "Per-sample DFPO loss `-log sigmoid((beta*margin + pd) / aspect_weight)` (DESIGN.md §2)."
     margin, chosen, rejected = _margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     pd = _upcast(torch.as_tensor(pd, device=margin.device)).to(margin.dtype)
     w = _upcast(torch.as_tensor(aspect_weight, device=margin.device)).to(margin.dtype)
@@ -76,4 +82,4 @@ def dfpo_loss(policy_chosen_logps:Tensor, # [N] log pi_theta(y_w|x)
     t = beta * margin
     if pd.numel() != 1 or pd.item() != 0: t = t + pd
     if w.numel() != 1 or w.item() != 1: t = t / w
-    return -F.logsigmoid(t), beta * chosen.detach(), beta * rejected.detach()
+    return neg_logsigmoid(t), beta * chosen.detach(), beta * rejected.detach()

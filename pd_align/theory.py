@@ -12,6 +12,10 @@ from torch import Tensor
 __all__ = ['label_noise', 'holistic_loss', 'loss_bounds', 'dfpo_bound']
 
 # %% ../nbs/03_theory.ipynb #c005
+def _f(t:Tensor) -> Tensor:
+    "f(t) = -log sigmoid(t) = softplus(-t); exact to float rounding (see `pd_align.losses.neg_logsigmoid` for why not F.logsigmoid)."
+    return F.softplus(-t, threshold=40.0)
+
 def _t(x, like=None) -> Tensor:
     t = torch.as_tensor(x, dtype=None if like is None else like.dtype)
     return t.double() if not t.is_floating_point() else t
@@ -31,7 +35,7 @@ def holistic_loss(h:Tensor, # [N] implicit margins of the policy
                  ) -> Tensor: # mean_i p_i f(h_i) + q_i f(-h_i)
     "Expected holistic cross-entropy of a policy with margins `h` on the pairs."
     h = _t(h); q = label_noise(pd, aspect_margin, aspect_weight).to(h.dtype)
-    return -((1 - q) * F.logsigmoid(h) + q * F.logsigmoid(-h)).mean()
+    return ((1 - q) * _f(h) + q * _f(-h)).mean()
 
 # %% ../nbs/03_theory.ipynb #c009
 def loss_bounds(h:Tensor, # [N] implicit margins h_i of the policy on the subset (or [B, N]: B subsets)
@@ -49,8 +53,8 @@ def loss_bounds(h:Tensor, # [N] implicit margins h_i of the policy on the subset
     if (lo > h.amin(-1)).any() or (hi < h.amax(-1)).any():
         raise ValueError(f"need h_min <= min(h) = {h.min().item()} and h_max >= max(h) = {h.max().item()}")
     q = label_noise(pd, aspect_margin, aspect_weight).to(h.dtype)
-    dpo, Q = -F.logsigmoid(h).mean(-1), q.mean(-1)
-    exact = -((1 - q) * F.logsigmoid(h) + q * F.logsigmoid(-h)).mean(-1)
+    dpo, Q = _f(h).mean(-1), q.mean(-1)
+    exact = ((1 - q) * _f(h) + q * _f(-h)).mean(-1)
     return dpo + lo * Q, exact, dpo + hi * Q
 
 # %% ../nbs/03_theory.ipynb #c015
@@ -66,4 +70,4 @@ def dfpo_bound(pd:Tensor, # [N] preference divergence of all pairs
     sel = torch.as_tensor(selected)
     mask[sel if sel.dtype != torch.bool else sel.nonzero().reshape(-1)] = True
     level = torch.where(mask, torch.as_tensor(level_selected, dtype=pd.dtype), torch.as_tensor(level_other, dtype=pd.dtype))
-    return -F.logsigmoid((level + pd) / aspect_weight).sum()
+    return _f((level + pd) / aspect_weight).sum()

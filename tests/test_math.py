@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from hypothesis import given, settings, strategies as st
 
-from pd_align.losses import sequence_logps, dpo_loss, dfpo_loss
+from pd_align.losses import sequence_logps, dpo_loss, dfpo_loss, neg_logsigmoid
 from pd_align.divergence import (preference_divergence, holistic_margin, conflict_rate, agreement_matrix,
                                  standardize_scores, scale_margins, spearman)
 from pd_align.theory import loss_bounds, holistic_loss, label_noise, dfpo_bound
@@ -24,6 +24,14 @@ def np_f(t): return np.logaddexp(0.0, -t)            # -log sigmoid(t), exact in
 
 
 # ---------------------------------------------------------------- losses
+def test_neg_logsigmoid_exact_and_gradient_at_zero():
+    t = np.concatenate([np.linspace(-60, 60, 1201), [-1e4, -39.9, -40.1, 39.9, 40.1, 1e4]])
+    np.testing.assert_allclose(neg_logsigmoid(torch.tensor(t)).numpy(), np_f(t), rtol=1e-15, atol=1e-300)
+    x = torch.zeros(3, requires_grad=True)
+    neg_logsigmoid(x).sum().backward()
+    assert x.grad.tolist() == [-0.5] * 3          # DPO starts at margin 0: the gradient must not vanish there
+
+
 def test_sequence_logps_matches_numpy_reference():
     B, T, V = 4, 7, 9
     logits = RNG.normal(size=(B, T, V)) * 3
