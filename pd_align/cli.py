@@ -70,7 +70,10 @@ def cmd_toy(args) -> int:
     from pd_align.toy import run_toy
     out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
     table = run_toy(seeds=args.seeds, ratio=args.ratio, conflicts=tuple(args.conflict.split(',')), out=out, seed=args.seed)
-    print(table.to_string())
+    cols = [c for c in ('conflict', 'method', 'ratio', 'n_train', 'gold', 'gold_ci', 'win_rate', 'd_full', 'd_random',
+                        'conflict_rate', 'bounds_ok') if c in table.columns]
+    print(table[cols].to_string(index=False, float_format=lambda v: f'{v:.3f}'))
+    if out: print('(all columns in results.csv)')
     if out: print(f'\nwrote results.json, results.csv and plots to {out}')
     return 0
 
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
 
     t = sub.add_parser('toy', help='synthetic-aspect experiment: PD selection vs baselines (default < 60 s on a CPU)')
-    t.add_argument('--seeds', type=int, default=3, help='seeds per conflict level')
+    t.add_argument('--seeds', type=int, default=5, help='seeds per conflict level')
     t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
     t.add_argument('--conflict', default='low,mid,high', help='comma-separated conflict levels (low, mid, high or a correlation)')
     add_common(t, out_required=False)
