@@ -498,6 +498,7 @@ def simulate(conflicts=('low', 'mid', 'high'), # conflict levels ('low', 'mid', 
                   length_penalty=length_penalty, gamma=gamma, beta=beta, steps=steps, lr=lr)
     if seeds < 1: raise ValueError(f"seeds: need >= 1, got {seeds}")
     if not len(conflicts): raise ValueError("conflicts: give at least one level")
+    if len({str(c) for c in conflicts}) != len(conflicts): raise ValueError(f"conflicts: levels repeat in {list(conflicts)}")
     _check_methods(methods, METHODS + ('pd_nolen',), 'methods'); _check_methods(sweep_methods, SELECTIONS, 'sweep_methods')
     if not 0 < ratio <= 1: raise ValueError(f"ratio: must be in (0, 1], got {ratio}")
     with _one_thread(): return _simulate(config, conflicts, seeds, ratio, seed, n_prompts, n_responses, pairs_per_aspect, aspects,
