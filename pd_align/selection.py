@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from collections.abc import Mapping
 from .data import scores_matrix, aspect_index, get_aspects
-from .divergence import preference_divergence, holistic_margin, conflict_rate
+from .divergence import preference_divergence, holistic_margin
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def length_balanced(dataset, # Dataset with `chosen`/`rejected` (or `chosen_len`
 
 # %% ../nbs/04_selection.ipynb #c014
 METHODS = ('pd', 'pd_high', 'random', 'margin', 'holistic', 'full')
+_ALIASES = {'holistic_margin': 'holistic'}
 
 def aspect_weights(dataset, # a fine-grained Dataset
                    weights=None, # None (uniform), a [K] sequence in `get_aspects` order, or {aspect: weight}
@@ -168,7 +169,7 @@ def _column_or_scores(dataset, name, given, weights, on_missing, required):
     return None
 
 def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
-           method:str='pd', # one of 'pd', 'pd_high', 'random', 'margin', 'holistic', 'full'
+           method:str='pd', # one of 'pd', 'pd_high', 'random', 'margin', 'holistic' (= 'holistic_margin'), 'full'
            ratio:float=0.3, # share to keep, in (0, 1] (ignored by 'full')
            seed:int=0, # seed for 'random'
            per_aspect:bool=False, # apply the rule within each `aspect` group (stratified)
@@ -179,6 +180,7 @@ def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
            on_missing:str='raise', # NaN policy when computing from scores (see `preference_divergence`)
           ): # Dataset of the kept rows with `pd` (when known) and `orig_index`
     "Select a training subset of `dataset` by `method`; keeps `id`, adds `pd` and `orig_index`."
+    method = _ALIASES.get(method, method)
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != 'full': n_keep(ratio, 1)
     N = len(dataset)
