@@ -19,7 +19,7 @@ __all__ = ['COLUMNS', 'TEXT_FIELDS', 'SCORE_FIELDS', 'ULTRAFEEDBACK_ASPECTS', 'H
            'FORMATS', 'HUB', 'get_aspects', 'RecordError', 'validate', 'from_records', 'scores_matrix', 'aspect_index',
            'aggregate', 'read_jsonl', 'from_ultrafeedback', 'from_helpsteer2', 'messages_to_text', 'from_trl',
            'split_hh', 'from_hh', 'detect_format', 'load_local', 'load_hub', 'add_lengths', 'atomic_write_text',
-           'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic']
+           'atomic_write_bytes', 'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic']
 
 # %% ../nbs/00_data.ipynb #c005
 COLUMNS = ['id', 'prompt', 'chosen', 'rejected', 'aspect', 'chosen_scores', 'rejected_scores', 'source']
@@ -634,6 +634,8 @@ def _atomic_open(path:Path, writer, binary:bool=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask) # mkstemp creates 0600; outputs get the usual permissions
         with os.fdopen(fd, 'wb') as raw:
             if path.name.endswith('.gz'):
                 with gzip.GzipFile(fileobj=raw, mode='wb', filename='') as gz:
@@ -655,6 +657,10 @@ def atomic_write_text(path:str|Path, text:str) -> Path:
     "Write `text` (UTF-8) to `path` atomically (gzip when the name ends with .gz)."
     if not isinstance(text, str): raise TypeError(f'text must be str, got {type(text).__name__}')
     return _atomic_open(Path(path), lambda f: f.write(text))
+
+def atomic_write_bytes(path:str|Path, data:bytes) -> Path:
+    "Write `data` to `path` atomically (a PNG, a safetensors blob...)."
+    return _atomic_open(Path(path), lambda f: f.write(data), binary=True)
 
 def atomic_write_json(path:str|Path, obj, indent:int|None=2) -> Path:
     "Serialise `obj` (tensors, numpy and paths allowed) and write it atomically; nothing is written if it fails."

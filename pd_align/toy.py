@@ -12,7 +12,7 @@ import pandas
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .data import from_records, aggregate, get_aspects, scores_matrix, aspect_index, atomic_write_text, atomic_write_json
+from .data import from_records, aggregate, get_aspects, scores_matrix, aspect_index, atomic_write_text, atomic_write_json, atomic_write_bytes
 from .losses import dpo_loss, dfpo_loss
 from .divergence import (preference_divergence, holistic_margin, conflict_rate, scale_margins, spearman,
                                  plot_pd_histogram)
@@ -634,23 +634,10 @@ def plot_pd_quality(runs:pandas.DataFrame, ax=None):
     return ax
 
 # %% ../nbs/05_toy.ipynb #c038
-def _atomic_write_bytes(path:Path, data:bytes):
-    "Write bytes next to `path`, then move into place (pd_align.data has text/JSON writers only)."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: f.write(data)
-        umask = os.umask(0); os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-
 def _save_png(fig, path:Path):
     import matplotlib.pyplot as plt
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 def _records(df:pandas.DataFrame) -> list:
     "DataFrame rows as JSON-safe dicts (NaN -> None)."
