@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from .data import scores_matrix, aspect_index, get_aspects
 from .divergence import preference_divergence, holistic_margin
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'METHODS', 'n_keep', 'select_by_pd', 'select_highest_pd', 'select_by_margin', 'select_by_holistic_margin',
+__all__ = ['METHODS', 'n_keep', 'select_by_pd', 'select_highest_pd', 'select_by_margin', 'select_by_holistic_margin',
            'select_random', 'select_full', 'tempered_share', 'length_balanced', 'aspect_weights', 'select']
 
 # %% ../nbs/04_selection.ipynb #c005
@@ -112,7 +112,7 @@ def length_balanced(dataset, # Dataset with `chosen`/`rejected` (or `chosen_len`
         fp = len(ip) / len(idx)
         s = tempered_share(fp, tau)
         if (len(ip) == 0 and s > 0) or (len(im) == 0 and s < 1):
-            log.warning(f"length_balanced: group {g!r} has only {'shorter' if len(ip) == 0 else 'longer-or-equal'}-chosen pairs; kept unchanged")
+            _log.warning(f"length_balanced: group {g!r} has only {'shorter' if len(ip) == 0 else 'longer-or-equal'}-chosen pairs; kept unchanged")
             chosen_idx = idx
         elif replace:
             kp = int(round(s * len(idx)))
@@ -127,7 +127,7 @@ def length_balanced(dataset, # Dataset with `chosen`/`rejected` (or `chosen_len`
     keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
     rep = dict(n_before=len(dataset), rate_before=float(plus.mean()) if len(plus) else float('nan'),
                n_after=len(keep), rate_after=float(plus[keep].mean()) if len(keep) else float('nan'), tau=tau, groups=per)
-    log.info(f"length_balanced: chosen at least as long {rep['rate_before']:.3f} -> {rep['rate_after']:.3f} "
+    _log.info(f"length_balanced: chosen at least as long {rep['rate_before']:.3f} -> {rep['rate_after']:.3f} "
              f"({rep['n_before']} -> {rep['n_after']} pairs, tau={tau})")
     if report is not None: report.update(rep)
     return dataset.select(keep.tolist())
