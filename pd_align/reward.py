@@ -170,7 +170,7 @@ def format_text(prompt:str, # the prompt
     "A user/assistant chat when the tokenizer has a chat template, else `prompt + '\\n\\n' + response + eos`."
     if getattr(tokenizer, 'chat_template', None):
         return tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}],
-                                             tokenize=False)
+                                             tokenize=False).rstrip()   # end on the end-of-turn token, the pooled one
     return f"{prompt}\n\n{response}{tokenizer.eos_token or ''}"
 
 def encode(texts:list[str], tokenizer, max_length:int) -> list[list[int]]:
@@ -319,6 +319,7 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
                         seed:int=0, # split, sampling, shuffling
                         max_steps:int|None=None, # stop after this many optimizer steps
                         eval_batch_size:int=32,
+                        optimizer=None, # factory: param groups -> torch optimizer (default AdamW with `weight_decay`)
                         progress:bool=True,
                        ) -> dict: # report: accuracy, rates, loss curve, split indices, ...
     "Bradley-Terry training of the K heads (each pair trains only its aspect's head) on length-balanced pairs."
@@ -349,7 +350,7 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
     head_params = list(model.heads.parameters())
     body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith('heads.')]
     groups = [dict(params=head_params, lr=head_lr or lr)] + ([dict(params=body, lr=lr)] if body else [])
-    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    opt = optimizer(groups) if optimizer is not None else torch.optim.AdamW(groups, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
     n_micro = math.ceil(len(train) / batch_size)
     total_micro = max(1, int(round(epochs * n_micro)))
@@ -493,6 +494,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
     scaling, gamma = scaling or st.get('scaling', 'quantile'), gamma if gamma is not None else st.get('gamma', 0.9)
     max_length = max_length or model.max_length
     prompts, chosen, rejected = list(dataset['prompt']), list(dataset['chosen']), list(dataset['rejected'])
+    labels = list(dataset['aspect'])
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None: out_dir.mkdir(parents=True, exist_ok=True)
     settings = dict(max_length=max_length, dtype=dtype, format=format_text('{p}', '{r}', tokenizer))
@@ -503,7 +505,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
         lo, hi = s * shard_size, min(N, (s + 1) * shard_size)
         ct = [format_text(p, y, tokenizer) for p, y in zip(prompts[lo:hi], chosen[lo:hi])]
         rt = [format_text(p, y, tokenizer) for p, y in zip(prompts[lo:hi], rejected[lo:hi])]
-        fp = fp_model + _digest_rows(prompts[lo:hi], chosen[lo:hi], rejected[lo:hi], dataset['aspect'][lo:hi])
+        fp = fp_model + _digest_rows(prompts[lo:hi], chosen[lo:hi], rejected[lo:hi], labels[lo:hi])
         path = out_dir / f'shard_{s:05d}.json' if out_dir is not None else None
         done = _load_shard(path, fp, lo, hi) if path is not None and resume and path.exists() else None
         if done is None:
@@ -662,7 +664,7 @@ def load_reward_model(path:str|Path, # folder written by `save_pretrained` (with
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return model, tok
 
-# %% ../nbs/06_reward.ipynb #c055
+# %% ../nbs/06_reward.ipynb #c057
 def _summary(report:dict) -> dict:
     "The JSON-friendly part of a training report (no index lists)."
     return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in ('train_index', 'heldout_index')}

@@ -86,6 +86,21 @@ def test_each_pair_trains_only_its_aspect_head(world):
     assert changed == [False, True, False]                             # polite, on_topic, positive
 
 
+def test_gradient_accumulation_matches_bigger_batch(world):
+    "One SGD step on 2 micro-batches of 4 pairs = one step on 8 pairs (same pairs; padding differs, pooling does not care)."
+    ds = world.select(range(0, 900, 20))
+    updates = []
+    for bs, acc in ((8, 1), (4, 2)):
+        rm, tok = tiny_reward_model(SYNTHETIC_ASPECTS, pair_texts(world), vocab_size=400, hidden_size=32)
+        w0 = rm.heads.weight.detach().clone()
+        rep = train_reward_models(rm, tok, ds, batch_size=bs, grad_accum=acc, max_steps=1, lr=1.0, heldout=0.0, length_balance=False,
+                                  progress=False, optimizer=torch.optim.SGD)   # lr=1 in the param groups
+        assert rep['steps'] == 1
+        updates.append(rm.heads.weight.detach() - w0)
+    assert updates[0].abs().max() > 1e-3
+    torch.testing.assert_close(updates[1], updates[0], atol=1e-6, rtol=1e-3)   # a missing 1/grad_accum would double it
+
+
 def test_lora_trains_only_adapter_and_heads(world):
     rm, tok = tiny_reward_model(SYNTHETIC_ASPECTS, pair_texts(world), vocab_size=400, hidden_size=32,
                                 lora=dict(r=4, target_modules=['q_proj', 'k_proj', 'v_proj']))
