@@ -77,6 +77,11 @@ def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance
 def _has_known_scores(rec:Mapping) -> bool:
     return any(isinstance(rec.get(f), Mapping) and any(v is not None for v in rec[f].values()) for f in SCORE_FIELDS)
 
+def _check_utf8(v:str, index:int, rid, field:str):
+    "Text Arrow can store: no lone surrogates (half an emoji escape in truncated scraped text)."
+    try: v.encode('utf-8')
+    except UnicodeEncodeError as e: raise RecordError('bad_unicode', index, rid, field, f'not valid unicode at character {e.start} ({e.reason})') from None
+
 def _check_record(rec, index:int, allowed:set|None, strict:bool) -> dict:
     "Validate one raw record; return its normalised copy or raise `RecordError`."
     if not isinstance(rec, Mapping): raise RecordError('wrong_type', index, None, '<record>', f'expected a mapping, got {type(rec).__name__}')
@@ -90,12 +95,15 @@ def _check_record(rec, index:int, allowed:set|None, strict:bool) -> dict:
         if v is None: raise RecordError('missing_field', index, rid, f, 'missing')
         if not isinstance(v, str): raise RecordError('wrong_type', index, rid, f, f'expected str, got {type(v).__name__}')
         if not v.strip(): raise RecordError('empty_text', index, rid, f, 'empty or whitespace only')
+        _check_utf8(v, index, rid, f)
     if rec['chosen'].strip() == rec['rejected'].strip():
         raise RecordError('chosen_equals_rejected', index, rid, 'chosen', 'chosen and rejected are the same text')
     if allowed is not None and rec['aspect'] not in allowed:
         raise RecordError('unknown_aspect', index, rid, 'aspect', f'{rec["aspect"]!r} is not one of {sorted(allowed)}')
     src = rec.get('source')
     if src is not None and not isinstance(src, str): raise RecordError('wrong_type', index, rid, 'source', f'expected str, got {type(src).__name__}')
+    if src: _check_utf8(src, index, rid, 'source')
+    if rid is not None: _check_utf8(rid, index, None, 'id')
     out['source'] = src or ''
     given = [f for f in SCORE_FIELDS if rec.get(f) is not None]
     if len(given) == 1:
@@ -110,7 +118,7 @@ def _check_record(rec, index:int, allowed:set|None, strict:bool) -> dict:
             if allowed is not None and k not in allowed:
                 raise RecordError('unknown_aspect', index, rid, f'{f}.{k}', f'{k!r} is not one of {sorted(allowed)}')
             if v is not None and not _is_number(v): raise RecordError('wrong_type', index, rid, f'{f}.{k}', f'expected a number or None, got {type(v).__name__}')
-            if v is not None and math.isnan(v): raise RecordError('nan_score', index, rid, f'{f}.{k}', 'score is NaN (use None for unknown)')
+            if v is not None and not math.isfinite(v): raise RecordError('nan_score', index, rid, f'{f}.{k}', f'score is {v} (use None for unknown)')
             clean[k] = None if v is None else float(v)
         out[f] = clean
     if strict and given and _has_known_scores(out):
@@ -245,16 +253,18 @@ def aggregate(sub_datasets:Mapping[str, Dataset], # {aspect: fine-grained sub-da
     return from_records(rows, aspects=list(aspects), strict=False)
 
 # %% ../nbs/00_data.ipynb #c026
-def _open_text(path:Path, mode:str='rt'):
-    return gzip.open(path, mode, encoding='utf-8') if path.suffix == '.gz' else open(path, mode, encoding='utf-8')
+def _open_bytes(path:Path):
+    return gzip.open(path, 'rb') if path.suffix == '.gz' else open(path, 'rb')
 
 def read_jsonl(path:str|Path, # a .jsonl or .jsonl.gz file
               ) -> list[dict]: # one dict per non-blank line
     "Read JSON lines; ValueError naming the file and line number for a bad or truncated line."
     path, rows, n = Path(path), [], 0
     try:
-        with _open_text(path) as f:
-            for n, line in enumerate(f, 1):
+        with _open_bytes(path) as f:
+            for n, raw in enumerate(f, 1):
+                try: line = raw.decode('utf-8') # per line, so a bad byte names its own line
+                except UnicodeDecodeError as e: raise ValueError(f'{path}: line {n}: not UTF-8 or truncated ({e.reason} at byte {e.start})') from None
                 if not line.strip(): continue
                 try: obj = json.loads(line)
                 except json.JSONDecodeError as e: raise ValueError(f'{path}: line {n}: invalid JSON ({e.msg})') from None
@@ -286,9 +296,11 @@ def _uf_rating(v, i, field):
     if isinstance(v, str):
         v = v.strip()
         if v.upper() in ('N/A', 'NA', ''): return None
-        try: return float(v)
+        try: x = float(v)
         except ValueError: raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a number or "N/A"') from None
-    if _is_number(v) and not math.isnan(v): return float(v)
+        if not math.isfinite(x): raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a finite number or "N/A"')
+        return x
+    if _is_number(v) and math.isfinite(v): return float(v)
     if v is None: return None
     raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a number or "N/A"')
 
@@ -388,7 +400,7 @@ def from_helpsteer2(rows, # HelpSteer2 / HelpSteer rows (list, Dataset or .jsonl
                 v = row.get(a)
                 if v is None: raise RecordError('missing_score', i, None, a, 'rating missing')
                 if not _is_number(v): raise RecordError('wrong_type', i, None, a, f'expected a number, got {type(v).__name__}')
-                if math.isnan(v): raise RecordError('nan_score', i, None, a, 'rating is NaN')
+                if not math.isfinite(v): raise RecordError('nan_score', i, None, a, f'rating is {v}')
                 scores[a] = float(v)
         except RecordError as e: _handle(e, on_error, skipped); continue
         groups.setdefault(prompt, []).append((i, resp, scores))
