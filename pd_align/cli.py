@@ -8,8 +8,8 @@ import argparse, os, re, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CLIError', 'prepare_out', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy', 'cmd_select', 'Parser',
-           'add_common', 'build_parser', 'main', 'console_main']
+__all__ = ['CLIError', 'prepare_out', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy', 'cmd_select',
+           'Parser', 'add_common', 'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -26,8 +26,15 @@ def prepare_out(out:str|Path, # output folder
     if out.exists() and any(out.iterdir()) and not (overwrite or resume):
         raise CLIError(f'--out {out}: folder exists and is not empty (pass --overwrite to write into it'
                        + (', or --resume to continue the run in it)' if resume is not None else ')'))
-    out.mkdir(parents=True, exist_ok=True)
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise CLIError(f'--out {out}: cannot create the folder ({e.strerror})') from None
     return out
+
+def check_apart(out:Path, src:Path, flag:str):
+    "Refuse an output folder that is, holds or sits inside the input `src`: writing there could destroy the input."
+    o, s = Path(out).resolve(), Path(src).resolve()
+    if o == s or o in s.parents or s in o.parents:
+        raise CLIError(f'--out {out}: overlaps the input {flag} {src}; choose another output folder')
 
 # %% ../nbs/11_cli.ipynb #c007
 def parse_ratio(s:str) -> float:
@@ -86,6 +93,7 @@ def cmd_select(args) -> int:
     scored = Path(args.scored)
     if not scored.exists(): raise CLIError(f'--scored {scored}: no such file or folder')
     ds = load_from_disk(str(scored/'dataset')) if (scored/'dataset').is_dir() else load_local(scored)
+    check_apart(Path(args.out), scored, '--scored')
     out = prepare_out(args.out, args.overwrite, resume=None)
     sub = select(ds, method=args.method, ratio=args.ratio, seed=args.seed, per_aspect=args.per_aspect)
     save_dataset_atomic(sub, out/'dataset')
@@ -143,7 +151,7 @@ def main(argv=None # arguments, default `sys.argv[1:]`
         parser.print_help()
         return 0
     try: return args.run(args) or 0
-    except (CLIError, ValueError, FileNotFoundError, ImportError) as e:
+    except (CLIError, ValueError, OSError, ImportError) as e:
         if args.debug: raise
         print(f'pd-align {args.command}: error: {e}', file=sys.stderr)
         return 2
