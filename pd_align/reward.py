@@ -22,10 +22,11 @@ from .tiny import tiny_model_and_tokenizer
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SYNTHETIC_ASPECTS', 'synthetic_pairs', 'AspectRewardModel', 'pair_texts', 'tiny_reward_model', 'format_text',
-           'encode', 'collate', 'score_texts', 'CallCounter', 'split_heldout', 'pair_scores', 'pairwise_accuracy',
-           'train_reward_models', 'accuracy_table', 'corrected_scores', 'fit_length_penalty', 'score_dataset',
-           'rating_pd', 'plot_reward_diagnostics', 'load_reward_model', 'train_reward_cli', 'score_cli']
+__all__ = ['log', 'SYNTHETIC_ASPECTS', 'synthetic_pairs', 'AspectRewardModel', 'reward_model_from_base', 'pair_texts',
+           'tiny_reward_model', 'format_text', 'encode', 'collate', 'score_texts', 'CallCounter', 'split_heldout',
+           'pair_scores', 'pairwise_accuracy', 'train_reward_models', 'accuracy_table', 'corrected_scores',
+           'fit_length_penalty', 'score_dataset', 'rating_pd', 'plot_reward_diagnostics', 'load_reward_model',
+           'train_reward_cli', 'score_cli']
 
 # %% ../nbs/06_reward.ipynb #c005
 _POLITE, _POS, _NEG = ['please', 'thanks', 'kindly', 'gladly'], ['good', 'great', 'nice'], ['bad', 'awful', 'poor']
@@ -144,6 +145,24 @@ class AspectRewardModel(nn.Module):
     def extra_repr(self) -> str: return f"aspects={self.aspects}, lora={self.lora}"
 
 # %% ../nbs/06_reward.ipynb #c010
+def reward_model_from_base(base:str, # hub name or local path of a causal LM (e.g. 'HuggingFaceTB/SmolLM2-135M-Instruct')
+                           aspects:list[str], # one head per aspect
+                           lora:bool|dict|None=None, # LoRA on the backbone
+                           max_length:int=512, # token budget per text
+                           seed:int=0, # head initialisation
+                           **kwargs, # passed to `AutoModel.from_pretrained` (dtype, revision, gguf_file, ...)
+                          ) -> tuple[AspectRewardModel, object]: # (model, tokenizer)
+    "An `AspectRewardModel` on a pretrained backbone loaded with `AutoModel.from_pretrained`, and its tokenizer."
+    from transformers import AutoModel, AutoTokenizer
+    tkw = {k: kwargs[k] for k in ('revision', 'gguf_file') if k in kwargs}
+    tok = AutoTokenizer.from_pretrained(base, **tkw)
+    if tok.pad_token is None: tok.pad_token = tok.eos_token
+    tok.padding_side = 'right'
+    model = AspectRewardModel(AutoModel.from_pretrained(base, **kwargs), aspects, lora=lora, base_name=base, seed=seed)
+    model.max_length = max_length
+    return model, tok
+
+# %% ../nbs/06_reward.ipynb #c012
 def pair_texts(dataset) -> list[str]:
     "Prompts and responses of a pair dataset, for learning a tokenizer."
     return list(dataset['prompt']) + list(dataset['chosen']) + list(dataset['rejected'])
@@ -162,7 +181,7 @@ def tiny_reward_model(aspects:list[str], # aspect names, one head each
     model.max_length = max_positions
     return model, tok
 
-# %% ../nbs/06_reward.ipynb #c017
+# %% ../nbs/06_reward.ipynb #c019
 def format_text(prompt:str, # the prompt
                 response:str, # one response
                 tokenizer, # the reward model's tokenizer
@@ -226,7 +245,7 @@ def score_texts(model:AspectRewardModel, # the reward model
     pos = {t: i for i, t in enumerate(uniq)}
     return out[[pos[t] for t in texts]]
 
-# %% ../nbs/06_reward.ipynb #c019
+# %% ../nbs/06_reward.ipynb #c021
 class CallCounter:
     "Counts forward calls of a module and the sequences and token lengths they saw (a forward hook)."
     def __init__(self, module:nn.Module):
@@ -238,7 +257,7 @@ class CallCounter:
         if ids is not None: self.rows += ids.shape[0]; self.lengths.append(ids.shape[1])
     def remove(self): self.handle.remove()
 
-# %% ../nbs/06_reward.ipynb #c022
+# %% ../nbs/06_reward.ipynb #c024
 def _pearson(x:np.ndarray, y:np.ndarray) -> float:
     x, y = x - x.mean(), y - y.mean()
     den = math.sqrt((x ** 2).sum() * (y ** 2).sum())
@@ -294,7 +313,7 @@ def pairwise_accuracy(model:AspectRewardModel, tokenizer, dataset, batch_size:in
     n = {asp: int((a == j).sum()) for j, asp in enumerate(model.aspects)}
     return dict(accuracy={asp: float(m[j, j]) for j, asp in enumerate(model.aspects) if n[asp]}, matrix=m, n=n)
 
-# %% ../nbs/06_reward.ipynb #c023
+# %% ../nbs/06_reward.ipynb #c025
 def _check_aspects(model:AspectRewardModel, dataset) -> Tensor:
     for c in ('prompt', 'chosen', 'rejected', 'aspect'):
         if c not in dataset.column_names: raise ValueError(f"dataset needs a `{c}` column; it has {dataset.column_names}")
@@ -401,7 +420,7 @@ def accuracy_table(report:dict): # a `train_reward_models` report
                          longer_after=report['chosen_longer']['after'].get(a, float('nan'))))
     return pd.DataFrame(rows).set_index('aspect')
 
-# %% ../nbs/06_reward.ipynb #c032
+# %% ../nbs/06_reward.ipynb #c034
 def _spearman(x:np.ndarray, y:np.ndarray) -> float:
     "Spearman correlation, NaN (without a warning) when either side is constant."
     return spearman(x, y) if np.ptp(x) > 0 and np.ptp(y) > 0 else float('nan')
@@ -437,7 +456,7 @@ def fit_length_penalty(model:AspectRewardModel, # the trained reward model (its 
         model.length_alpha[j] = alpha
     return out
 
-# %% ../nbs/06_reward.ipynb #c037
+# %% ../nbs/06_reward.ipynb #c039
 def _digest_model(model:AspectRewardModel) -> str:
     h = hashlib.sha256(json.dumps(model.aspects).encode())
     with torch.no_grad():
@@ -530,9 +549,9 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
     scaled = scale_margins(raw_c - raw_r, gamma=gamma, method=scaling)
     pd = preference_divergence(scaled, torch.zeros_like(scaled), a, weights)
     ds = dataset
-    for f in ('chosen_scores', 'rejected_scores'):
-        if f'orig_{f}' in ds.column_names: ds = ds.remove_columns(f'orig_{f}')
-        if f in ds.column_names: ds = ds.rename_column(f, f'orig_{f}')
+    for f in ('chosen_scores', 'rejected_scores'):             # keep known ratings once: re-scoring keeps the first orig_*
+        if f in ds.column_names:
+            ds = ds.remove_columns(f) if f'orig_{f}' in ds.column_names else ds.rename_column(f, f'orig_{f}')
     ds = ds.remove_columns([c for c in ('pd',) if c in ds.column_names])
     struct = {asp: Value('float64') for asp in model.aspects}
     ds = ds.add_column('chosen_scores', _struct(raw_c, model.aspects), feature=struct)
@@ -542,7 +561,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
     log.info(f"score_dataset: {N} pairs, {n_shards} shard(s) ({reused} reused), {scored} texts scored")
     return ds
 
-# %% ../nbs/06_reward.ipynb #c039
+# %% ../nbs/06_reward.ipynb #c041
 def rating_pd(dataset, # a dataset with known per-aspect scores (after `score_dataset`: the `orig_*` columns)
               aspects:list[str]|None=None, # aspect order (default: the dataset's)
               prefix:str='orig_', # score columns are `{prefix}chosen_scores`/`{prefix}rejected_scores`
@@ -557,7 +576,7 @@ def rating_pd(dataset, # a dataset with known per-aspect scores (after `score_da
     s = scale_margins(c - r, gamma=gamma, method=scaling)
     return preference_divergence(s, torch.zeros_like(s), aspect_index(ds, aspects), weights)
 
-# %% ../nbs/06_reward.ipynb #c042
+# %% ../nbs/06_reward.ipynb #c044
 def plot_reward_diagnostics(scored, # output of `score_dataset`
                             report:dict|None=None, # output of `train_reward_models` (adds the loss curve)
                             selected=None, # indices of selected pairs to shade in the PD histogram
@@ -575,7 +594,7 @@ def plot_reward_diagnostics(scored, # output of `score_dataset`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/06_reward.ipynb #c049
+# %% ../nbs/06_reward.ipynb #c051
 _CONFIG = 'reward_config.json'
 _WEIGHTS = 'model.safetensors'
 
@@ -664,7 +683,7 @@ def load_reward_model(path:str|Path, # folder written by `save_pretrained` (with
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return model, tok
 
-# %% ../nbs/06_reward.ipynb #c057
+# %% ../nbs/06_reward.ipynb #c059
 def _summary(report:dict) -> dict:
     "The JSON-friendly part of a training report (no index lists)."
     return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in ('train_index', 'heldout_index')}
@@ -691,12 +710,7 @@ def train_reward_cli(data:Dataset, # aggregated fine-grained pairs
         model, tok = tiny_reward_model(aspects, pair_texts(data), lora=lora, seed=seed, **{'max_positions': max_length, **(tiny or {})})
         lr = lr or 3e-3
     else:
-        from transformers import AutoModel, AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(base)
-        if tok.pad_token is None: tok.pad_token = tok.eos_token
-        tok.padding_side = 'right'
-        model = AspectRewardModel(AutoModel.from_pretrained(base), aspects, lora=lora, base_name=base, seed=seed)
-        model.max_length = max_length
+        model, tok = reward_model_from_base(base, aspects, lora=lora, max_length=max_length, seed=seed)
         lr = lr or (2e-4 if lora else 1e-5)
     report = train_reward_models(model, tok, data, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                                  head_lr=head_lr or max(lr, 1e-3), heldout=heldout, length_balance=length_balance, tau=tau,

@@ -15,7 +15,7 @@ from pd_align.selection import select
 from pd_align.reward import (AspectRewardModel, CallCounter, SYNTHETIC_ASPECTS, synthetic_pairs, tiny_reward_model,
                              pair_texts, format_text, score_texts, pair_scores, train_reward_models, fit_length_penalty,
                              score_dataset, rating_pd, load_reward_model, train_reward_cli, score_cli, accuracy_table,
-                             split_heldout, corrected_scores)
+                             split_heldout, corrected_scores, reward_model_from_base)
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 
@@ -255,11 +255,12 @@ def test_save_load_round_trip(trained, world, tmp_path):
 
 
 def test_lora_adapter_round_trip(world, tmp_path):
-    from transformers import AutoModel
     from pd_align.tiny import tiny_causal_lm
     _, tok = small_model(world)
     tiny_causal_lm(len(tok), hidden_size=32, seed=5).save_pretrained(tmp_path / 'base')
-    m = AspectRewardModel(AutoModel.from_pretrained(tmp_path / 'base'), SYNTHETIC_ASPECTS, lora=True, base_name=str(tmp_path / 'base'))
+    tok.save_pretrained(tmp_path / 'base')
+    m, tok = reward_model_from_base(str(tmp_path / 'base'), SYNTHETIC_ASPECTS, lora=True, max_length=64)
+    assert m.lora['target_modules'] == ['q_proj', 'v_proj'] and m.max_length == 64
     ds = world.shuffle(seed=3).select(range(40))
     train_reward_models(m, tok, ds, epochs=1, batch_size=8, lr=1e-2, progress=False)
     m.save_pretrained(tmp_path / 'rm', tok)
@@ -291,6 +292,9 @@ def test_train_score_select_on_fixtures(name, tmp_path):
     assert scored['orig_chosen_scores'] == data['chosen_scores']       # the ratings are kept
     summary = json.loads((out / 'score.json').read_text())
     assert summary['n'] == len(data) and summary['reused_shards'] == 0
+    rescored = score_dataset(*load_reward_model(tmp_path / 'rm'), scored, progress=False)   # scoring a scored set
+    assert rescored['orig_chosen_scores'] == data['chosen_scores']
+    np.testing.assert_allclose(rescored['pd'], scored['pd'], atol=1e-6)   # other batch sizes: float noise only
     again = score_cli(data, tmp_path / 'rm', tmp_path / 'scored', batch_size=8, shard_size=8, progress=False)
     assert json.loads((again / 'score.json').read_text())['reused_shards'] == math.ceil(len(data) / 8)
     sub = select(scored, method='pd', ratio=0.3)
