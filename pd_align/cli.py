@@ -8,8 +8,9 @@ import argparse, os, re, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CLIError', 'prepare_out', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy', 'cmd_select',
-           'Parser', 'add_common', 'build_parser', 'main', 'console_main']
+__all__ = ['CLIError', 'prepare_out', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy', 'cmd_reward',
+           'cmd_score', 'cmd_select', 'dataset_path', 'parse_sets', 'cmd_train', 'cmd_eval', 'add_data', 'Parser',
+           'add_common', 'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -84,7 +85,30 @@ def cmd_toy(args) -> int:
     if out: print(f'\nwrote results.json, results.csv and plots to {out}')
     return 0
 
-# %% ../nbs/11_cli.ipynb #c013
+# %% ../nbs/11_cli.ipynb #c014
+def cmd_reward(args) -> int:
+    "Train the K-head proxy reward model on `--data` and save it to `--out`."
+    from pd_align.reward import train_reward_cli
+    ds = load_data(args.data, args.format, args.on_error)
+    out = prepare_out(args.out, args.overwrite, resume=None)
+    report = train_reward_cli(ds, base=None if args.base == 'tiny' else args.base, out=out, lora=args.lora or None,
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, length_penalty=args.length_penalty,
+                              tau=args.tau, max_length=args.max_length, dtype=args.dtype, seed=args.seed)
+    acc = report.get('heldout_accuracy') or {}
+    if acc: print('held-out pairwise accuracy: ' + ', '.join(f'{a} {v:.3f}' for a, v in acc.items()))
+    print(f'reward model saved to {out}')
+    return 0
+
+def cmd_score(args) -> int:
+    "Score every pair of `--data` on all aspects, add PD, write `--out/dataset`."
+    from pd_align.reward import score_cli
+    ds = load_data(args.data, args.format, args.on_error)
+    out = prepare_out(args.out, args.overwrite, resume=args.resume)
+    score_cli(ds, args.reward_model, out, batch_size=args.batch_size, resume=args.resume, dtype=args.dtype)
+    print(f'scored {len(ds)} pairs -> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
+    return 0
+
+# %% ../nbs/11_cli.ipynb #c015
 def cmd_select(args) -> int:
     "Select a training subset from a scored dataset and write it as a `datasets` folder and TRL JSONL."
     from datasets import load_from_disk
@@ -107,7 +131,49 @@ def cmd_select(args) -> int:
     print(f'selected {len(sub)} of {len(ds)} pairs ({args.method}, ratio {args.ratio}) -> {out}/dataset, {out}/train.jsonl')
     return 0
 
-# %% ../nbs/11_cli.ipynb #c014
+# %% ../nbs/11_cli.ipynb #c017
+def dataset_path(path:str) -> str:
+    "The dataset inside a `pd-align select`/`score` output folder, else `path` itself."
+    p = Path(path)
+    if not p.exists(): raise CLIError(f'--data {path}: no such file or folder')
+    return str(p/'dataset') if (p/'dataset').is_dir() else str(p)
+
+def parse_sets(items:list[str]) -> dict:
+    "`field=value` overrides for `DPOConfig`."
+    bad = [i for i in items if '=' not in i]
+    if bad: raise CLIError(f'--set {bad[0]}: expected field=value')
+    return dict(i.split('=', 1) for i in items)
+
+def cmd_train(args) -> int:
+    "LoRA DPO on `--data`; checkpoints, the final model and the log history go to `--out`."
+    from pd_align.train import train_cli
+    data = dataset_path(args.data)
+    check_apart(Path(args.out), Path(data), '--data')
+    out = prepare_out(args.out, args.overwrite, resume=args.resume)
+    result = train_cli(data, model=args.model, config_path=args.config, out=out, overrides=parse_sets(args.set),
+                       eval_data=dataset_path(args.eval_data) if args.eval_data else None, resume=args.resume)
+    last = result.history[-1] if getattr(result, 'history', None) else {}
+    shown = ', '.join(f'{k} {v:.4g}' for k, v in last.items() if isinstance(v, float))
+    print(f'trained -> {out}' + (f' (last logged: {shown})' if shown else ''))
+    return 0
+
+def cmd_eval(args) -> int:
+    "Implicit-reward accuracy and margins of a trained run on `--data`."
+    from pd_align.train import eval_cli
+    if not Path(args.run).is_dir(): raise CLIError(f'--run {args.run}: no such folder')
+    metrics = eval_cli(args.run, dataset_path(args.data), out=args.out, batch_size=args.batch_size)
+    print('\n'.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}' for k, v in metrics.items()))
+    return 0
+
+# %% ../nbs/11_cli.ipynb #c018
+def add_data(p:argparse.ArgumentParser):
+    "The `--data` options of the commands that read preference files."
+    p.add_argument('--data', action='append', required=True, metavar='[ASPECT=]PATH',
+                   help='preference file or folder; repeat as aspect=path to aggregate one sub-dataset per aspect')
+    p.add_argument('--format', default='auto', help='auto, ultrafeedback, helpsteer, hh, trl or fine-grained')
+    p.add_argument('--on-error', default='raise', choices=['raise', 'skip'], help='bad records: stop, or skip and count them')
+
+# %% ../nbs/11_cli.ipynb #c019
 class Parser(argparse.ArgumentParser):
     "An `ArgumentParser` whose errors are one line (`pd-align toy: error: ...`), exit code 2."
     def error(self, message): self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
@@ -130,7 +196,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
     t.add_argument('--conflict', default='low,mid,high', help='comma-separated conflict levels (low, mid, high or a correlation)')
     add_common(t, out_required=False)
-    t.set_defaults(run=cmd_toy)
+    t.set_defaults(handler=cmd_toy)
+
+    r = sub.add_parser('reward', help='train the K-head proxy reward model (one backbone, one head per aspect)')
+    add_data(r)
+    r.add_argument('--base', default='tiny', help="'tiny' (built-in, trained here) or a causal LM path / hub name")
+    r.add_argument('--lora', action='store_true', help='LoRA on the backbone')
+    r.add_argument('--epochs', type=float, default=1.0)
+    r.add_argument('--batch-size', type=int, default=8)
+    r.add_argument('--lr', type=float, default=None, help='learning rate (default depends on the model)')
+    r.add_argument('--length-penalty', type=float, default=0.0, help='rho in -log sigma(dr - rho*dlen)')
+    r.add_argument('--tau', type=float, default=float('inf'), help='length-balanced sampling temperature (inf: 50/50)')
+    r.add_argument('--max-length', type=int, default=512)
+    r.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'])
+    add_common(r)
+    r.set_defaults(handler=cmd_reward)
+
+    c = sub.add_parser('score', help='score all pairs on every aspect and add the preference divergence')
+    add_data(c)
+    c.add_argument('--reward-model', required=True, help='folder written by `pd-align reward`')
+    c.add_argument('--batch-size', type=int, default=32)
+    c.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'])
+    add_common(c, resume=True)
+    c.set_defaults(handler=cmd_score)
 
     s = sub.add_parser('select', help='keep the most negative PD share (or a baseline) of a scored dataset')
     s.add_argument('--scored', required=True, help='output folder of `pd-align score` (or a file with a pd column)')
@@ -138,19 +226,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--ratio', type=parse_ratio, default=0.3, help='share to keep, in (0, 1]')
     s.add_argument('--per-aspect', action='store_true', help='select within each aspect (stratified)')
     add_common(s)
-    s.set_defaults(run=cmd_select)
+    s.set_defaults(handler=cmd_select)
+
+    d = sub.add_parser('train', help='LoRA DPO (or DFPO) on a selected subset')
+    d.add_argument('--data', required=True, help='`pd-align select` output folder, a datasets folder or a JSONL file')
+    d.add_argument('--model', default='tiny', help="'tiny', 'smollm2', or a causal LM path / hub name")
+    d.add_argument('--config', default=None, help='DPOConfig as .json or .yaml')
+    d.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='override a DPOConfig field (repeatable)')
+    d.add_argument('--eval-data', default=None, help='pairs to evaluate on during training')
+    add_common(d, resume=True)
+    d.set_defaults(handler=cmd_train)
+
+    e = sub.add_parser('eval', help='implicit-reward accuracy and margins of a trained run on preference pairs')
+    e.add_argument('--run', required=True, help='output folder of `pd-align train`')
+    e.add_argument('--data', required=True, help='pairs to evaluate on')
+    e.add_argument('--out', default=None, help='metrics JSON (default RUN/eval.json)')
+    e.add_argument('--batch-size', type=int, default=None)
+    e.set_defaults(handler=cmd_eval)
     return p
 
-# %% ../nbs/11_cli.ipynb #c015
+# %% ../nbs/11_cli.ipynb #c020
 def main(argv=None # arguments, default `sys.argv[1:]`
         ) -> int:
     "Run `pd-align`; returns the process exit code."
+    os.environ.setdefault('HF_DATASETS_DISABLE_PROGRESS_BARS', '1') # our own loops show progress; not every Arrow write
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    try: return args.run(args) or 0
+    try: return args.handler(args) or 0
     except (CLIError, ValueError, OSError, ImportError) as e:
         if args.debug: raise
         print(f'pd-align {args.command}: error: {e}', file=sys.stderr)
