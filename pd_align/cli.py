@@ -56,13 +56,16 @@ def parse_data_spec(spec:str) -> tuple[str|None, Path]:
 def load_data(specs:list[str], # `--data` values
               format:str='auto', # file format, or auto-detect
               on_error:str='raise', # 'raise' or 'skip' bad records (counted and reported)
+              limit:int|None=None, # keep the first `limit` pairs of each spec (quick runs)
              ):
     "Load one or several `--data` specs as one fine-grained `Dataset`."
     import collections
     from pd_align.data import load_local, aggregate
     parsed = [parse_data_spec(s) for s in specs]
     skipped = collections.Counter()
-    load = lambda aspect, path: load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped)
+    def load(aspect, path):
+        ds = load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped)
+        return ds.select(range(min(limit, len(ds)))) if limit else ds
     if len(parsed) == 1: ds = load(*parsed[0])
     else:
         aspects = [a for a, _ in parsed]
@@ -89,7 +92,7 @@ def cmd_toy(args) -> int:
 def cmd_reward(args) -> int:
     "Train the K-head proxy reward model on `--data` and save it to `--out`."
     from pd_align.reward import train_reward_cli
-    ds = load_data(args.data, args.format, args.on_error)
+    ds = load_data(args.data, args.format, args.on_error, args.limit)
     out = prepare_out(args.out, args.overwrite, resume=None)
     report = train_reward_cli(ds, base=None if args.base == 'tiny' else args.base, out=out, lora=args.lora or None,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, length_penalty=args.length_penalty,
@@ -102,7 +105,7 @@ def cmd_reward(args) -> int:
 def cmd_score(args) -> int:
     "Score every pair of `--data` on all aspects, add PD, write `--out/dataset`."
     from pd_align.reward import score_cli
-    ds = load_data(args.data, args.format, args.on_error)
+    ds = load_data(args.data, args.format, args.on_error, args.limit)
     out = prepare_out(args.out, args.overwrite, resume=args.resume)
     score_cli(ds, args.reward_model, out, batch_size=args.batch_size, resume=args.resume, dtype=args.dtype)
     print(f'scored {len(ds)} pairs -> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
@@ -172,6 +175,7 @@ def add_data(p:argparse.ArgumentParser):
                    help='preference file or folder; repeat as aspect=path to aggregate one sub-dataset per aspect')
     p.add_argument('--format', default='auto', help='auto, ultrafeedback, helpsteer, hh, trl or fine-grained')
     p.add_argument('--on-error', default='raise', choices=['raise', 'skip'], help='bad records: stop, or skip and count them')
+    p.add_argument('--limit', type=int, default=None, help='keep the first N pairs of each --data (quick runs)')
 
 # %% ../nbs/11_cli.ipynb #c019
 class Parser(argparse.ArgumentParser):
