@@ -127,7 +127,7 @@ def test_training_report(trained):
     rm, tok, rep = trained
     table = accuracy_table(rep)
     assert list(table.index) == SYNTHETIC_ASPECTS
-    # measured 0.72-0.97 over seeds 0-4 (300 pairs per aspect, 3 epochs); 0.6 leaves a margin and is far from chance
+    # measured 0.70-0.97 over seeds 0-4 (300 pairs per aspect, 3 epochs; seed 0, used here: 0.80-0.97); chance is 0.5
     assert (table['heldout_acc'] > 0.6).all(), table
     assert rep['loss'][-1] < np.mean(rep['loss'][:5])
     assert rep['chosen_longer']['before']['polite'] > 0.6               # polite words lengthen answers
