@@ -1,0 +1,101 @@
+"""Summary of the reliability work of issue 8: what is tried, how often, and what each property is shown to catch.
+
+Property-based tests (tests/test_properties.py; hypothesis, derandomised, no example database, `EXAMPLES` below):
+
+| property (generated cases)             | mutation of the library it catches (test_property_catches_mutation)        |
+|----------------------------------------|-----------------------------------------------------------------------------|
+| PD antisymmetry (200)                  | `delta = c - r` -> `delta = c` (rejected scores dropped)                    |
+| PD ignores the labelling aspect (200)  | drop `other[..., a] = False` (PD becomes minus the holistic margin)         |
+| PD shift invariance per aspect (200)   | `delta = c - r` -> `log1p|c| - log1p|r|`                                    |
+| PD weight-scale invariance (200)       | `_weights`: `return w / w.sum()` -> `return w` (weights not normalised)     |
+| PD sign: consensus < 0 (200)           | `pd = -(known` -> `pd = (known` (sign convention flipped)                   |
+| losses finite, fp32/bf16, 1e4 (150)    | `neg_logsigmoid(x)` -> `-torch.log(torch.sigmoid(x))` in dpo_loss, dfpo_loss |
+| sequence_logps finite, <= 0 (100)      | `torch.logsumexp(z, -1)` -> `z.exp().sum(-1).log()`                         |
+| DFPO == DPO at pd=0, w=1 (200)         | `t = beta * margin` -> `t = margin`                                         |
+| DPO loss decreasing in margin (200)    | `neg_logsigmoid(beta * margin)` -> `neg_logsigmoid(-beta * margin)`         |
+| DFPO loss decreasing in PD (200)       | `t = t + pd` -> `t = t - pd`                                                |
+| exact count ceil(p/q N) (200 + 2)      | `math.ceil(` -> `math.floor(`; the Fraction guard -> `math.ceil(ratio * n)` |
+| deterministic (100)                    | `select_random` ignores its seed (`g = None`)                               |
+| ties: lowest index first (200)         | `_top` breaks ties by the highest index                                     |
+| never duplicates (200)                 | `select_random` samples with replacement (`torch.randint`)                  |
+| select_by_pd max <= min of rest (200)  | `largest=False` -> `largest=True`                                           |
+| `select` on a Dataset (25)             | `return sub[k.numpy()]` -> `return sub[k.numpy()[:-1]]` (one pair lost)     |
+| theory bounds lower<=exact<=upper (200)| `q.mean(-1)` -> `(1 - q).mean(-1)` in `loss_bounds`                         |
+
+Fuzzing (tests/test_loaders_fuzz.py, `FUZZ` below): fine-grained records with 14 kinds of corruption (missing or None
+fields, wrong types, blank and unicode-blank texts, lone surrogates, identical responses, unknown aspects, bad ids/sources,
+non-mappings, duplicate ids, 'N/A'/'3'/bool/NaN/inf scores, unknown score keys, one-sided or list scores, missing/tied/
+reversed own-aspect scores), unicode round trips through JSONL (plain and gzip) and save_to_disk, JSONL and gzip
+files cut at every kind of byte offset, malformed lines, UltraFeedback rows ('N/A', '', None, missing annotations,
+one-element lists, bad ratings and structure, both pairings), HelpSteer rows, TRL rows (plain and conversational),
+HH transcripts, atomic writers failing at any row; plus one test per bug found (non-finite scores, lone surrogates,
+invalid UTF-8 line numbers, 'nan'/'inf' UltraFeedback ratings) and the truncation policy of pd_align.train.
+
+CLI (tests/test_cli.py): unknown method, 11 bad ratios, missing/garbage/wrong inputs, non-empty or file --out (refused
+unless --overwrite), unknown command, missing --scored; all one stderr line, exit 2, no traceback, via the script and
+`main`; happy paths of `select` (all methods, per aspect) and `toy`.
+
+Interrupted runs (tests/test_resume.py): SIGKILL of an atomic writer mid-write, of `score_dataset` after its first
+shard, and of `train_dpo` after its first checkpoint; resumed outputs equal the uninterrupted run's.
+"""
+import ast, re
+from pathlib import Path
+
+import pytest
+
+import test_properties as P
+import test_loaders_fuzz as Z
+
+HERE = Path(__file__).parent
+OWN = ['test_properties.py', 'test_loaders_fuzz.py', 'test_cli.py', 'test_resume.py', 'test_reliability.py']
+
+def hyp_settings(test):
+    "The hypothesis settings a test runs with."
+    s = getattr(test, '_hypothesis_internal_use_settings', None)
+    assert s is not None, f'{test.__name__} is not a hypothesis test with explicit settings'
+    return s
+
+def property_tests():
+    return {n: t for n, t in vars(P).items() if n.startswith('test_') and hasattr(t, 'prop_name')}
+
+def test_every_property_is_bounded_and_documented():
+    "Each property runs exactly EXAMPLES[name] cases (no deadline, no database) and names its mutation in its docstring."
+    tests = property_tests()
+    assert set(t.prop_name for t in tests.values()) == set(P.EXAMPLES), 'EXAMPLES and the property tests disagree'
+    for name, t in tests.items():
+        s = hyp_settings(t)
+        assert s.max_examples == P.EXAMPLES[t.prop_name] and s.deadline is None and s.database is None, name
+        assert 'Mutation' in (t.__doc__ or ''), f'{name}: the docstring must name a mutation that makes it fail'
+    total = sum(P.EXAMPLES.values())
+    assert 2000 <= total <= 5000, total  # enough to mean something, bounded for CI (< 2 min on 2 cores)
+
+def test_every_property_has_a_mutation_that_is_run():
+    "Each property appears in MUTATIONS, whose entries test_property_catches_mutation applies one by one."
+    covered = {m[0].__name__ for m in P.MUTATIONS}
+    assert covered == set(property_tests()), set(property_tests()) ^ covered
+    for test, module, name, old, new in P.MUTATIONS:
+        assert old != new and hasattr(module, name), (test.__name__, name)
+        P.mutate(module, name, old, new)  # the snippet is still in the source, and the mutant compiles
+
+def test_fuzz_budgets_and_cases():
+    "Each fuzz test runs FUZZ[name] generated cases; the record corruptions cover the listed kinds."
+    fuzz_tests = {n: t for n, t in vars(Z).items() if n.startswith('test_') and hasattr(t, 'hypothesis')}
+    assert len(fuzz_tests) == len(Z.FUZZ), (sorted(fuzz_tests), sorted(Z.FUZZ))
+    assert sorted(hyp_settings(t).max_examples for t in fuzz_tests.values()) == sorted(Z.FUZZ.values())
+    assert len(Z.CORRUPTIONS) >= 14
+    assert sum(Z.FUZZ.values()) <= 1000
+
+def test_own_files_exist_and_cover_the_issue():
+    "The five files exist; the resume file kills both the scorer and the trainer; the CLI file runs the real script."
+    for f in OWN: assert (HERE / f).exists(), f
+    resume = (HERE / 'test_resume.py').read_text()
+    assert 'SIGKILL' in resume and 'score_dataset' in resume and 'train_dpo' in resume
+    cli = (HERE / 'test_cli.py').read_text()
+    assert "'pd-align'" in cli and 'Traceback' in cli
+
+def test_summary_table_matches_the_code():
+    "The counts in this module's docstring are the ones the property tests use."
+    doc = __doc__
+    for name, n in [('PD antisymmetry', P.EXAMPLES['pd_antisymmetry']), ('`select` on a Dataset', P.EXAMPLES['select_dataset']),
+                    ('theory bounds lower<=exact<=upper', P.EXAMPLES['loss_bounds'])]:
+        assert re.search(re.escape(name) + r'[^|]*\(' + str(n), doc), name
