@@ -45,7 +45,17 @@ def _tokens(recs, tok) -> float:
     n = [len(tok(r['prompt'] + r[k] + tok.eos_token)['input_ids']) for r in recs for k in ('chosen', 'rejected')]
     return sum(n) / len(n)
 
-def worker_ours(size: str, precompute: bool = False) -> dict:
+def _profiled(fn, profile: bool, top: int = 18):
+    "Run fn(); with `profile`, under cProfile, returning the `top` functions by own time as text too."
+    if not profile: return fn(), None
+    import cProfile, io, pstats
+    pr = cProfile.Profile()
+    out = pr.runcall(fn)
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats('tottime').print_stats(top)
+    return out, buf.getvalue()
+
+def worker_ours(size: str, precompute: bool = False, profile: bool = False) -> dict:
     from pd_align.train import DPOConfig, train_dpo
     s = SIZES[size]
     recs, tok, model = _setup(s)
@@ -55,12 +65,13 @@ def worker_ours(size: str, precompute: bool = False) -> dict:
                     lora_dropout=LORA['dropout'], target_modules=LORA['target_modules'], max_length=512, max_prompt_length=256,
                     max_grad_norm=1.0, lr_scheduler='linear', precompute_ref_logps=precompute, seed=0)
     t0 = time.perf_counter()
-    res = train_dpo(model, recs, cfg, tokenizer=tok, callback=lambda step, entry: stamps.append(time.perf_counter()))
+    res, prof = _profiled(lambda: train_dpo(model, recs, cfg, tokenizer=tok, callback=lambda step, entry: stamps.append(time.perf_counter())),
+                          profile)
     total = time.perf_counter() - t0
-    return dict(step_times=[b - a for a, b in zip(stamps, stamps[1:])][s['warmup'] - 1:], total_s=total, rss_before_mb=rss0,
+    return dict(profile=prof, step_times=[b - a for a, b in zip(stamps, stamps[1:])][s['warmup'] - 1:], total_s=total, rss_before_mb=rss0,
                 final_loss=res.final_loss, tokens_per_seq=_tokens(recs, tok), n_params=C.n_params(model))
 
-def worker_trl(size: str, trl_defaults: bool = False) -> dict:
+def worker_trl(size: str, trl_defaults: bool = False, profile: bool = False) -> dict:
     "trl.DPOTrainer; `trl_defaults`: keep TRL's own defaults (bf16 autocast, gradient checkpointing) instead of matching ours."
     from datasets import Dataset
     from peft import LoraConfig
@@ -83,10 +94,10 @@ def worker_trl(size: str, trl_defaults: bool = False) -> dict:
         ds = Dataset.from_list([dict(prompt=r['prompt'], chosen=r['chosen'], rejected=r['rejected']) for r in recs])
         tr = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft, callbacks=[Stamp()])
         t0 = time.perf_counter()
-        tr.train()
+        _, prof = _profiled(tr.train, profile)
         total = time.perf_counter() - t0
     losses = [h['loss'] for h in tr.state.log_history if 'loss' in h]
-    return dict(step_times=[b - a for a, b in zip(stamps, stamps[1:])][s['warmup'] - 1:], total_s=total, rss_before_mb=rss0,
+    return dict(profile=prof, step_times=[b - a for a, b in zip(stamps, stamps[1:])][s['warmup'] - 1:], total_s=total, rss_before_mb=rss0,
                 final_loss=losses[-1] if losses else None, tokens_per_seq=_tokens(recs, tok), n_params=C.n_params(model))
 
 WORKERS = dict(ours=worker_ours, trl=worker_trl)
@@ -98,6 +109,7 @@ def main():
     p.add_argument('--rounds', type=int, default=None, help='ABAB rounds (default by size)')
     p.add_argument('--extra', action='store_true', help='also time TRL with its own defaults (bf16, gradient checkpointing) '
                    'and both trainers with precomputed reference log-probs')
+    p.add_argument('--profile', action='store_true', help='one extra cProfile run of each trainer (not timed): top functions by own time')
     a = p.parse_args()
     size = 'quick' if a.quick else a.size
     s = SIZES[size]
@@ -133,10 +145,17 @@ def main():
     mem_ratio = stats['pd_align']['peak_rss']['median'] / stats['trl']['peak_rss']['median']
     print(f"peak-memory ratio pd_align / trl: {mem_ratio:.3f}")
     target = C.target_line('step time pd_align / trl', ratio, '<=', 0.8)
+    profiles = {}
+    if a.profile:
+        for name, worker, kw in configs[:2]:
+            prof = C.run_isolated(__file__, worker, {**kw, 'profile': True}, threads=a.threads)['profile']
+            profiles[name] = prof
+            print(f"--- cProfile, {name} ({s['steps']} steps + setup), top functions by own time ---")
+            print('\n'.join(prof.splitlines()[:40]))
     first = runs['pd_align'][0]
     C.save('dpo_step_vs_trl' + ('' if size == 'default' else f'_{size}'), dict(benchmark='dpo_step_vs_trl', size=size, settings={**s, 'rounds': rounds, 'lora': LORA, 'threads': a.threads},
                                     n_params=first['n_params'], tokens_per_seq=first['tokens_per_seq'], machine=info,
-                                    stats=stats, ratio=ratio, memory_ratio=mem_ratio, target=target, runs=runs, table=rows), a.out)
+                                    stats=stats, ratio=ratio, memory_ratio=mem_ratio, target=target, runs=runs, table=rows, profiles=profiles), a.out)
 
 if __name__ == '__main__':
     if not C.worker_main(WORKERS): main()

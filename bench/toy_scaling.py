@@ -36,18 +36,23 @@ def slope(xs, ys) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 def plot(points: dict, path: Path):
+    "Left: time vs prompts (log-log) with a linear reference; right: time per 1k prompts (flat when linear)."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     xs = sorted(points)
     med = [C.summary(points[x])['median'] for x in xs]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for x in xs: ax.scatter([x] * len(points[x]), points[x], color='tab:blue', alpha=.35, s=14)
     ax.plot(xs, med, 'o-', color='tab:blue', label='run_experiment (median)')
     ref = med[-1] / xs[-1]
     ax.plot(xs, [ref * x for x in xs], '--', color='grey', label='linear through the largest point')
     ax.set_xscale('log'); ax.set_yscale('log')
     ax.set_xlabel('prompts (pairs = 4 x prompts)'); ax.set_ylabel('wall time, s')
-    ax.set_title('toy experiment: time vs problem size'); ax.legend(); fig.tight_layout()
+    ax.set_title('toy experiment: time vs problem size'); ax.legend()
+    ax2.plot(xs, [m / x * 1e3 for m, x in zip(med, xs)], 'o-', color='tab:orange')
+    ax2.set_xscale('log'); ax2.set_ylim(bottom=0)
+    ax2.set_xlabel('prompts'); ax2.set_ylabel('seconds per 1k prompts'); ax2.set_title('cost per prompt (flat = linear)')
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110); plt.close(fig)
 
