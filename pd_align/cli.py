@@ -60,11 +60,12 @@ def load_data(specs:list[str], # `--data` values
              ):
     "Load one or several `--data` specs as one fine-grained `Dataset`."
     import collections
-    from pd_align.data import load_local, aggregate
+    from pd_align.data import load_local, aggregate, RecordError
     parsed = [parse_data_spec(s) for s in specs]
     skipped = collections.Counter()
     def load(aspect, path):
-        ds = load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped)
+        try: ds = load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped)
+        except RecordError as e: raise CLIError(f'{path}: {e} (--on-error skip skips and counts bad records)') from None
         return ds.select(range(min(limit, len(ds)))) if limit else ds
     if len(parsed) == 1: ds = load(*parsed[0])
     else:
