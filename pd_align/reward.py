@@ -566,6 +566,7 @@ def rating_pd(dataset, # a dataset with known per-aspect scores (after `score_da
               aspects:list[str]|None=None, # aspect order (default: the dataset's)
               prefix:str='orig_', # score columns are `{prefix}chosen_scores`/`{prefix}rejected_scores`
               gamma:float=0.9, scaling:str='quantile', weights=None, # as in `score_dataset`
+              on_missing:str='raise', # unknown ratings (UltraFeedback's "N/A"): 'raise', 'zero' or 'renormalize'
              ) -> Tensor: # [N] PD from the known scores, scaled like the estimate
     "PD from known ratings (true rewards, UltraFeedback's ratings), for comparison with the estimate of `score_dataset`."
     cols = {f'{prefix}chosen_scores': 'chosen_scores', f'{prefix}rejected_scores': 'rejected_scores'}
@@ -574,9 +575,9 @@ def rating_pd(dataset, # a dataset with known per-aspect scores (after `score_da
     ds = dataset.select_columns(['id', 'aspect', *cols]).rename_columns(cols) if prefix else dataset
     c, r = scores_matrix(ds, aspects)
     s = scale_margins(c - r, gamma=gamma, method=scaling)
-    return preference_divergence(s, torch.zeros_like(s), aspect_index(ds, aspects), weights)
+    return preference_divergence(s, torch.zeros_like(s), aspect_index(ds, aspects), weights, on_missing=on_missing)
 
-# %% ../nbs/06_reward.ipynb #c044
+# %% ../nbs/06_reward.ipynb #c046
 def plot_reward_diagnostics(scored, # output of `score_dataset`
                             report:dict|None=None, # output of `train_reward_models` (adds the loss curve)
                             selected=None, # indices of selected pairs to shade in the PD histogram
@@ -594,7 +595,7 @@ def plot_reward_diagnostics(scored, # output of `score_dataset`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/06_reward.ipynb #c051
+# %% ../nbs/06_reward.ipynb #c053
 _CONFIG = 'reward_config.json'
 _WEIGHTS = 'model.safetensors'
 
@@ -683,7 +684,7 @@ def load_reward_model(path:str|Path, # folder written by `save_pretrained` (with
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return model, tok
 
-# %% ../nbs/06_reward.ipynb #c059
+# %% ../nbs/06_reward.ipynb #c061
 def _summary(report:dict) -> dict:
     "The JSON-friendly part of a training report (no index lists)."
     return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in ('train_index', 'heldout_index')}
