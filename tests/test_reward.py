@@ -20,12 +20,6 @@ from pd_align.reward import (AspectRewardModel, CallCounter, SYNTHETIC_ASPECTS, 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')

@@ -11,13 +11,6 @@ from pd_align.train import (DPOConfig, train_dpo, evaluate_dpo, tokenize_pairs, 
                             demo_pairs, latest_checkpoint, add_lora, eval_cli, load_run, train_cli, reward_win_rate, sample_responses, is_peft)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny models run as fast on one thread, and much faster when the machine is shared."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')

@@ -13,12 +13,6 @@ from pd_align.tiny import tiny_model_and_tokenizer, tiny_causal_lm
 from pd_align.train import DPOConfig, demo_pairs, tokenize_pairs, collate_pairs, pair_logps, train_dpo
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')
