@@ -5,7 +5,7 @@ import argparse, json, math, os, platform, random, resource, subprocess, sys, ti
 from pathlib import Path
 
 for _k, _v in dict(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', MPLBACKEND='Agg', TOKENIZERS_PARALLELISM='false',
-                   TRANSFORMERS_VERBOSITY='error', TQDM_DISABLE='1').items():
+                   TRANSFORMERS_VERBOSITY='error', HF_DATASETS_DISABLE_PROGRESS_BARS='1').items():
     os.environ.setdefault(_k, _v)
 
 BENCH = Path(__file__).resolve().parent
@@ -171,7 +171,7 @@ def target_line(name: str, value: float, op: str, target: float) -> dict:
 
 def save(name: str, result: dict, out: Path | None = None) -> Path:
     "Write the result JSON atomically to `out`, or bench/results/NAME.json (NAME_quick.json for --quick runs)."
-    if result.get('size') == 'quick' and not name.endswith('_quick'): name += '_quick'
+    if result.get('size') == 'quick' and '_quick' not in name: name += '_quick'
     out = Path(out) if out else RESULTS / f'{name}.json'
     out.parent.mkdir(parents=True, exist_ok=True)
     result.setdefault('loadavg_end', loadavg())

@@ -35,7 +35,9 @@ def _setup(s: dict):
     from pd_align.tiny import tiny_causal_lm
     recs = C.synthetic_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], seed=0)
     tok = C.tokenizer_for(recs, s['vocab'])
-    model = tiny_causal_lm(len(tok), hidden_size=s['hidden'], n_layers=s['layers'], n_heads=s['heads'], max_positions=512,
+    # model_vocab > len(tok): a wider LM head than the tokenizer needs (unused rows), to emulate a real LM's
+    # vocabulary (SmolLM2: 49152) without a hub download
+    model = tiny_causal_lm(max(len(tok), s.get('model_vocab') or 0), hidden_size=s['hidden'], n_layers=s['layers'], n_heads=s['heads'], max_positions=512,
                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, seed=0)
     torch.manual_seed(0)
     return recs, tok, model
@@ -55,9 +57,9 @@ def _profiled(fn, profile: bool, top: int = 18):
     pstats.Stats(pr, stream=buf).sort_stats('tottime').print_stats(top)
     return out, buf.getvalue()
 
-def worker_ours(size: str, precompute: bool = False, profile: bool = False) -> dict:
+def worker_ours(size: str, precompute: bool = False, profile: bool = False, model_vocab: int | None = None) -> dict:
     from pd_align.train import DPOConfig, train_dpo
-    s = SIZES[size]
+    s = {**SIZES[size], 'model_vocab': model_vocab}
     recs, tok, model = _setup(s)
     rss0 = C.rss_mb()
     stamps = []
@@ -71,13 +73,14 @@ def worker_ours(size: str, precompute: bool = False, profile: bool = False) -> d
     return dict(profile=prof, step_times=[b - a for a, b in zip(stamps, stamps[1:])][s['warmup'] - 1:], total_s=total, rss_before_mb=rss0,
                 final_loss=res.final_loss, tokens_per_seq=_tokens(recs, tok), n_params=C.n_params(model))
 
-def worker_trl(size: str, trl_defaults: bool = False, profile: bool = False) -> dict:
+def worker_trl(size: str, trl_defaults: bool = False, precompute: bool = False, profile: bool = False,
+               model_vocab: int | None = None) -> dict:
     "trl.DPOTrainer; `trl_defaults`: keep TRL's own defaults (bf16 autocast, gradient checkpointing) instead of matching ours."
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
-    s = SIZES[size]
+    s = {**SIZES[size], 'model_vocab': model_vocab}
     recs, tok, model = _setup(s)
     rss0 = C.rss_mb()
     stamps = []
@@ -88,7 +91,7 @@ def worker_trl(size: str, trl_defaults: bool = False, profile: bool = False) -> 
         args = DPOConfig(output_dir=out, per_device_train_batch_size=s['batch'], max_steps=s['steps'], learning_rate=1e-4, beta=0.1,
                          max_length=512, max_grad_norm=1.0, lr_scheduler_type='linear', warmup_steps=0, report_to='none',
                          use_cpu=C.device() == 'cpu', save_strategy='no', logging_steps=1, disable_tqdm=True, seed=0,
-                         dataloader_num_workers=0, **match)
+                         dataloader_num_workers=0, precompute_ref_log_probs=precompute, **match)
         peft = LoraConfig(r=LORA['r'], lora_alpha=LORA['alpha'], lora_dropout=LORA['dropout'],
                           target_modules=LORA['target_modules'], task_type='CAUSAL_LM')
         ds = Dataset.from_list([dict(prompt=r['prompt'], chosen=r['chosen'], rejected=r['rejected']) for r in recs])
@@ -108,18 +111,21 @@ def main():
                    "framework overhead dominates (the regime of STACK.md's numbers)")
     p.add_argument('--rounds', type=int, default=None, help='ABAB rounds (default by size)')
     p.add_argument('--extra', action='store_true', help='also time TRL with its own defaults (bf16, gradient checkpointing) '
-                   'and both trainers with precomputed reference log-probs')
+                   'and both trainers with precomputed reference log-probs (one no-grad pass before training, not in the step time)')
+    p.add_argument('--model-vocab', type=int, default=None, help='LM-head width of the model (e.g. 49152, SmolLM2\'s), '
+                   'wider than the tokenizer: shows the cost of materialising full logits')
     p.add_argument('--profile', action='store_true', help='one extra cProfile run of each trainer (not timed): top functions by own time')
     a = p.parse_args()
     size = 'quick' if a.quick else a.size
     s = SIZES[size]
     rounds = a.rounds or s['rounds']
-    configs = [('pd_align', 'ours', dict(size=size)), ('trl', 'trl', dict(size=size))]
+    configs = [('pd_align', 'ours', dict(size=size, model_vocab=a.model_vocab)), ('trl', 'trl', dict(size=size, model_vocab=a.model_vocab))]
     if a.extra:
         configs += [('trl (its defaults: bf16, grad. ckpt)', 'trl', dict(size=size, trl_defaults=True)),
-                    ('pd_align (precomputed ref)', 'ours', dict(size=size, precompute=True))]
+                    ('pd_align (precomputed ref)', 'ours', dict(size=size, precompute=True)),
+                    ('trl (precomputed ref)', 'trl', dict(size=size, precompute=True))]
     info = C.machine()
-    print(f"DPO step: hidden {s['hidden']}, {s['layers']} layers, vocab {s['vocab']}, batch {s['batch']} pairs, "
+    print(f"DPO step: hidden {s['hidden']}, {s['layers']} layers, vocab {s['vocab']} (model head {a.model_vocab or s['vocab']}), batch {s['batch']} pairs, "
           f"LoRA {LORA}; {rounds} interleaved rounds x {s['steps']} steps; load {info['loadavg_start']}")
     runs = {name: [] for name, _, _ in configs}
     for r, (name, worker, kw) in C.interleaved(configs, rounds):
@@ -153,7 +159,9 @@ def main():
             print(f"--- cProfile, {name} ({s['steps']} steps + setup), top functions by own time ---")
             print('\n'.join(prof.splitlines()[:40]))
     first = runs['pd_align'][0]
-    C.save('dpo_step_vs_trl' + ('' if size == 'default' else f'_{size}'), dict(benchmark='dpo_step_vs_trl', size=size, settings={**s, 'rounds': rounds, 'lora': LORA, 'threads': a.threads},
+    C.save('dpo_step_vs_trl' + ('' if size == 'default' else f'_{size}') + (f'_vocab{a.model_vocab}' if a.model_vocab else ''),
+           dict(benchmark='dpo_step_vs_trl', size=size, settings={**s, 'rounds': rounds, 'lora': LORA, 'threads': a.threads,
+                                                                 'model_vocab': a.model_vocab},
                                     n_params=first['n_params'], tokens_per_seq=first['tokens_per_seq'], machine=info,
                                     stats=stats, ratio=ratio, memory_ratio=mem_ratio, target=target, runs=runs, table=rows, profiles=profiles), a.out)
 

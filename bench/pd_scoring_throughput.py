@@ -14,13 +14,14 @@ Target: speed-up >= 0.8*K for K = 4 and 5.
 """
 from __future__ import annotations
 import os, sys, time
+from tqdm.auto import tqdm
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
 SIZES = dict(
     default=dict(hidden=128, layers=4, heads=4, vocab=1024, n_pairs=192, batch=32, prompt_words=16, response_words=40,
-                 jitter=0.9, repeats=3, Ks=[4, 5]),
+                 jitter=0.9, repeats=5, Ks=[4, 5]),
     quick=dict(hidden=32, layers=1, heads=2, vocab=512, n_pairs=24, batch=8, prompt_words=6, response_words=10,
                jitter=0.9, repeats=1, Ks=[4, 5]),
 )
@@ -76,10 +77,10 @@ def main():
         shared = AspectRewardModel(_backbone(tok, s, 0), aspects, seed=0)
         singles = [AspectRewardModel(_backbone(tok, s, 1 + j), [asp], seed=1 + j) for j, asp in enumerate(aspects)]
         for m in [shared, *singles]: m.max_length = 512
-        score_texts(shared, tok, texts[:s['batch']], s['batch'], progress=False)  # warm-up (allocator, kernels)
+        for m in [shared, *singles]: score_texts(m, tok, texts[:2 * s['batch']], s['batch'], progress=False)  # warm-up (allocator, kernels)
         ds = from_records([{**r, 'aspect': aspects[i % K]} for i, r in enumerate(recs)], aspects=aspects)
         times = {k: [] for k in ('shared', 'separate', 'shared_unsorted', 'score_dataset')}
-        for _ in range(s['repeats']):
+        for _ in tqdm(range(s['repeats']), desc=f'K={K}', leave=False):
             t = time.perf_counter(); score_texts(shared, tok, texts, s['batch'], progress=False)
             times['shared'].append(time.perf_counter() - t)
             t = time.perf_counter()
@@ -91,16 +92,18 @@ def main():
             times['score_dataset'].append(time.perf_counter() - t)
         st = {k: C.summary(v) for k, v in times.items()}
         rate = {k: s['n_pairs'] / v['median'] for k, v in st.items()}
-        speedup = st['separate']['median'] / st['shared']['median']
-        sort_gain = st['shared_unsorted']['median'] / st['shared']['median']
-        results[K] = dict(times=times, stats=st, pairs_per_s=rate, speedup=speedup, sorting_speedup=sort_gain,
-                          loadavg=C.loadavg())
+        # ratios within each repeat (the two timings of a ratio are seconds apart, so load drift cancels), then their median
+        paired = C.summary([b / a for a, b in zip(times['shared'], times['separate'])])
+        paired_sort = C.summary([b / a for a, b in zip(times['shared'], times['shared_unsorted'])])
+        speedup, sort_gain = paired['median'], paired_sort['median']
+        results[K] = dict(times=times, stats=st, pairs_per_s=rate, speedup=speedup, speedup_stats=paired, sorting_speedup=sort_gain,
+                          sorting_stats=paired_sort, loadavg=C.loadavg())
         for k, label in (('shared', f'1 backbone, {K} heads (sorted batches)'), ('separate', f'{K} single-head scorers (sorted)'),
                          ('shared_unsorted', f'1 backbone, {K} heads, batches in data order'),
                          ('score_dataset', f'score_dataset end to end, {K} heads')):
             rows.append({'K': K, 'scorer': label, 'seconds, median [IQR]': C.fmt(st[k], '', 1, 2), 'pairs/s': f"{rate[k]:.0f}"})
-        print(f"  K={K}: shared {rate['shared']:.0f} pairs/s, separate {rate['separate']:.0f} pairs/s -> speed-up {speedup:.2f}x; "
-              f"sorting {sort_gain:.2f}x (load {results[K]['loadavg'][0]})", flush=True)
+        print(f"  K={K}: shared {rate['shared']:.0f} pairs/s, separate {rate['separate']:.0f} pairs/s -> speed-up {C.fmt(paired, 'x', 1, 2)}; "
+              f"length sorting {C.fmt(paired_sort, 'x', 1, 2)} (paired medians [IQR]; load {results[K]['loadavg'][0]})", flush=True)
     pads = dict(sorted=padding_share(lengths, s['batch'], True), data_order=padding_share(lengths, s['batch'], False))
     print(C.table(rows))
     print(f"padded positions: {pads['sorted']:.1%} with length-sorted batches, {pads['data_order']:.1%} in data order")

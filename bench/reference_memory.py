@@ -40,7 +40,8 @@ def worker(size: str, separate_reference: bool, overrides: dict) -> dict:
     ref = copy.deepcopy(model) if separate_reference else None
     rss_models = C.rss_mb()
     cfg = DPOConfig(max_steps=s['steps'], batch_size=s['batch'], lr=1e-4, lora_r=LORA['r'], lora_alpha=LORA['alpha'],
-                    lora_dropout=LORA['dropout'], target_modules=LORA['target_modules'], max_length=256, max_prompt_length=128, seed=0)
+                    lora_dropout=LORA['dropout'], target_modules=LORA['target_modules'], max_length=256, max_prompt_length=128, seed=0,
+                    gradient_checkpointing=s.get('gradient_checkpointing', False))
     t0 = time.perf_counter()
     res = train_dpo(model, recs, cfg, tokenizer=tok, ref_model=ref)
     return dict(rss_base_mb=rss_base, rss_after_models_mb=rss_models, peak_rss_mb=C.peak_rss_mb(), cuda_peak_mb=C.cuda_peak_mb(),
@@ -53,13 +54,14 @@ def main():
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument('--batch', type=int, default=None, help='pairs per step (more activations: the ratio moves towards 1)')
     p.add_argument('--response-words', type=int, default=None, help='mean words per response')
+    p.add_argument('--gradient-checkpointing', action='store_true', help='both arms recompute activations in the backward pass')
     a = p.parse_args()
     size = 'quick' if a.quick else 'default'
-    s = SIZES[size]
+    s = dict(SIZES[size])
     for k in ('batch', 'response_words'):
         if getattr(a, k) is not None: s[k] = getattr(a, k)
     info = C.machine()
-    over = dict(batch=s['batch'], response_words=s['response_words'])
+    over = dict(batch=s['batch'], response_words=s['response_words'], gradient_checkpointing=a.gradient_checkpointing)
     arms = [('A: LoRA, adapter-disabled reference', dict(size=size, separate_reference=False, overrides=over)),
             ('B: LoRA + separate frozen reference copy', dict(size=size, separate_reference=True, overrides=over))]
     print(f"reference memory: hidden {s['hidden']}, {s['layers']} layers, vocab {s['vocab']}, batch {s['batch']}, "
@@ -88,11 +90,17 @@ def main():
     ratio = stats[na]['model_peak_mb']['median'] / stats[nb]['model_peak_mb']['median']
     process_ratio = stats[na]['peak_rss_mb']['median'] / stats[nb]['peak_rss_mb']['median']
     cuda_ratio = stats[na]['cuda_peak_mb']['median'] / stats[nb]['cuda_peak_mb']['median'] if stats[na]['cuda_peak_mb'] else None
+    W = rs[0]['weights_mb']
+    other = stats[na]['model_peak_mb']['median'] - W
+    print(f"arm A = weights {W:.0f} MiB + {other:.0f} MiB of activations, LoRA, optimizer and allocator slack (E); "
+          f"(W + E) / (2W + E) <= 0.6 exactly when E <= W/2: here E/W = {other / W:.2f}")
     print(f"process-peak ratio A/B (includes the ~{stats[na]['rss_base_mb']['median']:.0f} MiB of loaded libraries): {process_ratio:.3f}")
     target = C.target_line('model peak memory A / B', cuda_ratio if cuda_ratio is not None else ratio, '<=', 0.6)
-    C.save('reference_memory', dict(benchmark='reference_memory', size=size, settings={**s, 'lora': LORA, 'threads': a.threads},
+    tag = ''.join(f'_{k}{s[k]}' for k in ('batch', 'response_words') if s[k] != SIZES[size][k] and size != 'quick')
+    tag += '_gc' if a.gradient_checkpointing else ''
+    C.save('reference_memory' + tag, dict(benchmark='reference_memory', size=size, settings={**s, 'lora': LORA, 'threads': a.threads},
                                      n_params=rs[0]['n_params'], weights_mb=rs[0]['weights_mb'], machine=info, stats=stats,
-                                     ratio=ratio, process_ratio=process_ratio, cuda_ratio=cuda_ratio, target=target, runs=runs,
+                                     ratio=ratio, process_ratio=process_ratio, extra_over_weights=other / W, cuda_ratio=cuda_ratio, target=target, runs=runs,
                                      table=rows), a.out)
 
 if __name__ == '__main__':
