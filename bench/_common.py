@@ -115,7 +115,7 @@ def run_isolated(script: str, # the benchmark file (`__file__`)
     env = dict(os.environ)
     if threads: env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), BENCH_THREADS=str(threads))
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, script, WORKER_FLAG, worker, json.dumps(kwargs)], capture_output=True,
+    p = subprocess.run([sys.executable, os.path.abspath(script), WORKER_FLAG, worker, json.dumps(kwargs)], capture_output=True,
                        text=True, timeout=timeout, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
     lines = [l for l in p.stdout.splitlines() if l.startswith(RESULT_TAG)]
