@@ -1,0 +1,35 @@
+"""nbs/10_real_data.ipynb without the shared data folder: it must explain how to get the data and skip the rest, not fail.
+
+(The notebook's smoke run with the data is `nbdev_test --path nbs/10_real_data.ipynb`.)
+"""
+import os
+
+import pytest
+from execnb.nbio import read_nb
+from execnb.shell import CaptureShell
+
+from conftest import ROOT
+
+NB = ROOT/'nbs'/'10_real_data.ipynb'
+
+def stdout(cell) -> str:
+    return ''.join(''.join(o.get('text', '')) for o in cell.get('outputs', []) if o.get('output_type') == 'stream')
+
+def errors(cell) -> list:
+    return [o for o in cell.get('outputs', []) if o.get('output_type') == 'error']
+
+def test_skips_gracefully_without_data(tmp_path, monkeypatch):
+    monkeypatch.setenv('IN_TEST', '1')
+    monkeypatch.setenv('PD_ALIGN_DATA', str(tmp_path/'no_such_folder'))
+    monkeypatch.chdir(NB.parent)
+    nb = read_nb(NB)
+    shell = CaptureShell(NB)
+    shell.run_all(nb, exc_stop=True)
+    code = [c for c in nb.cells if c.cell_type == 'code']
+    assert not any(errors(c) for c in code)
+    first = next(i for i, c in enumerate(code) if 'skipped:' in stdout(c))
+    assert 'load_hub' in stdout(code[first]) and 'no_such_folder' in stdout(code[first])
+    later = code[first + 1:]
+    assert len(later) > 10                                      # the pipeline cells exist and were all skipped
+    for c in later: assert stdout(c).startswith('skipped: the shared data folder'), c.source[:80]
+    assert 'hh_full' not in shell.user_ns and 'rm' not in shell.user_ns   # nothing after the check ran
