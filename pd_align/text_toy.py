@@ -19,7 +19,7 @@ from .selection import select_by_pd, select_highest_pd, select_random, select_fu
 from .tiny import train_tokenizer, tiny_causal_lm
 from .reward import AspectRewardModel, train_reward_models, score_dataset
 from .train import DPOConfig, train_dpo, sample_responses
-from .toy import mean_ci
+from .toy import mean_ci, json_records
 
 # %% auto #0
 __all__ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPENERS', 'CLOSERS', 'SENTENCES', 'POLITE_WORDS',
@@ -504,17 +504,14 @@ def plot_results(runs:pandas.DataFrame, # per-run rows
     return axes
 
 # %% ../nbs/08_text_toy.ipynb #c042
-def _records(df:pandas.DataFrame) -> list:
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in df.to_dict('records')]
-
 def write_results(res:TextToyResults, out:str|Path) -> list[Path]:
     "results.json, results.csv (summary), runs.csv, data.csv, table.txt and text_toy.png in `out`, each written atomically."
     import matplotlib
     if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_json(out / 'results.json', dict(config=res.config, summary=_records(res.summary), runs=_records(res.runs),
-                                                           data=_records(res.data), samples=res.samples)),
+    paths = [atomic_write_json(out / 'results.json', dict(config=res.config, summary=json_records(res.summary), runs=json_records(res.runs),
+                                                           data=json_records(res.data), samples=res.samples)),
              atomic_write_text(out / 'results.csv', res.summary.to_csv(index=False)),
              atomic_write_text(out / 'runs.csv', res.runs.to_csv(index=False)),
              atomic_write_text(out / 'data.csv', res.data.to_csv(index=False)),

@@ -26,7 +26,7 @@ __all__ = ['ASPECTS', 'CONFLICT_LEVELS', 'METHODS', 'SELECTIONS', 'SWEEP_METHODS
            'toy_pairs', 'pair_scores', 'own_margin', 'oracle_pd', 'estimate_aspect_rewards', 'estimated_pd',
            'TabularRuns', 'tabular_run', 'train_runs', 'train_tabular_dpo', 'evaluate_runs', 'evaluate', 't_quantile',
            'mean_ci', 'ToyResults', 'simulate', 'summarize', 'run_experiment', 'plot_ratio_sweep',
-           'plot_conflict_rates', 'plot_pd_quality', 'write_results', 'format_table', 'run_toy']
+           'plot_conflict_rates', 'plot_pd_quality', 'json_records', 'write_results', 'format_table', 'run_toy']
 
 # %% ../nbs/05_toy.ipynb #c005
 ASPECTS = ('helpfulness', 'honesty', 'instruction_following', 'truthfulness')
@@ -639,7 +639,7 @@ def _save_png(fig, path:Path):
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
-def _records(df:pandas.DataFrame) -> list:
+def json_records(df:pandas.DataFrame) -> list:
     "DataFrame rows as JSON-safe dicts (NaN -> None)."
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in df.to_dict('records')]
 
@@ -649,8 +649,8 @@ def write_results(res:ToyResults, out:str|Path) -> list[Path]:
     if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_json(out / 'results.json', dict(config=res.config, summary=_records(res.summary), worlds=_records(res.worlds),
-                                                           runs=_records(res.runs))),
+    paths = [atomic_write_json(out / 'results.json', dict(config=res.config, summary=json_records(res.summary), worlds=json_records(res.worlds),
+                                                           runs=json_records(res.runs))),
              atomic_write_text(out / 'results.csv', res.summary.to_csv(index=False)),
              atomic_write_text(out / 'runs.csv', res.runs.to_csv(index=False)),
              atomic_write_text(out / 'worlds.csv', res.worlds.to_csv(index=False))]
