@@ -136,8 +136,9 @@ def standardize_scores(chosen_scores:Tensor, # [N, K]
 def scale_margins(deltas:Tensor, # [N, K] per-aspect margins (NaN allowed, kept)
                   gamma:float=0.9, # quantile of |delta| used as each aspect's unit
                   method:str='quantile', # 'quantile' (divide, clip to [-1, 1]) or 'zscore' (divide by the spread about 0, no clip)
-                 ) -> Tensor: # [N, K] scaled margins
-    "Per-aspect margin scaling of DESIGN.md §4.5."
+                  return_scale:bool=False, # also return the [K] scales s_j (scaled * s_j = the margin, clipped at s_j)
+                 ) -> Tensor|tuple[Tensor, Tensor]: # [N, K] scaled margins (and [K] scales)
+    "Per-aspect margin scaling: divide each aspect's margins by its gamma-quantile of |margin| (and clip), or by its spread."
     d = torch.as_tensor(deltas)
     d = d.float() if not d.is_floating_point() or d.dtype in (torch.float16, torch.bfloat16) else d
     squeeze = d.dim() == 1
@@ -153,7 +154,8 @@ def scale_margins(deltas:Tensor, # [N, K] per-aspect margins (NaN allowed, kept)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     out = d / scale
     if method == 'quantile': out = out.clamp(-1, 1)
-    return out[:, 0] if squeeze else out
+    out = out[:, 0] if squeeze else out
+    return (out, scale[0]) if return_scale else out
 
 # %% ../nbs/02_divergence.ipynb #c020
 def _avg_ranks(x:np.ndarray) -> np.ndarray:

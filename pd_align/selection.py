@@ -4,20 +4,21 @@
 
 # %% ../nbs/04_selection.ipynb #c002
 from __future__ import annotations
-import math, logging, numbers
+import json, math, logging, numbers
 from fractions import Fraction
 import numpy as np
 import torch
 from torch import Tensor
 from collections.abc import Mapping
 from .data import scores_matrix, aspect_index, get_aspects
-from .divergence import preference_divergence, holistic_margin
+from .divergence import preference_divergence, holistic_margin, _weights
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['METHODS', 'n_keep', 'select_by_pd', 'select_highest_pd', 'select_by_margin', 'select_by_holistic_margin',
-           'select_random', 'select_full', 'tempered_share', 'length_balanced', 'aspect_weights', 'select']
+__all__ = ['METHODS', 'n_keep', 'per_aspect_budget', 'select_by_pd', 'select_highest_pd', 'select_by_margin',
+           'select_by_holistic_margin', 'select_random', 'select_full', 'tempered_share', 'length_balanced',
+           'pd_settings', 'with_pd_settings', 'dataset_aspects', 'aspect_weights', 'select', 'pd_reward_units']
 
 # %% ../nbs/04_selection.ipynb #c005
 def n_keep(ratio:float, # share to keep, in (0, 1]
@@ -28,6 +29,29 @@ def n_keep(ratio:float, # share to keep, in (0, 1]
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
     return math.ceil(Fraction(float(ratio)).limit_denominator(10**9) * n)
 
+# %% ../nbs/04_selection.ipynb #c006b
+def _seeded_rank(n:int, seed:int) -> np.ndarray:
+    "rank[i] = position of item i in a seeded random permutation of range(n): the tie-break order."
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).numpy()
+    rank = np.empty(n, dtype=np.int64)
+    rank[perm] = np.arange(n)
+    return rank
+
+def per_aspect_budget(ratio:float, # share to keep, in (0, 1]
+                      sizes:list[int], # group sizes n_j
+                      seed:int|None=0, # orders groups whose fractional parts tie (None: group order)
+                     ) -> list[int]: # pairs kept per group, summing to exactly `n_keep(ratio, sum(sizes))`
+    "Split the global budget across groups by the largest-remainder rule."
+    total = n_keep(ratio, sum(sizes))
+    q = Fraction(float(ratio)).limit_denominator(10**9)
+    quota = [q * n for n in sizes]
+    out = [math.floor(x) for x in quota]
+    rest = [x - b for x, b in zip(quota, out)]
+    tie = np.arange(len(sizes)) if seed is None else _seeded_rank(len(sizes), seed)
+    order = sorted((g for g in range(len(sizes)) if rest[g] > 0), key=lambda g: (-rest[g], tie[g]))
+    for g in order[:total - sum(out)]: out[g] += 1
+    return out
+
 # %% ../nbs/04_selection.ipynb #c008
 def _scores_1d(x, name:str) -> Tensor:
     t = torch.as_tensor(x)
@@ -37,34 +61,49 @@ def _scores_1d(x, name:str) -> Tensor:
     if len(nan): raise ValueError(f"{name}: NaN at index {nan[0].item()} ({len(nan)} NaN in total); drop or fill those rows first")
     return t
 
-def _top(values:Tensor, ratio:float, largest:bool) -> Tensor:
+def _ranked(values:np.ndarray, # [N] scores
+            sub:np.ndarray, # indices to rank
+            largest:bool, # best = largest value
+            tie:np.ndarray|None, # [N] tie-break rank (None: by index)
+           ) -> np.ndarray: # `sub`, best first
+    "Indices `sub` sorted by value, ties by `tie` rank."
+    if tie is not None: sub = sub[np.argsort(tie[sub], kind='stable')]
+    v = values[sub]
+    return sub[np.argsort(-v if largest else v, kind='stable')]
+
+def _top(values:Tensor, ratio:float, largest:bool, seed:int|None) -> Tensor:
     k = n_keep(ratio, len(values))
-    order = torch.sort(values, descending=largest, stable=True).indices
-    return order[:k].long()
+    tie = None if seed is None else _seeded_rank(len(values), seed)
+    order = _ranked(values.numpy(), np.arange(len(values)), largest, tie)
+    return torch.from_numpy(order[:k]).long()
 
 def select_by_pd(pd:Tensor, # [N] preference divergence
                  ratio:float, # share to keep, in (0, 1]
+                 seed:int|None=0, # tie-break order (None: lowest index first)
                 ) -> Tensor: # indices of kept pairs, most negative PD first
-    "Keep the `ceil(ratio*N)` pairs with the most negative PD (ties by index)."
-    return _top(_scores_1d(pd, 'pd'), ratio, largest=False)
+    "Keep the `ceil(ratio*N)` pairs with the most negative PD (ties in a seeded random order)."
+    return _top(_scores_1d(pd, 'pd'), ratio, largest=False, seed=seed)
 
 def select_highest_pd(pd:Tensor, # [N] preference divergence
                       ratio:float, # share to keep, in (0, 1]
+                      seed:int|None=0, # tie-break order (None: lowest index first)
                      ) -> Tensor: # indices, highest PD first
     "The ablation: keep the `ceil(ratio*N)` pairs with the highest PD (most conflict)."
-    return _top(_scores_1d(pd, 'pd'), ratio, largest=True)
+    return _top(_scores_1d(pd, 'pd'), ratio, largest=True, seed=seed)
 
 def select_by_margin(margins:Tensor, # [N] labelled-aspect reward margin Delta_k
                      ratio:float, # share to keep, in (0, 1]
+                     seed:int|None=0, # tie-break order (None: lowest index first)
                     ) -> Tensor: # indices, largest margin first
     "Single-reward filtering: keep the pairs with the largest labelled-aspect margin."
-    return _top(_scores_1d(margins, 'margins'), ratio, largest=True)
+    return _top(_scores_1d(margins, 'margins'), ratio, largest=True, seed=seed)
 
 def select_by_holistic_margin(holistic:Tensor, # [N] holistic margin sum_j w_j Delta_j
                               ratio:float, # share to keep, in (0, 1]
+                              seed:int|None=0, # tie-break order (None: lowest index first)
                              ) -> Tensor: # indices, largest holistic margin first
     "Keep the pairs with the largest holistic margin (smallest holistic label noise)."
-    return _top(_scores_1d(holistic, 'holistic'), ratio, largest=True)
+    return _top(_scores_1d(holistic, 'holistic'), ratio, largest=True, seed=seed)
 
 def select_random(n:int, # number of pairs
                   ratio:float, # share to keep, in (0, 1]
@@ -135,76 +174,175 @@ def length_balanced(dataset, # Dataset with `chosen`/`rejected` (or `chosen_len`
 # %% ../nbs/04_selection.ipynb #c014
 METHODS = ('pd', 'pd_high', 'random', 'margin', 'holistic', 'full')
 _ALIASES = {'holistic_margin': 'holistic'}
+_INFO_KEY = 'pd_align'
 
-def aspect_weights(dataset, # a fine-grained Dataset
-                   weights=None, # None (uniform), a [K] sequence in `get_aspects` order, or {aspect: weight}
-                  ) -> Tensor|None: # [K] weights in `get_aspects(dataset)` order (None = uniform)
-    "Aspect weights for a dataset; a dict is matched to the dataset's aspects by name."
-    if weights is None or not isinstance(weights, Mapping): return None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-    aspects = get_aspects(dataset)
-    missing = [a for a in aspects if a not in weights]
-    extra = [a for a in weights if a not in aspects]
-    if missing or extra: raise ValueError(f"weights: aspects {missing} missing, {extra} unknown; the dataset's aspects are {aspects}")
-    return torch.tensor([float(weights[a]) for a in aspects], dtype=torch.float64)
+def _info_dict(dataset) -> dict:
+    "The JSON object in the dataset info's description (empty when there is none)."
+    desc = getattr(getattr(dataset, 'info', None), 'description', None) or ''
+    try: d = json.loads(desc)
+    except ValueError: return {}
+    return d if isinstance(d, dict) else {}
+
+def pd_settings(dataset, # a `datasets.Dataset` (a list of rows has none)
+               ) -> dict|None: # aspects, weights, scaling, gamma, scale, ... as stored by `score_dataset`; None if absent
+    "The PD settings stored with a scored dataset."
+    return _info_dict(dataset).get(_INFO_KEY, {}).get('pd_settings')
+
+def with_pd_settings(dataset, # a `datasets.Dataset`
+                     settings:dict, # JSON-able: at least `aspects` and `weights` (normalised, in `aspects` order)
+                    ): # a copy of `dataset` carrying `settings` in its info (kept by select, save_to_disk, load_from_disk)
+    "Store PD settings with a dataset (its `info.description`, as JSON)."
+    out = dataset.select_columns(dataset.column_names)          # a new Dataset object with its own info
+    d = _info_dict(dataset)
+    if not d and out.info.description: d = {'description': out.info.description}
+    d.setdefault(_INFO_KEY, {})['pd_settings'] = settings
+    out.info.description = json.dumps(d)
+    return out
+
+def dataset_aspects(dataset) -> list[str]:
+    "The K aspects of a dataset: the stored settings' aspects, else `get_aspects` (score keys, else labels)."
+    st = pd_settings(dataset)
+    return list(st['aspects']) if st and st.get('aspects') else get_aspects(dataset)
+
+def _normalised(weights, aspects:list[str]) -> Tensor:
+    "[K] float64 weights in `aspects` order, positive, summing to 1."
+    if isinstance(weights, Mapping):
+        missing = [a for a in aspects if a not in weights]
+        extra = [a for a in weights if a not in aspects]
+        if missing or extra: raise ValueError(f"weights: aspects {missing} missing, {extra} unknown; the dataset's aspects are {aspects}")
+        weights = [float(weights[a]) for a in aspects]
+    if isinstance(weights, numbers.Real):
+        raise ValueError(f"weights={weights!r}: one number for every aspect is just uniform weights 1/K after normalisation; "
+                         "pass None, a [K] sequence or {aspect: weight}")
+    return _weights(weights, len(aspects), torch.float64)
+
+def aspect_weights(dataset, # a fine-grained Dataset, or a list of rows
+                   weights=None, # None (stored, else uniform), a [K] sequence in `dataset_aspects` order, or {aspect: weight}
+                  ) -> Tensor: # [K] float64, > 0, summing to 1, in `dataset_aspects(dataset)` order
+    "The aspect weights w_j of a dataset: the one definition used by PD, selection and DFPO."
+    aspects = dataset_aspects(dataset)
+    if not aspects: raise ValueError("aspect_weights: the dataset names no aspects (no score columns, no `aspect` column)")
+    if weights is None:
+        st = pd_settings(dataset)
+        weights = st['weights'] if st and st.get('weights') is not None else [1.0] * len(aspects)
+    return _normalised(weights, aspects)
+
+def _stored_weights_check(dataset, weights, what:str):
+    "Refuse `weights` that disagree with the weights the dataset's stored PD was computed with."
+    if weights is None: return
+    st = pd_settings(dataset)
+    if not st or st.get('weights') is None:
+        raise ValueError(f"{what}: weights={weights!r} given, but the dataset's `pd` column does not record the weights it was "
+                         "computed with; drop the `pd` column (dataset.remove_columns('pd')) to recompute PD from "
+                         "chosen_scores/rejected_scores with these weights, or omit weights=")
+    given, stored = aspect_weights(dataset, weights), aspect_weights(dataset)
+    if not torch.allclose(given, stored, rtol=1e-9, atol=1e-12):
+        raise ValueError(f"{what}: weights {dict(zip(dataset_aspects(dataset), given.tolist()))} disagree with the weights "
+                         f"{dict(zip(dataset_aspects(dataset), stored.tolist()))} the stored `pd` was computed with; rescore "
+                         "(score_dataset(weights=...)) or drop the `pd` column to recompute it")
 
 def _from_scores(dataset):
-    "Chosen/rejected score matrices (float64) and labelling-aspect indices from the fine-grained columns."
-    c, r = scores_matrix(dataset)
-    return c.double(), r.double(), aspect_index(dataset)
+    "Chosen/rejected score matrices (float64) and labelling-aspect indices, in `dataset_aspects` order."
+    aspects = dataset_aspects(dataset)
+    c, r = scores_matrix(dataset, aspects)
+    return c.double(), r.double(), aspect_index(dataset, aspects)
 
-def _column_or_scores(dataset, name, given, weights, on_missing, required):
-    if given is not None:
-        t = torch.as_tensor(given)
-        if t.shape != (len(dataset),): raise ValueError(f"{name}: expected shape [{len(dataset)}], got {tuple(t.shape)}")
-        return t
-    if name in dataset.column_names: return torch.tensor(np.asarray(dataset[name], dtype=np.float64))
-    if 'chosen_scores' in dataset.column_names and 'rejected_scores' in dataset.column_names:
+def _has_scores(dataset) -> bool:
+    return 'chosen_scores' in dataset.column_names and 'rejected_scores' in dataset.column_names
+
+def _given(t, name:str, N:int) -> Tensor:
+    t = torch.as_tensor(t)
+    if t.shape != (N,): raise ValueError(f"{name}: expected shape [{N}], got {tuple(t.shape)}")
+    return _scores_1d(t, name)
+
+def _pd_values(dataset, pd, weights, on_missing) -> tuple[Tensor, bool]:
+    "PD for 'pd'/'pd_high' and whether it is new (to be written as the `pd` column)."
+    if pd is not None:
+        if weights is not None: raise ValueError("select: pass pd= or weights=, not both (pd= is used as given)")
+        return _given(pd, 'pd', len(dataset)), True
+    if 'pd' in dataset.column_names:
+        _stored_weights_check(dataset, weights, 'select')
+        return _scores_1d(np.asarray(dataset['pd'], dtype=np.float64), 'pd'), False
+    if _has_scores(dataset):
         c, r, a = _from_scores(dataset)
-        w = aspect_weights(dataset, weights)
-        if name == 'pd': return preference_divergence(c, r, a, w, on_missing=on_missing)
-        if name == 'holistic_margin': return holistic_margin(c, r, w, on_missing=on_missing)
-        own = (c - r)[torch.arange(len(a)), a]
-        return own
-    if required: raise ValueError(f"select: method needs `{name}`: pass it, add a `{name}` column, or provide chosen_scores/rejected_scores")
-    return None
+        return preference_divergence(c, r, a, aspect_weights(dataset, weights), on_missing=on_missing), True
+    raise ValueError("select: method needs `pd`: pass it, add a `pd` column, or provide chosen_scores/rejected_scores")
+
+def _margin_values(dataset, method, margins, holistic, weights, on_missing) -> Tensor:
+    "Labelled-aspect ('margin') or holistic ('holistic') margins."
+    name, given = ('margin', margins) if method == 'margin' else ('holistic_margin', holistic)
+    if given is not None: return _given(given, name, len(dataset))
+    if name in dataset.column_names: return _scores_1d(np.asarray(dataset[name], dtype=np.float64), name)
+    if not _has_scores(dataset):
+        raise ValueError(f"select: method needs `{name}`: pass it, add a `{name}` column, or provide chosen_scores/rejected_scores")
+    c, r, a = _from_scores(dataset)
+    if method == 'holistic': return holistic_margin(c, r, aspect_weights(dataset, weights), on_missing=on_missing)
+    return _scores_1d((c - r)[torch.arange(len(a)), a], name)
+
+def _groups(dataset, per_aspect:bool) -> list[np.ndarray]:
+    if not per_aspect: return [np.arange(len(dataset))]
+    if 'aspect' not in dataset.column_names: raise ValueError("select: per_aspect=True needs an `aspect` column")
+    asp = np.asarray(dataset['aspect'])
+    return [np.nonzero(asp == g)[0] for g in dict.fromkeys(asp.tolist())]
 
 def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
            method:str='pd', # one of 'pd', 'pd_high', 'random', 'margin', 'holistic' (= 'holistic_margin'), 'full'
            ratio:float=0.3, # share to keep, in (0, 1] (ignored by 'full')
-           seed:int=0, # seed for 'random'
-           per_aspect:bool=False, # apply the rule within each `aspect` group (stratified)
-           weights=None, # aspect weights for PD/holistic margin from scores: [K] or {aspect: w}; default uniform
+           seed:int=0, # tie-break order of the ranking rules, and the subset of 'random'
+           per_aspect:bool=False, # apply the rule within each `aspect` group, the global budget split by `per_aspect_budget`
+           weights=None, # aspect weights for PD/holistic margin from scores: [K] or {aspect: w}; default stored, else uniform
            pd:Tensor|None=None, # [N] PD to use instead of a `pd` column / the scores
            margins:Tensor|None=None, # [N] labelled-aspect margins for 'margin'
            holistic:Tensor|None=None, # [N] holistic margins for 'holistic'
            on_missing:str='raise', # NaN policy when computing from scores (see `preference_divergence`)
-          ): # Dataset of the kept rows with `pd` (when known) and `orig_index`
-    "Select a training subset of `dataset` by `method`; keeps `id`, adds `pd` and `orig_index`."
+          ): # Dataset of the kept rows with `orig_index` (and `pd` when the method computed it)
+    "Select a training subset of `dataset` by `method`; keeps every column, adds `orig_index` (and a computed `pd`)."
     method = _ALIASES.get(method, method)
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != 'full': n_keep(ratio, 1)
-    N = len(dataset)
-    pdv = _column_or_scores(dataset, 'pd', pd, weights, on_missing, required=method in ('pd', 'pd_high'))
-    score = {'margin': lambda: _column_or_scores(dataset, 'margin', margins, weights, on_missing, True),
-             'holistic': lambda: _column_or_scores(dataset, 'holistic_margin', holistic, weights, on_missing, True)}
-    vals = score[method]() if method in score else pdv
-    def rule(sub:np.ndarray, salt:int) -> np.ndarray:
-        t = lambda: vals[torch.as_tensor(sub)]
-        if method == 'pd': k = select_by_pd(t(), ratio)
-        elif method == 'pd_high': k = select_highest_pd(t(), ratio)
-        elif method == 'margin': k = select_by_margin(t(), ratio)
-        elif method == 'holistic': k = select_by_holistic_margin(t(), ratio)
-        elif method == 'random': k = select_random(len(sub), ratio, seed + salt)
-        else: k = select_full(len(sub))
-        return sub[k.numpy()]
-    if per_aspect:
-        if 'aspect' not in dataset.column_names: raise ValueError("select: per_aspect=True needs an `aspect` column")
-        asp = np.asarray(dataset['aspect'])
-        parts = [rule(np.nonzero(asp == g)[0], i) for i, g in enumerate(dict.fromkeys(asp.tolist()))]
-        idx = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
-    else: idx = rule(np.arange(N), 0)
-    idx = np.sort(idx)
+    if weights is not None and method not in ('pd', 'pd_high', 'holistic'):
+        raise ValueError(f"select: method {method!r} does not use aspect weights; drop weights=")
+    N, new_pd = len(dataset), None
+    if method in ('pd', 'pd_high'):
+        values, fresh = _pd_values(dataset, pd, weights, on_missing)
+        new_pd = values if fresh else None
+    elif method in ('margin', 'holistic'): values = _margin_values(dataset, method, margins, holistic, weights, on_missing)
+    else: values = torch.zeros(N, dtype=torch.float64)                 # 'random' / 'full': all tied, read nothing
+    groups = _groups(dataset, per_aspect)
+    if method == 'full': idx = np.arange(N)
+    else:
+        largest, tie, vals = method != 'pd', _seeded_rank(N, seed), values.double().numpy()
+        budgets = per_aspect_budget(ratio, [len(g) for g in groups], seed)
+        parts = [_ranked(vals, g, largest, tie)[:b] for g, b in zip(groups, budgets)]
+        idx = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=int)
     # add the columns before selecting: adding to an index-mapped selection would rewrite (flatten) it
-    out = dataset.remove_columns([c for c in ('orig_index',) + (('pd',) if pdv is not None else ()) if c in dataset.column_names])
-    if pdv is not None: out = out.add_column('pd', _scores_1d(pdv, 'pd').double().tolist())
+    out = dataset.remove_columns([c for c in ('orig_index',) + (('pd',) if new_pd is not None else ()) if c in dataset.column_names])
+    if new_pd is not None: out = out.add_column('pd', new_pd.double().tolist())
     return out.add_column('orig_index', list(range(N))).select(idx.tolist())
+
+# %% ../nbs/04_selection.ipynb #c015e
+def pd_reward_units(dataset, # pairs with a `pd` column (a scored dataset, a subset of one, or a list of rows)
+                   ) -> Tensor: # [N] float64 PD in reward units (for the DFPO loss)
+    "PD in reward units: recomputed with the stored scales for a scored dataset, else the `pd` column as given."
+    st = pd_settings(dataset)
+    cols = dataset.column_names if hasattr(dataset, 'column_names') else (list(dataset[0]) if len(dataset) else [])
+    if 'pd' not in cols: raise ValueError(f"dataset has no 'pd' column (columns: {cols}); score it first (score_dataset)")
+    pd = np.asarray([float('nan') if v is None else v for v in (dataset['pd'] if hasattr(dataset, 'column_names') else [r['pd'] for r in dataset])],
+                    dtype=np.float64)
+    if not st or not st.get('scaling'): return torch.from_numpy(pd)
+    if not _has_scores(dataset):
+        raise ValueError(f"the `pd` column is in scaled units (scaling={st['scaling']!r}); converting it to reward units needs the "
+                         "chosen_scores/rejected_scores columns of the scored dataset")
+    aspects = dataset_aspects(dataset)
+    c, r, a = _from_scores(dataset)
+    scale = torch.tensor([float(st['scale'][x]) for x in aspects], dtype=torch.float64)
+    scaled = (c - r) / scale
+    if st['scaling'] == 'quantile': scaled = scaled.clamp(-1, 1)
+    w = aspect_weights(dataset)
+    check = preference_divergence(scaled, torch.zeros_like(scaled), a, w).numpy()
+    bad = np.nonzero(~(np.abs(check - pd) <= 1e-4 * (1 + np.abs(pd))))[0]
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(f"record {dataset['id'][i] if 'id' in cols else i!r}: pd {pd[i]!r} disagrees with the scores and the stored "
+                         f"settings ({check[i]:.6g}); the `pd` column is stale: rescore the dataset")
+    return preference_divergence(scaled * scale, torch.zeros_like(scaled), a, w)
