@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from datasets import Dataset, Features, Value
 from .data import (get_aspects, aspect_index, scores_matrix, from_records, add_lengths, atomic_write_json,
-                           save_dataset_atomic)
+                           save_dataset_atomic, messages_to_text)
 from .divergence import (preference_divergence, scale_margins, spearman, agreement_matrix, plot_pd_histogram,
                                  plot_agreement)
-from .selection import length_balanced
+from .selection import length_balanced, normalise_weights, with_pd_settings, pd_settings
 from .tiny import tiny_model_and_tokenizer
 
 log = logging.getLogger(__name__)
@@ -182,15 +182,21 @@ def tiny_reward_model(aspects:list[str], # aspect names, one head each
     return model, tok
 
 # %% ../nbs/06_reward.ipynb #c019
-def format_text(prompt:str, # the prompt
+def _is_messages(x) -> bool: return isinstance(x, list) and all(isinstance(m, dict) for m in x)
+
+def format_text(prompt:str|list, # the prompt: a string, or a conversation (a list of {'role', 'content'} messages)
                 response:str, # one response
                 tokenizer, # the reward model's tokenizer
                ) -> str: # the text the reward model reads
-    "A user/assistant chat when the tokenizer has a chat template, else `prompt + '\\n\\n' + response + eos`."
+    "The reward model's input for (prompt, response), used by training, scoring and evaluation alike: the conversation plus an assistant turn through the chat template when the tokenizer has one, else `prompt + '\\n\\n' + response + eos`."
+    if not isinstance(prompt, str) and not _is_messages(prompt):
+        raise ValueError(f"format_text: prompt must be a string or a list of messages, got {type(prompt).__name__}")
+    msgs = list(prompt) if _is_messages(prompt) else [{'role': 'user', 'content': prompt}]
     if getattr(tokenizer, 'chat_template', None):
-        return tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}],
+        return tokenizer.apply_chat_template(msgs + [{'role': 'assistant', 'content': response}],
                                              tokenize=False).rstrip()   # end on the end-of-turn token, the pooled one
-    return f"{prompt}\n\n{response}{tokenizer.eos_token or ''}"
+    text = prompt if isinstance(prompt, str) else messages_to_text(msgs)
+    return f"{text}\n\n{response}{tokenizer.eos_token or ''}"
 
 def encode(texts:list[str], tokenizer, max_length:int) -> list[list[int]]:
     "Token ids of each text, cut from the left to the last `max_length` tokens (the pooled end is kept)."
@@ -304,10 +310,12 @@ def pair_scores(model:AspectRewardModel, tokenizer, dataset, batch_size:int=32, 
     return s[:len(ct)], s[len(ct):]
 
 def pairwise_accuracy(model:AspectRewardModel, tokenizer, dataset, batch_size:int=32, dtype:str='fp32',
-                      progress:bool=False) -> dict: # {'accuracy': {aspect: acc of its own head}, 'matrix': [K,K], 'n': {aspect: n}}
+                      progress:bool=False,
+                      scores:tuple[Tensor, Tensor]|None=None, # raw (chosen, rejected) [N, K] of `dataset`, if already scored
+                     ) -> dict: # {'accuracy': {aspect: acc of its own head}, 'matrix': [K,K], 'n': {aspect: n}}
     "Share of pairs where each head ranks chosen above rejected (ties 1/2): own head per aspect, and every head (matrix)."
     if len(dataset) == 0: return dict(accuracy={}, matrix=torch.full((model.K, model.K), float('nan')), n={})
-    c, r = pair_scores(model, tokenizer, dataset, batch_size, dtype=dtype, progress=progress)
+    c, r = scores if scores is not None else pair_scores(model, tokenizer, dataset, batch_size, dtype=dtype, progress=progress)
     a = aspect_index(dataset, model.aspects)
     m = agreement_matrix(c, r, a, model.K)              # [labelling aspect, head]
     n = {asp: int((a == j).sum()) for j, asp in enumerate(model.aspects)}
@@ -319,6 +327,15 @@ def _check_aspects(model:AspectRewardModel, dataset) -> Tensor:
         if c not in dataset.column_names: raise ValueError(f"dataset needs a `{c}` column; it has {dataset.column_names}")
     return aspect_index(dataset, model.aspects)
 
+def _running_accuracy(margin:Tensor, # [N] own-head margin at the last training step that saw each pair (NaN: never seen)
+                      a:Tensor, # [N] aspect index of each pair
+                      aspects:list[str],
+                     ) -> dict: # {aspect: share of margins > 0 (ties 1/2)} over the pairs seen
+    "Training accuracy from the margins the training steps computed anyway (no extra forward pass)."
+    seen = ~torch.isnan(margin)
+    hit = (margin > 0).double() + 0.5 * (margin == 0).double()
+    return {asp: float(hit[seen & (a == j)].mean()) for j, asp in enumerate(aspects) if (seen & (a == j)).any()}
+
 def train_reward_models(model:AspectRewardModel, # K-head reward model (trained in place)
                         tokenizer, # its tokenizer
                         dataset, # aggregated fine-grained pairs (`prompt`, `chosen`, `rejected`, `aspect`)
@@ -329,7 +346,7 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
                         head_lr:float|None=None, # learning rate of the heads (default `lr`)
                         weight_decay:float=0.0,
                         heldout:float=0.2, # share of each aspect's pairs held out for evaluation
-                        length_balance:bool=True, # resample training pairs with `length_balanced` (DESIGN §4.2)
+                        length_balance:bool=True, # resample training pairs with `length_balanced` (length mitigation)
                         tau:float=float('inf'), # its temperature (inf = 50/50 chosen-longer)
                         length_penalty:float|dict=0.0, # rho (per aspect via dict): logit = d_reward + rho * d_len; > 0 removes a preference for longer
                         max_length:int|None=None, # token budget per text (default `model.max_length`)
@@ -377,6 +394,7 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
     if max_steps is not None: total_steps = min(total_steps, max_steps)
     pad, side = _pad_id(tokenizer), tokenizer.padding_side
     losses, order, micro = [], [], 0
+    last_margin = torch.full((len(train),), float('nan'))      # own-head margin of each pair when last trained on
     model.train()
     bar = tqdm(range(total_steps), desc='reward model', leave=False, disable=not progress)
     for step in bar:
@@ -392,6 +410,7 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
             B = len(sel)
             k = a[sel].to(dev)
             margin = rew[:B].gather(1, k[:, None])[:, 0] - rew[B:].gather(1, k[:, None])[:, 0]
+            last_margin[sel] = margin.detach().float().cpu()
             logit = margin + rho_t.to(dev)[k] * dlen[sel].to(dev)
             loss = F.softplus(-logit).mean()
             (loss / grad_accum).backward()
@@ -402,10 +421,11 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
     model.eval()
     model.length_rho = rho
     held = ds.select(ho_idx)
-    acc = pairwise_accuracy(model, tokenizer, held, eval_batch_size, dtype)
-    tr_acc = pairwise_accuracy(model, tokenizer, train.select(range(min(len(train), 512))), eval_batch_size, dtype)
+    held_scores = pair_scores(model, tokenizer, held, eval_batch_size, max_length, dtype, progress=False) if len(held) else None
+    acc = pairwise_accuracy(model, tokenizer, held, scores=held_scores)
+    tr_acc = _running_accuracy(last_margin, a, model.aspects)
     return dict(aspects=model.aspects, heldout_accuracy=acc['accuracy'], heldout_n=acc['n'], heldout_matrix=acc['matrix'],
-                train_accuracy=tr_acc['accuracy'], n_train=len(train), n_heldout=len(held),
+                heldout_scores=held_scores, train_accuracy=tr_acc, n_train=len(train), n_heldout=len(held),
                 chosen_longer=rates, balance=bal, length_penalty=dict(zip(model.aspects, rho)), loss=losses,
                 steps=len(losses), train_index=tr_idx, heldout_index=ho_idx, seconds=time.time() - t0)
 
@@ -437,11 +457,14 @@ def fit_length_penalty(model:AspectRewardModel, # the trained reward model (its 
                        dataset, # pairs to fit on: held-out pairs (`report['heldout_index']`) of any aspect
                        batch_size:int=32, max_length:int|None=None, dtype:str='fp32', progress:bool=True,
                        aspects:list[str]|None=None, # fit only these aspects (others keep their alpha)
+                       scores:tuple[Tensor, Tensor]|None=None, # raw (chosen, rejected) [N, K] of `dataset` if already scored
                       ) -> dict: # {aspect: {alpha, pearson_before, pearson_after, spearman_before, spearman_after}}
     "Per-aspect alpha_j so that the corrected margin is uncorrelated with the length difference on `dataset`."
     if len(dataset) < 3: raise ValueError(f"fit_length_penalty needs at least 3 pairs, got {len(dataset)}")
     ds = add_lengths(dataset, tokenizer)
-    c, r = pair_scores(model, tokenizer, ds, batch_size, max_length, dtype, progress)
+    c, r = scores if scores is not None else pair_scores(model, tokenizer, ds, batch_size, max_length, dtype, progress)
+    if c.shape != (len(ds), model.K) or r.shape != c.shape:
+        raise ValueError(f"fit_length_penalty: scores must be two [{len(ds)}, {model.K}] tensors, got {tuple(c.shape)}, {tuple(r.shape)}")
     dl = np.asarray(ds['chosen_len'], dtype=np.float64) - np.asarray(ds['rejected_len'], dtype=np.float64)
     dr = (c - r).double().numpy()
     out = {}
@@ -486,7 +509,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
                   batch_size:int=32, # texts per forward pass
                   out_dir:str|Path|None=None, # shard folder for resumable scoring (None: in memory only)
                   shard_size:int=1024, # rows per shard
-                  weights=None, # [K] aspect weights for PD (default `model.pd_settings['weights']`, else uniform)
+                  weights=None, # [K] or {aspect: w} aspect weights, normalised to sum 1 (default `model.pd_settings['weights']`, else uniform)
                   scaling:str|None=None, # 'quantile' or 'zscore' (default `model.pd_settings['scaling']`)
                   gamma:float|None=None, # quantile for 'quantile' scaling (default `model.pd_settings['gamma']`)
                   length_correction:bool=True, # subtract alpha_j * len (see `fit_length_penalty`)
@@ -496,7 +519,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
                   resume:bool=True, # reuse finished shards in `out_dir`
                   progress:bool=True,
                   stats:dict|None=None, # filled with shards, reused_shards, scored_texts, seconds
-                 ) -> Dataset: # `dataset` + chosen_scores, rejected_scores (struct), pd (+ orig_* scores)
+                 ) -> Dataset: # `dataset` + chosen_scores, rejected_scores (struct), pd (+ orig_* scores); settings in `pd_settings(ds)`
     "Score all K aspects of every pair and add the scaled-margin preference divergence `pd`."
     t0 = time.time()
     if shard_size < 1: raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -505,11 +528,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
     N = len(dataset)
     if N == 0: raise ValueError("score_dataset: the dataset is empty")
     st = model.pd_settings
-    weights = st.get('weights') if weights is None else weights
-    if isinstance(weights, dict):
-        missing = [x for x in model.aspects if x not in weights]
-        if missing: raise ValueError(f"weights: no weight for aspects {missing}")
-        weights = [float(weights[x]) for x in model.aspects]
+    weights = normalise_weights(st.get('weights') if weights is None else weights, model.aspects)
     scaling, gamma = scaling or st.get('scaling', 'quantile'), gamma if gamma is not None else st.get('gamma', 0.9)
     max_length = max_length or model.max_length
     prompts, chosen, rejected = list(dataset['prompt']), list(dataset['chosen']), list(dataset['rejected'])
@@ -546,8 +565,11 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
     len_c = torch.tensor([v for d in parts for v in d['chosen_len']], dtype=torch.float64)
     len_r = torch.tensor([v for d in parts for v in d['rejected_len']], dtype=torch.float64)
     if length_correction: raw_c, raw_r = corrected_scores(model, raw_c, len_c), corrected_scores(model, raw_r, len_r)
-    scaled = scale_margins(raw_c - raw_r, gamma=gamma, method=scaling)
+    scaled, scale = scale_margins(raw_c - raw_r, gamma=gamma, method=scaling, return_scale=True)
     pd = preference_divergence(scaled, torch.zeros_like(scaled), a, weights)
+    settings = dict(aspects=list(model.aspects), weights=weights.tolist(), scaling=scaling,
+                    gamma=float(gamma) if scaling == 'quantile' else None, scale=dict(zip(model.aspects, scale.tolist())),
+                    length_correction=bool(length_correction), pd_units='scaled')
     ds = dataset
     for f in ('chosen_scores', 'rejected_scores'):             # keep known ratings once: re-scoring keeps the first orig_*
         if f in ds.column_names:
@@ -556,7 +578,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
     struct = {asp: Value('float64') for asp in model.aspects}
     ds = ds.add_column('chosen_scores', _struct(raw_c, model.aspects), feature=struct)
     ds = ds.add_column('rejected_scores', _struct(raw_r, model.aspects), feature=struct)
-    ds = ds.add_column('pd', pd.double().tolist(), feature=Value('float64'))
+    ds = with_pd_settings(ds.add_column('pd', pd.double().tolist(), feature=Value('float64')), settings)
     if stats is not None: stats.update(shards=n_shards, reused_shards=reused, scored_texts=scored, seconds=time.time() - t0)
     log.info(f"score_dataset: {N} pairs, {n_shards} shard(s) ({reused} reused), {scored} texts scored")
     return ds
@@ -687,7 +709,8 @@ def load_reward_model(path:str|Path, # folder written by `save_pretrained` (with
 # %% ../nbs/06_reward.ipynb #c061
 def _summary(report:dict) -> dict:
     "The JSON-friendly part of a training report (no index lists)."
-    return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in ('train_index', 'heldout_index')}
+    skip = ('train_index', 'heldout_index', 'heldout_scores')
+    return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in skip}
 
 def train_reward_cli(data:Dataset, # aggregated fine-grained pairs
                      base:str|None, # None: built-in tiny proxy; else a causal LM's local path or hub name
@@ -717,7 +740,8 @@ def train_reward_cli(data:Dataset, # aggregated fine-grained pairs
                                  head_lr=head_lr or max(lr, 1e-3), heldout=heldout, length_balance=length_balance, tau=tau,
                                  length_penalty=length_penalty, dtype=dtype, device=device, seed=seed, progress=progress)
     if fit_length and len(report['heldout_index']) >= 3:
-        report['length_fit'] = fit_length_penalty(model, tok, data.select(report['heldout_index']), dtype=dtype, progress=progress)
+        report['length_fit'] = fit_length_penalty(model, tok, data.select(report['heldout_index']), dtype=dtype, progress=progress,
+                                                  scores=report['heldout_scores'])   # scored once, for the accuracy
     model.save_pretrained(out, tok, extra=dict(train_report=_summary(report)))
     report['out'] = str(out)
     return report
@@ -727,7 +751,7 @@ def score_cli(data:Dataset, # fine-grained pairs to score
               out:str|Path, # output folder: `dataset/` (a `datasets` folder), `shards/` (resume), `score.json`
               batch_size:int=32, resume:bool=True, shard_size:int=1024,
               device=None, dtype:str='fp32',
-              scaling:str|None=None, gamma:float|None=None, weights=None, # PD settings (default: the model's)
+              scaling:str|None=None, gamma:float|None=None, weights=None, # PD settings (default: the model's); score.json's pd_settings records those used
               progress:bool=True,
              ) -> Path: # `out`
     "Score `data` with a saved reward model; writes `out/dataset` with chosen/rejected scores and `pd`; the CLI's `score` step."
@@ -740,7 +764,7 @@ def score_cli(data:Dataset, # fine-grained pairs to score
     save_dataset_atomic(scored, out / 'dataset')
     pdv = np.asarray(scored['pd'])
     atomic_write_json(out / 'score.json', dict(reward_model=str(reward_model), n=len(scored), aspects=model.aspects,
-                                               pd_settings=model.pd_settings, scaling=scaling, gamma=gamma, weights=weights,
+                                               pd_settings=pd_settings(scored), # what was used: model defaults + overrides
                                                length_alpha=model.length_alpha.tolist(), pd_mean=float(pdv.mean()),
                                                pd_negative_share=float((pdv < 0).mean()), **stats))
     return out

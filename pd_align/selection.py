@@ -18,7 +18,8 @@ _log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['METHODS', 'n_keep', 'per_aspect_budget', 'select_by_pd', 'select_highest_pd', 'select_by_margin',
            'select_by_holistic_margin', 'select_random', 'select_full', 'tempered_share', 'length_balanced',
-           'pd_settings', 'with_pd_settings', 'dataset_aspects', 'aspect_weights', 'select', 'pd_reward_units']
+           'pd_settings', 'with_pd_settings', 'dataset_aspects', 'normalise_weights', 'aspect_weights', 'select',
+           'pd_reward_units']
 
 # %% ../nbs/04_selection.ipynb #c005
 def n_keep(ratio:float, # share to keep, in (0, 1]
@@ -204,8 +205,11 @@ def dataset_aspects(dataset) -> list[str]:
     st = pd_settings(dataset)
     return list(st['aspects']) if st and st.get('aspects') else get_aspects(dataset)
 
-def _normalised(weights, aspects:list[str]) -> Tensor:
-    "[K] float64 weights in `aspects` order, positive, summing to 1."
+def normalise_weights(weights, # a [K] sequence in `aspects` order, or {aspect: weight}; None = uniform
+                      aspects:list[str], # the K aspects
+                     ) -> Tensor: # [K] float64 weights in `aspects` order, > 0, summing to 1
+    "Aspect weights as a normalised [K] vector; a dict is matched to `aspects` by name."
+    if weights is None: weights = [1.0] * len(aspects)
     if isinstance(weights, Mapping):
         missing = [a for a in aspects if a not in weights]
         extra = [a for a in weights if a not in aspects]
@@ -225,14 +229,14 @@ def aspect_weights(dataset, # a fine-grained Dataset, or a list of rows
     if weights is None:
         st = pd_settings(dataset)
         weights = st['weights'] if st and st.get('weights') is not None else [1.0] * len(aspects)
-    return _normalised(weights, aspects)
+    return normalise_weights(weights, aspects)
 
 def _stored_weights_check(dataset, weights, what:str):
     "Refuse `weights` that disagree with the weights the dataset's stored PD was computed with."
     if weights is None: return
     st = pd_settings(dataset)
     if not st or st.get('weights') is None:
-        raise ValueError(f"{what}: weights={weights!r} given, but the dataset's `pd` column does not record the weights it was "
+        raise ValueError(f"{what}: weights={weights!r} given, but the dataset does not record the weights its `pd` column was "
                          "computed with; drop the `pd` column (dataset.remove_columns('pd')) to recompute PD from "
                          "chosen_scores/rejected_scores with these weights, or omit weights=")
     given, stored = aspect_weights(dataset, weights), aspect_weights(dataset)
@@ -327,7 +331,7 @@ def pd_reward_units(dataset, # pairs with a `pd` column (a scored dataset, a sub
     st = pd_settings(dataset)
     cols = dataset.column_names if hasattr(dataset, 'column_names') else (list(dataset[0]) if len(dataset) else [])
     if 'pd' not in cols: raise ValueError(f"dataset has no 'pd' column (columns: {cols}); score it first (score_dataset)")
-    pd = np.asarray([float('nan') if v is None else v for v in (dataset['pd'] if hasattr(dataset, 'column_names') else [r['pd'] for r in dataset])],
+    pd = np.asarray([float('nan') if v is None else v for v in (dataset['pd'] if hasattr(dataset, 'column_names') else [r.get('pd') for r in dataset])],
                     dtype=np.float64)
     if not st or not st.get('scaling'): return torch.from_numpy(pd)
     if not _has_scores(dataset):

@@ -35,8 +35,8 @@ class DPOConfig:
     "Settings of `train_dpo` (every field has a sensible default; TRL names are accepted as aliases by `from_dict`)."
     # objective
     beta:float=0.1 # KL strength: implicit reward = beta * log(pi/pi_ref)
-    loss:str='dpo' # 'dpo', or 'dfpo' (needs a `pd` column; DESIGN.md §2)
-    aspect_weights:Any=None # dfpo: {aspect: w_k}, one float for every aspect, or None = uniform 1/K
+    loss:str='dpo' # 'dpo', or 'dfpo' (needs a `pd` column; see 'The objective')
+    aspect_weights:Any=None # dfpo: {aspect: w} or [K], normalised to sum 1 over the dataset's K aspects; None = stored, else 1/K
     label_smoothing:float=0.0 # conservative-DPO label noise (dpo only)
     rpo_alpha:float=0.0 # add rpo_alpha * (chosen responses' per-token NLL), as TRL's rpo_alpha: keeps chosen likelihoods up
     # optimisation
@@ -174,18 +174,18 @@ def _tokenize(tokenizer, texts:list[str], add_special:bool) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=add_special)['input_ids'] if texts else []
 
 def _row_weights(dataset, aspect_weights) -> list[float]:
-    "Weight w_k of each row's labelling aspect (dfpo)."
-    n = len(dataset)
-    if aspect_weights is None:
-        aspects = get_aspects(dataset)
-        if not aspects: raise ValueError("loss='dfpo' with aspect_weights=None needs an 'aspect' column (uniform weights 1/K)")
-        return [1.0 / len(aspects)] * n
-    if isinstance(aspect_weights, (int, float)): return [float(aspect_weights)] * n
-    aspects, ids = _column(dataset, 'aspect'), _column(dataset, 'id', required=False) or list(range(n))
+    "w_k of each row's labelling aspect (dfpo): `pd_align.selection.aspect_weights`, normalised over the dataset's K aspects."
+    from pd_align.selection import aspect_weights as normalised, dataset_aspects, pd_settings, _stored_weights_check
+    st = pd_settings(dataset)
+    if st and st.get('weights') is not None: _stored_weights_check(dataset, aspect_weights, 'DPOConfig.aspect_weights')
+    aspects = dataset_aspects(dataset)
+    if not aspects: raise ValueError("loss='dfpo' needs an 'aspect' column (the weight w_k of each pair's labelling aspect)")
+    w = dict(zip(aspects, normalised(dataset, aspect_weights).tolist()))
+    labels, ids = _column(dataset, 'aspect'), _column(dataset, 'id', required=False) or list(range(len(dataset)))
     out = []
-    for i, a in enumerate(aspects):
-        if a not in aspect_weights: raise ValueError(f"record {ids[i]!r}: aspect {a!r} has no weight in aspect_weights {aspect_weights}")
-        out.append(float(aspect_weights[a]))
+    for i, a in enumerate(labels):
+        if a not in w: raise ValueError(f"record {ids[i]!r}: aspect {a!r} is not one of the dataset's aspects {aspects}")
+        out.append(w[a])
     return out
 
 def tokenize_pairs(dataset, # `datasets.Dataset` or list of dicts with prompt/chosen/rejected (+ pd, aspect for dfpo)
@@ -205,8 +205,9 @@ def tokenize_pairs(dataset, # `datasets.Dataset` or list of dicts with prompt/ch
             p_ids = _tokenize(tokenizer, [rendered[i][0] for i in rows], add)
             f_ids = _tokenize(tokenizer, [rendered[i][1] for i in rows], add)
             for i, p, f in zip(rows, p_ids, f_ids): tok[side, i] = (p, f)
-    if config.loss == 'dfpo':
-        pds, weights = _column(dataset, 'pd'), _row_weights(dataset, config.aspect_weights)
+    if config.loss == 'dfpo': # PD in reward units (a scored dataset's scaled `pd` converted with its stored scales)
+        from pd_align.selection import pd_reward_units
+        pds, weights = pd_reward_units(dataset).tolist(), _row_weights(dataset, config.aspect_weights)
     out = []
     for i in range(len(prompts)):
         (p, fc), (_, fr) = tok['chosen', i], tok['rejected', i]
@@ -714,26 +715,21 @@ def sample_responses(model, # causal LM (peft or not)
     finally: tokenizer.padding_side = side
     return out
 
-def _aspect_reward_model(model) -> bool:
-    try: from pd_align.reward import AspectRewardModel
-    except ImportError: return False
-    return isinstance(model, AspectRewardModel)
-
 def _score(reward_model, reward_tokenizer, prompts, responses, batch_size:int) -> Tensor:
     "Reward model scores [N] or [N, K]: a callable, a `pd_align.reward` K-head model, or a sequence-classification model."
     if reward_tokenizer is None and callable(reward_model) and not isinstance(reward_model, torch.nn.Module):
         return torch.as_tensor(reward_model(list(prompts), list(responses)), dtype=torch.float32)
     if reward_tokenizer is None: raise ValueError("a reward model (nn.Module) needs its reward_tokenizer")
-    if _aspect_reward_model(reward_model): # raw K-head rewards, formatted as the reward model was trained
-        from pd_align.reward import format_text, score_texts
-        texts = [format_text(p if isinstance(p, str) else json.dumps(p), r, reward_tokenizer) for p, r in zip(prompts, responses)]
+    from pd_align.reward import AspectRewardModel, format_text, score_texts
+    texts = [format_text(p, r, reward_tokenizer) for p, r in zip(prompts, responses)]   # exactly as in reward training
+    if isinstance(reward_model, AspectRewardModel): # raw K-head rewards
         return score_texts(reward_model, reward_tokenizer, texts, batch_size=batch_size, progress=False)
     device = next(reward_model.parameters()).device
-    texts = [(p if isinstance(p, str) else json.dumps(p)) + r for p, r in zip(prompts, responses)]
+    special = not getattr(reward_tokenizer, 'chat_template', None)   # a chat template writes its own special tokens
     scores = []
     with _eval_mode(reward_model), torch.no_grad():
         for chunk in _batches(texts, batch_size):
-            enc = reward_tokenizer(chunk, return_tensors='pt', padding=True, truncation=True).to(device)
+            enc = reward_tokenizer(chunk, return_tensors='pt', padding=True, truncation=True, add_special_tokens=special).to(device)
             out = reward_model(**enc)
             scores.append((out.logits if hasattr(out, 'logits') else out).float().cpu())
     s = torch.cat(scores)

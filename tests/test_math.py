@@ -304,11 +304,12 @@ def test_n_keep_and_ratio_validation():
 
 def test_select_rules_hand_and_ties():
     pd = torch.tensor([0., -2., 1., -2., -2., 3.])
-    assert select_by_pd(pd, 0.5).tolist() == [1, 3, 4]
-    assert select_by_pd(pd, 0.34).tolist() == [1, 3, 4]     # ceil(2.04) = 3
+    assert select_by_pd(pd, 0.5, seed=None).tolist() == [1, 3, 4]     # seed=None: ties by index
+    assert select_by_pd(pd, 0.34, seed=None).tolist() == [1, 3, 4]    # ceil(2.04) = 3
+    assert sorted(select_by_pd(pd, 0.5).tolist()) == [1, 3, 4]        # the tied three are all kept, in the seed's order
     assert select_highest_pd(pd, 0.34).tolist() == [5, 2, 0]
     assert select_by_margin(pd, 1 / 6).tolist() == [5]
-    assert select_by_holistic_margin(-pd, 0.5).tolist() == [1, 3, 4]
+    assert select_by_holistic_margin(-pd, 0.5, seed=None).tolist() == [1, 3, 4]
     assert select_full(3).tolist() == [0, 1, 2]
     a, b = select_random(100, 0.3, seed=7), select_random(100, 0.3, seed=7)
     assert a.tolist() == b.tolist() and len(a) == 30 and len(set(a.tolist())) == 30
@@ -361,10 +362,11 @@ def test_select_dataset_oracle_pd_and_columns():
     own = (c - r).double()[torch.arange(len(ds)), aspect_index(ds)]
     assert list(select(ds, 'margin', 0.25)['orig_index']) == sorted(select_by_margin(own, 0.25).tolist())
     assert len(select(ds, 'full')) == len(ds) and len(select(ds, 'random', 0.5, seed=3)) == 40
-    strat = select(ds, 'pd', 0.25, per_aspect=True)
+    strat = select(ds, 'pd', 0.25, per_aspect=True)                    # the global budget, split by largest remainder
+    assert len(strat) == n_keep(0.25, len(ds))
     for name in ('helpfulness', 'honesty', 'truthfulness'):
         n = list(ds['aspect']).count(name)
-        assert list(strat['aspect']).count(name) == math.ceil(0.25 * n)
+        assert math.floor(0.25 * n) <= list(strat['aspect']).count(name) <= math.ceil(0.25 * n)
     with pytest.raises(ValueError, match='method'): select(ds, 'best')
     with pytest.raises(ValueError, match='ratio'): select(ds, 'pd', 0)
     plain = Dataset.from_list([{'id': 'a', 'chosen': 'x', 'rejected': 'y'}])
@@ -388,3 +390,80 @@ def test_length_balanced_rates():
     withlen = ds.add_column('chosen_len', [1] * 200).add_column('rejected_len', [2] * 200)
     rep = {}; length_balanced(withlen, report=rep)
     assert rep['rate_before'] == 0.0 and rep['n_after'] == 200                # one-sided groups are kept unchanged
+
+
+# ---------------------------------------------------------------- issue 15: ties, budgets, PD column
+def _tied_ratings(n_per_aspect=60, seed=0):
+    """Integer ratings (0-4) on 3 aspects, the same rating patterns for every aspect (aspects cyclically shifted), stacked
+    aspect by aspect as `aggregate` does: the oracle PD has the same distribution in every aspect, with many ties."""
+    from pd_align.data import from_records
+    g = np.random.default_rng(seed)
+    names = ['helpfulness', 'correctness', 'coherence']
+    pats = []
+    while len(pats) < n_per_aspect:
+        a, b = g.integers(0, 5, 3), g.integers(0, 5, 3)
+        if a[0] != b[0]: pats.append((a, b) if a[0] > b[0] else (b, a))
+    recs = []
+    for k, name in enumerate(names):
+        for i, (a, b) in enumerate(pats):
+            sa, sb = np.roll(a, k), np.roll(b, k)          # pattern's own aspect moved to position k
+            recs.append(dict(id=f'{name}/{i}', prompt=f'p{i}', chosen='x', rejected='y', aspect=name,
+                             chosen_scores=dict(zip(names, sa.astype(float).tolist())),
+                             rejected_scores=dict(zip(names, sb.astype(float).tolist())), source='test'))
+    return from_records(recs), names
+
+
+def test_ties_keep_an_unbiased_share_per_aspect():
+    """Issue 15 item 2. With integer ratings the budget boundary falls inside a block of tied PD values; the kept share of
+    every aspect, averaged over S seeds, must be 1/3 within 4 standard deviations of that mean (each seed draws the tied
+    pairs it keeps without replacement: hypergeometric), and a seed must give the same subset every time."""
+    ds, names = _tied_ratings()
+    full = select(ds, 'pd', 1.0)
+    pd = np.asarray(full['pd'])
+    ratio, N = 0.25, len(ds)                                     # 45 kept: 30 below -1.0, 15 of the 21 tied at -1.0
+    m = n_keep(ratio, N)
+    t = np.sort(pd)[m - 1]                                       # the boundary value
+    below, tied = int((pd < t).sum()), int((pd == t).sum())
+    draw = m - below
+    assert 0 < draw < tied, 'the boundary must fall inside a block of ties for this test to mean anything'
+    asp = np.asarray(ds['aspect'])
+    S = 300
+    shares = np.array([[float((asp[select(ds, 'pd', ratio, seed=s)['orig_index']] == a).mean()) for a in names] for s in range(S)])
+    sd_one = math.sqrt(draw * (1 / 3) * (2 / 3) * (tied - draw) / (tied - 1)) / m
+    tol = 4 * sd_one / math.sqrt(S)
+    assert np.all(np.abs(shares.mean(0) - 1 / 3) < tol), (shares.mean(0), tol)
+    assert select(ds, 'pd', ratio, seed=5)['orig_index'] == select(ds, 'pd', ratio, seed=5)['orig_index']
+    assert len({tuple(select(ds, 'pd', ratio, seed=s)['orig_index']) for s in range(5)}) > 1
+
+
+@pytest.mark.parametrize('sizes', [[7, 7, 7], [1, 2, 30], [5], [3, 10, 1, 6]])
+@pytest.mark.parametrize('ratio', [0.05, 0.3, 0.5, 0.77])
+def test_per_aspect_budget_keeps_the_global_count(sizes, ratio):
+    "Issue 15 item 3: with per_aspect=True every method keeps exactly ceil(ratio * N) pairs, as 'random' does globally."
+    asp = [g for g, n in zip('abcd', sizes) for _ in range(n)]
+    N = len(asp)
+    vals = np.random.default_rng(N).integers(-2, 3, N).astype(float).tolist()
+    ds = Dataset.from_dict(dict(id=[f'x{i}' for i in range(N)], aspect=asp, pd=vals, margin=vals, holistic_margin=vals))
+    for method in ('pd', 'pd_high', 'random', 'margin', 'holistic', 'full'):
+        out = select(ds, method, ratio, seed=1, per_aspect=True)
+        assert len(out) == (N if method == 'full' else n_keep(ratio, N)) == len(select(ds, method, ratio, seed=1)), method
+        if method != 'full':
+            for g, n in zip('abcd', sizes):
+                assert math.floor(ratio * n + 1e-9) <= list(out['aspect']).count(g) <= math.ceil(ratio * n - 1e-9), (method, g)
+
+
+def test_methods_without_pd_do_not_read_it_and_stored_pd_does_not_hide_weights():
+    "Issue 15 item 4: a NaN `pd` stops only the PD methods; weights= never silently loses to a `pd` column."
+    ds = _fg_dataset()
+    with_pd = select(ds, 'pd', 1.0)                                      # adds the oracle `pd` column
+    bad = with_pd.remove_columns('pd').add_column('pd', [float('nan')] + with_pd['pd'][1:])
+    assert len(select(bad, 'random', 0.5)) == 40 and len(select(bad, 'full')) == 80 and len(select(bad, 'margin', 0.5)) == 40
+    assert select(bad, 'full')['pd'][1:] == with_pd['pd'][1:]           # passed through untouched
+    with pytest.raises(ValueError, match='NaN at index 0'): select(bad, 'pd', 0.5)
+    w = {'helpfulness': 1, 'honesty': 1, 'truthfulness': 4}
+    with pytest.raises(ValueError, match='weights'): select(with_pd, 'pd', 0.3, weights=w)
+    # without the stale column, the same weights are used on the scores (normalised: the same as preference_divergence)
+    from pd_align.data import scores_matrix, aspect_index
+    c, r = scores_matrix(ds)
+    got = select(ds, 'pd', 1.0, weights=w)['pd']
+    np.testing.assert_allclose(got, preference_divergence(c.double(), r.double(), aspect_index(ds), torch.tensor([1., 1, 4])).numpy(), atol=1e-12)

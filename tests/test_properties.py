@@ -21,7 +21,7 @@ from pd_align import divergence, losses, selection, theory
 EXAMPLES = dict(pd_antisymmetry=200, pd_ignores_own_aspect=200, pd_shift_invariance=200, pd_weight_scale=200, pd_sign=200,
                 loss_finite=150, seq_logps_finite=100, dfpo_reduces_to_dpo=200, dpo_decreasing=200, dfpo_decreasing_in_pd=200,
                 select_count=200, select_deterministic=100, select_ties=200, select_no_duplicates=200, select_by_pd_split=200,
-                select_dataset=25, loss_bounds=200)
+                select_dataset=25, loss_bounds=200, select_budget=40, select_tie_seed=150)
 
 def _settings(name:str, shrink:bool=True) -> settings:
     "Bounded, derandomised (reproducible in CI), no deadline, no example database; mutation runs skip shrinking."
@@ -209,14 +209,32 @@ def test_select_deterministic(case, seed):
 
 @prop('select_ties', select_case())
 def test_select_ties_lowest_index_first(case):
-    """Ranked selections equal the reference order: by value (ascending for PD, descending otherwise), ties by lowest index.
-    Mutation caught: `_top` breaking ties by the highest index
-    (`order = torch.sort(values, descending=largest, stable=True).indices` -> `order = len(values) - 1 - torch.sort(values.flip(0), descending=largest, stable=True).indices`)."""
+    """With `seed=None`, ranked selections equal the reference order: by value (ascending for PD, descending otherwise),
+    ties by lowest index.
+    Mutation caught: `_ranked` breaking ties by the highest index
+    (`return sub[np.argsort(-v if largest else v, kind='stable')]` -> `return sub[::-1][np.argsort((-v if largest else v)[::-1], kind='stable')]`)."""
     v, p, q = case
     k = -(-p * len(v) // q)
     for name, largest in RANKERS.items():
         ref = sorted(range(len(v)), key=lambda i: (-v[i].item() if largest else v[i].item(), i))[:k]
-        assert getattr(selection, name)(v, p / q).tolist() == ref, name
+        assert getattr(selection, name)(v, p / q, seed=None).tolist() == ref, name
+
+@prop('select_tie_seed', select_case(), st.integers(0, 2**31 - 1))
+def test_select_tie_order_is_a_function_of_the_seed_only(case, seed):
+    """Issue 15 item 2. With a seed, ranked selections equal the reference order: by value, ties by the position of the
+    index in `torch.randperm(N)` drawn from the seed, so the tie order depends on the seed only (not on where a pair
+    sits in the data); a strictly increasing map of the values keeps the selection; the Dataset-level `select` agrees.
+    Mutation caught: `_top` ignoring the seed (`tie = None if seed is None else _seeded_rank(len(values), seed)` -> `tie = None`)."""
+    from datasets import Dataset
+    v, p, q = case
+    n, k = len(v), -(-p * len(v) // q)
+    pos = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).argsort().tolist()
+    for name, largest in RANKERS.items():
+        ref = sorted(range(n), key=lambda i: (-v[i].item() if largest else v[i].item(), pos[i]))[:k]
+        assert getattr(selection, name)(v, p / q, seed=seed).tolist() == ref, name
+        assert getattr(selection, name)(2 * v, p / q, seed=seed).tolist() == ref, name
+    ds = Dataset.from_dict(dict(id=[str(i) for i in range(n)], pd=v.tolist()))
+    assert selection.select(ds, 'pd', p / q, seed=seed)['orig_index'] == sorted(selection.select_by_pd(v, p / q, seed=seed).tolist())
 
 @prop('select_no_duplicates', select_case(), st.integers(0, 2**31 - 1))
 def test_select_never_duplicates(case, seed):
@@ -242,7 +260,8 @@ def test_select_by_pd_splits_at_a_threshold(case):
 def test_select_dataset(n, pq, method, per_aspect, data):
     """`select` on a Dataset: exact count (per aspect group when stratified), unique ids, `orig_index` increasing,
     the `pd` column carried over, and for 'pd' every kept PD <= every dropped PD (within each group).
-    Mutation caught: `return sub[k.numpy()]` -> `return sub[k.numpy()[:-1]]` in `select` (one pair lost)."""
+    Mutation caught: `[:b] for g, b in zip(groups, budgets)` -> `[:max(b - 1, 0)] for g, b in zip(groups, budgets)` in
+    `select` (a pair lost per group)."""
     from datasets import Dataset
     p, q = pq
     pd = data.draw(arrays(np.float64, n, elements=values)).tolist()
@@ -251,7 +270,7 @@ def test_select_dataset(n, pq, method, per_aspect, data):
     ds = Dataset.from_dict(dict(id=[f'x{i}' for i in range(n)], aspect=asp, pd=pd, margin=margin))
     out = selection.select(ds, method=method, ratio=p / q, seed=3, per_aspect=per_aspect)
     groups = {g: [i for i in range(n) if asp[i] == g] for g in dict.fromkeys(asp)} if per_aspect else {None: list(range(n))}
-    want = sum(len(g) if method == 'full' else -(-p * len(g) // q) for g in groups.values())
+    want = n if method == 'full' else -(-p * n // q)      # per aspect too: the global budget, split across the groups
     oi = out['orig_index']
     assert len(out) == want and oi == sorted(set(oi))
     assert out['id'] == [f'x{i}' for i in oi] and out['pd'] == [pd[i] for i in oi]
@@ -259,6 +278,25 @@ def test_select_dataset(n, pq, method, per_aspect, data):
         for g in groups.values():
             kept = [pd[i] for i in g if i in set(oi)]; dropped = [pd[i] for i in g if i not in set(oi)]
             if kept and dropped: assert max(kept) <= min(dropped)
+
+@prop('select_budget', st.lists(st.integers(1, 25), min_size=1, max_size=5), ratios, st.sampled_from(list(selection.METHODS)),
+      st.booleans(), st.integers(0, 2**31 - 1), st.data())
+def test_select_budget_is_exact_for_every_method_ratio_and_split(sizes, pq, method, per_aspect, seed, data):
+    """Issue 15 item 3. Every method at ratio p/q keeps exactly ceil(p/q * N) pairs (all N for 'full'), globally or per
+    aspect for any split of N into groups; per aspect, group j keeps floor or ceil of p/q * n_j.
+    Mutation caught: `per_aspect_budget` rounding up in every group
+    (`for g in order[:total - sum(out)]: out[g] += 1` -> `for g in order: out[g] += 1`)."""
+    from datasets import Dataset
+    p, q = pq
+    asp = [f'a{j}' for j, m in enumerate(sizes) for _ in range(m)]
+    n = len(asp)
+    vals = data.draw(arrays(np.float64, n, elements=values)).tolist()
+    ds = Dataset.from_dict(dict(id=[f'x{i}' for i in range(n)], aspect=asp, pd=vals, margin=vals, holistic_margin=vals))
+    out = selection.select(ds, method, p / q, seed=seed, per_aspect=per_aspect)
+    assert len(out) == (n if method == 'full' else -(-p * n // q))
+    if per_aspect and method != 'full':
+        kept = list(out['aspect'])
+        for j, m in enumerate(sizes): assert (p * m) // q <= kept.count(f'a{j}') <= -(-p * m // q), (j, m)
 
 # ----------------------------------------------------------------------------- theory bounds
 @st.composite
@@ -314,11 +352,15 @@ MUTATIONS = [
     (test_select_exact_count, selection, 'n_keep', 'math.ceil(', 'math.floor('),
     (test_select_exact_count, selection, 'n_keep', 'math.ceil(Fraction(float(ratio)).limit_denominator(10**9) * n)', 'math.ceil(ratio * n)'),
     (test_select_deterministic, selection, 'select_random', 'g = torch.Generator().manual_seed(int(seed))', 'g = None'),
-    (test_select_ties_lowest_index_first, selection, '_top', 'order = torch.sort(values, descending=largest, stable=True).indices',
-     'order = len(values) - 1 - torch.sort(values.flip(0), descending=largest, stable=True).indices'),
+    (test_select_ties_lowest_index_first, selection, '_ranked', "return sub[np.argsort(-v if largest else v, kind='stable')]",
+     "return sub[::-1][np.argsort((-v if largest else v)[::-1], kind='stable')]"),
+    (test_select_tie_order_is_a_function_of_the_seed_only, selection, '_top',
+     'tie = None if seed is None else _seeded_rank(len(values), seed)', 'tie = None'),
+    (test_select_budget_is_exact_for_every_method_ratio_and_split, selection, 'per_aspect_budget',
+     'for g in order[:total - sum(out)]: out[g] += 1', 'for g in order: out[g] += 1'),
     (test_select_never_duplicates, selection, 'select_random', 'torch.randperm(n, generator=g)[:k]', 'torch.randint(n, (k,), generator=g)'),
     (test_select_by_pd_splits_at_a_threshold, selection, 'select_by_pd', 'largest=False', 'largest=True'),
-    (test_select_dataset, selection, 'select', 'return sub[k.numpy()]', 'return sub[k.numpy()[:-1]]'),
+    (test_select_dataset, selection, 'select', '[:b] for g, b in zip(groups, budgets)', '[:max(b - 1, 0)] for g, b in zip(groups, budgets)'),
     (test_loss_bounds_hold, theory, 'loss_bounds', 'q.mean(-1)', '(1 - q).mean(-1)'),
 ]
 

@@ -297,3 +297,49 @@ def test_train_score_select_on_fixtures(name, tmp_path):
     assert {'prompt', 'chosen', 'rejected'} <= set(loaded.column_names)
     assert len(loaded) == math.ceil(0.3 * len(data))
     assert max(loaded['pd']) <= np.quantile(scored['pd'], 0.3 + 1 / len(data)) + 1e-12
+
+
+# ---------- issue 15 item 7, issue 16 item 15 ----------
+
+def test_training_and_length_fit_reuse_scores(world, tmp_path, monkeypatch):
+    """Issue 15 item 7: `train_reward_cli` runs the backbone for the training steps and once per unique held-out text, and
+    nothing else: the training accuracy comes from the training steps' own margins and `fit_length_penalty` reuses the
+    held-out scores of the accuracy (counted with a forward hook on the backbone, as in the scoring test)."""
+    import pd_align.reward as reward
+    counters, build = [], reward.tiny_reward_model
+    def counted(*a, **kw):
+        m, t = build(*a, **kw)
+        counters.append((CallCounter(m.backbone), t))
+        return m, t
+    monkeypatch.setattr(reward, 'tiny_reward_model', counted)
+    small = world.select(range(0, 900, 6))                       # 150 pairs, 50 per aspect
+    B = 8
+    rep = train_reward_cli(small, None, tmp_path / 'rm', epochs=1, batch_size=B, tiny=dict(hidden_size=32, vocab_size=400),
+                           progress=False)
+    counter, tok = counters[0]
+    held = small.select(rep['heldout_index'])
+    texts = {format_text(p, y, tok) for p, y in zip(list(held['prompt']) * 2, list(held['chosen']) + list(held['rejected']))}
+    micro = math.ceil(rep['n_train'] / B)
+    assert counter.rows == 2 * B * micro + len(texts)
+    assert counter.calls == micro + math.ceil(len(texts) / 32)
+    assert set(rep['train_accuracy']) == set(SYNTHETIC_ASPECTS) and all(0 <= v <= 1 for v in rep['train_accuracy'].values())
+    assert set(rep['length_fit']) == set(SYNTHETIC_ASPECTS)
+    # reusing the scores gives the same fit as scoring again
+    m2, t2 = load_reward_model(tmp_path / 'rm')
+    fresh = fit_length_penalty(m2, t2, held, progress=False)
+    for a in SYNTHETIC_ASPECTS: assert fresh[a]['alpha'] == pytest.approx(rep['length_fit'][a]['alpha'], abs=1e-5)
+
+
+def test_score_json_has_one_place_for_pd_settings(world, tmp_path):
+    """Issue 16 item 15: score.json records the PD settings once, as used (the model's defaults with the overrides
+    applied), under `pd_settings`; they are the settings stored with the scored dataset."""
+    small = world.select(range(0, 900, 10))
+    train_reward_cli(small, None, tmp_path / 'rm', epochs=1, batch_size=8, tiny=dict(hidden_size=32, vocab_size=400),
+                     fit_length=False, progress=False)
+    out = score_cli(small, tmp_path / 'rm', tmp_path / 'scored', gamma=0.8, weights=[1, 1, 2], progress=False)
+    summary = json.loads((out / 'score.json').read_text())
+    assert not {'scaling', 'gamma', 'weights'} & set(summary), sorted(summary)
+    st = summary['pd_settings']
+    assert st['gamma'] == 0.8 and st['scaling'] == 'quantile' and st['weights'] == pytest.approx([0.25, 0.25, 0.5])
+    from pd_align.selection import pd_settings
+    assert st == pd_settings(load_from_disk(str(out / 'dataset')))

@@ -1,6 +1,7 @@
 """pd_align.train: LoRA/full DPO on a tiny Llama on CPU (learning, exact resume, reference, masking, dfpo, bf16, CLI)."""
 import copy, json, math
 from pathlib import Path
+import numpy as np
 import pytest
 import torch
 
@@ -105,10 +106,13 @@ def test_dfpo_with_zero_pd_and_unit_weight_equals_dpo(tiny):
     zero = [{**r, 'pd': 0.0} for r in rows]
     cfg = DPOConfig(**BASE, max_steps=4)
     a = train_dpo(copy.deepcopy(model), zero, cfg, tokenizer=tok)
-    b = train_dpo(copy.deepcopy(model), zero, cfg.replace(loss='dfpo', aspect_weights=1.0), tokenizer=tok)
+    one = [{**r, 'aspect': 'polite'} for r in zero]            # one aspect: the normalised weight is 1
+    b = train_dpo(copy.deepcopy(model), one, cfg.replace(loss='dfpo'), tokenizer=tok)
     assert [h['loss'] for h in a.train_log] == [h['loss'] for h in b.train_log]
+    # two aspects: weights are normalised to sum 1, so {1, 1} is w = 1/2, and DFPO at pd = 0 is DPO at 2 beta
     c = train_dpo(copy.deepcopy(model), zero, cfg.replace(loss='dfpo', aspect_weights={'polite': 1.0, 'relevant': 1.0}), tokenizer=tok)
-    assert [h['loss'] for h in a.train_log] == [h['loss'] for h in c.train_log]
+    a2 = train_dpo(copy.deepcopy(model), zero, cfg.replace(beta=2 * cfg.beta), tokenizer=tok)
+    assert [h['loss'] for h in a2.train_log] == pytest.approx([h['loss'] for h in c.train_log], abs=1e-6)
     # real pd and the default uniform weights 1/K change the objective
     d = train_dpo(copy.deepcopy(model), rows, cfg.replace(loss='dfpo'), tokenizer=tok)
     assert d.train_log[0]['loss'] != a.train_log[0]['loss']
@@ -119,6 +123,101 @@ def test_dfpo_with_zero_pd_and_unit_weight_equals_dpo(tiny):
         train_dpo(copy.deepcopy(model), bad, cfg.replace(loss='dfpo'), tokenizer=tok)
     with pytest.raises(ValueError, match='relevant'):
         train_dpo(copy.deepcopy(model), rows, cfg.replace(loss='dfpo', aspect_weights={'polite': 1.0}), tokenizer=tok)
+    with pytest.raises(ValueError, match='uniform'):
+        train_dpo(copy.deepcopy(model), rows, cfg.replace(loss='dfpo', aspect_weights=1.0), tokenizer=tok)
+
+
+# ---------- issue 15: DFPO on a scored dataset (weights, units), reward scoring as in training
+
+@pytest.fixture(scope='module')
+def scored_world():
+    "A synthetic 3-aspect world scored by an (untrained) tiny K-head reward model with weights 1:1:2, and a tiny policy."
+    reward = pytest.importorskip('pd_align.reward')
+    world = reward.synthetic_pairs(12, seed=0)
+    rm, rtok = reward.tiny_reward_model(reward.SYNTHETIC_ASPECTS, reward.pair_texts(world), vocab_size=300, hidden_size=32, seed=1)
+    scored = reward.score_dataset(rm, rtok, world, weights={'polite': 1, 'on_topic': 1, 'positive': 2}, progress=False)
+    texts = [t for r in world for t in (r['prompt'], r['chosen'], r['rejected'])]
+    policy, ptok = tiny_model_and_tokenizer(texts, vocab_size=400, hidden_size=32)
+    return scored, policy, ptok
+
+
+def _subset_without(scored, aspect):
+    return scored.select([i for i, a in enumerate(scored['aspect']) if a != aspect])
+
+
+def test_dfpo_weights_are_the_scored_datasets_normalised_weights(scored_world):
+    """Issue 15 item 1: w_k of DFPO is the weight PD was computed with, normalised over the scored dataset's K = 3
+    aspects, also on a subset where selection dropped an aspect (and not 1/K_left, nor an unnormalised dict)."""
+    scored, policy, ptok = scored_world
+    sub = _subset_without(scored, 'positive')
+    want = {'polite': 0.25, 'on_topic': 0.25}
+    ex = tokenize_pairs(sub, ptok, DPOConfig(loss='dfpo'))
+    assert [e['weight'] for e in ex] == pytest.approx([want[a] for a in sub['aspect']])
+    ex2 = tokenize_pairs(sub, ptok, DPOConfig(loss='dfpo', aspect_weights={'polite': 2, 'on_topic': 2, 'positive': 4}))
+    assert [e['weight'] for e in ex2] == pytest.approx([want[a] for a in sub['aspect']])
+    with pytest.raises(ValueError, match='disagree'):
+        tokenize_pairs(sub, ptok, DPOConfig(loss='dfpo', aspect_weights={'polite': 1, 'on_topic': 1, 'positive': 1}))
+
+
+def test_dfpo_on_a_scored_dataset_uses_pd_in_reward_units(scored_world):
+    """Issue 15 item 5: at step 0 (policy = reference, h = 0) the DFPO loss on a scored subset equals
+    mean_i -log sigmoid(PD_i / w_k) with PD_i = -sum_{j != k} w_j clip(Delta_j, -s_j, s_j): the reward-model margins in
+    reward units, clipped at each aspect's 0.9-quantile s_j of |Delta_j| over the whole scored set."""
+    scored, policy, ptok = scored_world
+    aspects = ['polite', 'on_topic', 'positive']
+    w = np.array([0.25, 0.25, 0.5])
+    d = np.array([[c[a] - r[a] for a in aspects] for c, r in zip(scored['chosen_scores'], scored['rejected_scores'])])
+    s = np.quantile(np.abs(d), 0.9, axis=0)                       # the scale of every aspect, over the scored set
+    sub = _subset_without(scored, 'positive')
+    keep = [i for i, a in enumerate(scored['aspect']) if a != 'positive']
+    k = np.array([aspects.index(a) for a in sub['aspect']])
+    clipped = np.clip(d[keep], -s, s)
+    other = np.ones_like(clipped); other[np.arange(len(k)), k] = 0
+    pd_rew = -(other * w * clipped).sum(1)
+    want = float(np.mean(np.logaddexp(0.0, -pd_rew / w[k])))
+    ex = tokenize_pairs(sub, ptok, DPOConfig(loss='dfpo'))
+    assert [e['pd'] for e in ex] == pytest.approx(pd_rew.tolist(), abs=1e-5)
+    cfg = DPOConfig(**BASE, loss='dfpo')
+    got = evaluate_dpo(add_lora(copy.deepcopy(policy), cfg), ptok, sub, cfg)['loss']
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+CHAT = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+
+
+def test_win_rate_scores_conversations_as_the_reward_model_reads_them(tiny):
+    """Issue 6: a K-head reward model judges (prompt, response) through `format_text`, the helper its training and
+    scoring use, also for conversational prompts (a list of messages), not a JSON dump of them."""
+    reward = pytest.importorskip('pd_align.reward')
+    model, tok, rows = tiny
+    chat = copy.deepcopy(tok); chat.chat_template = CHAT
+    texts = [r[k] for r in rows for k in ('prompt', 'chosen', 'rejected')]
+    rm, rtok = reward.tiny_reward_model(['polite', 'relevant'], texts, vocab_size=300, hidden_size=32)
+    prompts = [[{'role': 'user', 'content': r['prompt']}] for r in rows[:4]]
+    policy = add_lora(copy.deepcopy(model), DPOConfig(**BASE))
+    wr = reward_win_rate(policy, None, chat, prompts, rm, rtok, max_new_tokens=4, seed=0)
+    want = reward.score_texts(rm, rtok, [reward.format_text(p, s['policy'], rtok) for p, s in zip(prompts, wr['samples'])], progress=False)
+    assert [s['policy_reward'] for s in wr['samples']] == pytest.approx(want.mean(1).tolist(), abs=1e-5)
+    assert reward.format_text(prompts[0], 'hi', rtok) == reward.format_text('\n\nHuman: ' + rows[0]['prompt'], 'hi', rtok)
+
+
+def test_win_rate_sequence_classification_reads_format_text(tiny):
+    "Issue 6: a sequence-classification reward model also reads `format_text(prompt, response)`, not `prompt + response`."
+    reward = pytest.importorskip('pd_align.reward')
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    model, tok, rows = tiny
+    torch.manual_seed(0)
+    cls = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                     num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                                                     pad_token_id=tok.pad_token_id)).eval()
+    prompts = [r['prompt'] for r in rows[:4]]
+    policy = add_lora(copy.deepcopy(model), DPOConfig(**BASE))
+    wr = reward_win_rate(policy, None, tok, prompts, cls, tok, max_new_tokens=4, seed=0)
+    with torch.no_grad():
+        want = [cls(**tok([reward.format_text(p, s['policy'], tok)], return_tensors='pt')).logits[0, 0].item()
+                for p, s in zip(prompts, wr['samples'])]
+    assert [s['policy_reward'] for s in wr['samples']] == pytest.approx(want, abs=1e-5)
 
 
 def test_bf16_path_runs_without_nan(tiny):
