@@ -138,7 +138,7 @@ def scale_margins(deltas:Tensor, # [N, K] per-aspect margins (NaN allowed, kept)
                   method:str='quantile', # 'quantile' (divide, clip to [-1, 1]) or 'zscore' (divide by the spread about 0, no clip)
                   return_scale:bool=False, # also return the [K] scales s_j (scaled * s_j = the margin, clipped at s_j)
                  ) -> Tensor|tuple[Tensor, Tensor]: # [N, K] scaled margins (and [K] scales)
-    "Per-aspect margin scaling: divide each aspect's margins by its gamma-quantile of |margin| (and clip), or by its spread."
+    "Per-aspect margin scaling: divide the margins by their gamma-quantile of |margin| and clip, or by their spread."
     d = torch.as_tensor(deltas)
     d = d.float() if not d.is_floating_point() or d.dtype in (torch.float16, torch.bfloat16) else d
     squeeze = d.dim() == 1

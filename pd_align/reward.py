@@ -188,7 +188,7 @@ def format_text(prompt:str|list, # the prompt: a string, or a conversation (a li
                 response:str, # one response
                 tokenizer, # the reward model's tokenizer
                ) -> str: # the text the reward model reads
-    "The reward model's input for (prompt, response), used by training, scoring and evaluation alike: the conversation plus an assistant turn through the chat template when the tokenizer has one, else `prompt + '\\n\\n' + response + eos`."
+    "The reward model's input for (prompt, response), the same in training, scoring and evaluation."
     if not isinstance(prompt, str) and not _is_messages(prompt):
         raise ValueError(f"format_text: prompt must be a string or a list of messages, got {type(prompt).__name__}")
     msgs = list(prompt) if _is_messages(prompt) else [{'role': 'user', 'content': prompt}]
@@ -311,11 +311,12 @@ def pair_scores(model:AspectRewardModel, tokenizer, dataset, batch_size:int=32, 
 
 def pairwise_accuracy(model:AspectRewardModel, tokenizer, dataset, batch_size:int=32, dtype:str='fp32',
                       progress:bool=False,
-                      scores:tuple[Tensor, Tensor]|None=None, # raw (chosen, rejected) [N, K] of `dataset`, if already scored
+                      scores:tuple[Tensor, Tensor]|None=None, # raw (chosen, rejected) [N, K] of `dataset`, if scored
                      ) -> dict: # {'accuracy': {aspect: acc of its own head}, 'matrix': [K,K], 'n': {aspect: n}}
     "Share of pairs where each head ranks chosen above rejected (ties 1/2): own head per aspect, and every head (matrix)."
     if len(dataset) == 0: return dict(accuracy={}, matrix=torch.full((model.K, model.K), float('nan')), n={})
-    c, r = scores if scores is not None else pair_scores(model, tokenizer, dataset, batch_size, dtype=dtype, progress=progress)
+    if scores is None: scores = pair_scores(model, tokenizer, dataset, batch_size, dtype=dtype, progress=progress)
+    c, r = scores
     a = aspect_index(dataset, model.aspects)
     m = agreement_matrix(c, r, a, model.K)              # [labelling aspect, head]
     n = {asp: int((a == j).sum()) for j, asp in enumerate(model.aspects)}
@@ -327,7 +328,7 @@ def _check_aspects(model:AspectRewardModel, dataset) -> Tensor:
         if c not in dataset.column_names: raise ValueError(f"dataset needs a `{c}` column; it has {dataset.column_names}")
     return aspect_index(dataset, model.aspects)
 
-def _running_accuracy(margin:Tensor, # [N] own-head margin at the last training step that saw each pair (NaN: never seen)
+def _running_accuracy(margin:Tensor, # [N] own-head margin at the last step that trained on each pair (NaN: never)
                       a:Tensor, # [N] aspect index of each pair
                       aspects:list[str],
                      ) -> dict: # {aspect: share of margins > 0 (ties 1/2)} over the pairs seen
@@ -421,7 +422,8 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
     model.eval()
     model.length_rho = rho
     held = ds.select(ho_idx)
-    held_scores = pair_scores(model, tokenizer, held, eval_batch_size, max_length, dtype, progress=False) if len(held) else None
+    held_scores = None
+    if len(held): held_scores = pair_scores(model, tokenizer, held, eval_batch_size, max_length, dtype, progress=False)
     acc = pairwise_accuracy(model, tokenizer, held, scores=held_scores)
     tr_acc = _running_accuracy(last_margin, a, model.aspects)
     return dict(aspects=model.aspects, heldout_accuracy=acc['accuracy'], heldout_n=acc['n'], heldout_matrix=acc['matrix'],
@@ -457,14 +459,15 @@ def fit_length_penalty(model:AspectRewardModel, # the trained reward model (its 
                        dataset, # pairs to fit on: held-out pairs (`report['heldout_index']`) of any aspect
                        batch_size:int=32, max_length:int|None=None, dtype:str='fp32', progress:bool=True,
                        aspects:list[str]|None=None, # fit only these aspects (others keep their alpha)
-                       scores:tuple[Tensor, Tensor]|None=None, # raw (chosen, rejected) [N, K] of `dataset` if already scored
+                       scores:tuple[Tensor, Tensor]|None=None, # raw (chosen, rejected) [N, K] of `dataset`, if scored
                       ) -> dict: # {aspect: {alpha, pearson_before, pearson_after, spearman_before, spearman_after}}
     "Per-aspect alpha_j so that the corrected margin is uncorrelated with the length difference on `dataset`."
     if len(dataset) < 3: raise ValueError(f"fit_length_penalty needs at least 3 pairs, got {len(dataset)}")
     ds = add_lengths(dataset, tokenizer)
     c, r = scores if scores is not None else pair_scores(model, tokenizer, ds, batch_size, max_length, dtype, progress)
     if c.shape != (len(ds), model.K) or r.shape != c.shape:
-        raise ValueError(f"fit_length_penalty: scores must be two [{len(ds)}, {model.K}] tensors, got {tuple(c.shape)}, {tuple(r.shape)}")
+        raise ValueError(f"fit_length_penalty: scores must be two [{len(ds)}, {model.K}] tensors, "
+                         f"got {tuple(c.shape)}, {tuple(r.shape)}")
     dl = np.asarray(ds['chosen_len'], dtype=np.float64) - np.asarray(ds['rejected_len'], dtype=np.float64)
     dr = (c - r).double().numpy()
     out = {}
@@ -509,7 +512,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
                   batch_size:int=32, # texts per forward pass
                   out_dir:str|Path|None=None, # shard folder for resumable scoring (None: in memory only)
                   shard_size:int=1024, # rows per shard
-                  weights=None, # [K] or {aspect: w} aspect weights, normalised to sum 1 (default `model.pd_settings['weights']`, else uniform)
+                  weights=None, # [K] or {aspect: w}, normalised (default: the model's `pd_settings`, else uniform)
                   scaling:str|None=None, # 'quantile' or 'zscore' (default `model.pd_settings['scaling']`)
                   gamma:float|None=None, # quantile for 'quantile' scaling (default `model.pd_settings['gamma']`)
                   length_correction:bool=True, # subtract alpha_j * len (see `fit_length_penalty`)
@@ -519,7 +522,7 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
                   resume:bool=True, # reuse finished shards in `out_dir`
                   progress:bool=True,
                   stats:dict|None=None, # filled with shards, reused_shards, scored_texts, seconds
-                 ) -> Dataset: # `dataset` + chosen_scores, rejected_scores (struct), pd (+ orig_* scores); settings in `pd_settings(ds)`
+                 ) -> Dataset: # `dataset` + chosen_scores, rejected_scores (struct), pd (+ orig_*); `pd_settings(ds)`
     "Score all K aspects of every pair and add the scaled-margin preference divergence `pd`."
     t0 = time.time()
     if shard_size < 1: raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -568,8 +571,9 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
     scaled, scale = scale_margins(raw_c - raw_r, gamma=gamma, method=scaling, return_scale=True)
     pd = preference_divergence(scaled, torch.zeros_like(scaled), a, weights)
     settings = dict(aspects=list(model.aspects), weights=weights.tolist(), scaling=scaling,
-                    gamma=float(gamma) if scaling == 'quantile' else None, scale=dict(zip(model.aspects, scale.tolist())),
-                    length_correction=bool(length_correction), pd_units='scaled')
+                    gamma=float(gamma) if scaling == 'quantile' else None,
+                    scale=dict(zip(model.aspects, scale.tolist())), length_correction=bool(length_correction),
+                    pd_units='scaled')
     ds = dataset
     for f in ('chosen_scores', 'rejected_scores'):             # keep known ratings once: re-scoring keeps the first orig_*
         if f in ds.column_names:
@@ -740,8 +744,9 @@ def train_reward_cli(data:Dataset, # aggregated fine-grained pairs
                                  head_lr=head_lr or max(lr, 1e-3), heldout=heldout, length_balance=length_balance, tau=tau,
                                  length_penalty=length_penalty, dtype=dtype, device=device, seed=seed, progress=progress)
     if fit_length and len(report['heldout_index']) >= 3:
-        report['length_fit'] = fit_length_penalty(model, tok, data.select(report['heldout_index']), dtype=dtype, progress=progress,
-                                                  scores=report['heldout_scores'])   # scored once, for the accuracy
+        held = data.select(report['heldout_index'])   # scored already for the held-out accuracy: reuse the scores
+        report['length_fit'] = fit_length_penalty(model, tok, held, dtype=dtype, progress=progress,
+                                                  scores=report['heldout_scores'])
     model.save_pretrained(out, tok, extra=dict(train_report=_summary(report)))
     report['out'] = str(out)
     return report
@@ -751,7 +756,7 @@ def score_cli(data:Dataset, # fine-grained pairs to score
               out:str|Path, # output folder: `dataset/` (a `datasets` folder), `shards/` (resume), `score.json`
               batch_size:int=32, resume:bool=True, shard_size:int=1024,
               device=None, dtype:str='fp32',
-              scaling:str|None=None, gamma:float|None=None, weights=None, # PD settings (default: the model's); score.json's pd_settings records those used
+              scaling:str|None=None, gamma:float|None=None, weights=None, # PD settings (default: the model's)
               progress:bool=True,
              ) -> Path: # `out`
     "Score `data` with a saved reward model; writes `out/dataset` with chosen/rejected scores and `pd`; the CLI's `score` step."
@@ -764,7 +769,7 @@ def score_cli(data:Dataset, # fine-grained pairs to score
     save_dataset_atomic(scored, out / 'dataset')
     pdv = np.asarray(scored['pd'])
     atomic_write_json(out / 'score.json', dict(reward_model=str(reward_model), n=len(scored), aspects=model.aspects,
-                                               pd_settings=pd_settings(scored), # what was used: model defaults + overrides
+                                               pd_settings=pd_settings(scored), # as used: defaults + overrides
                                                length_alpha=model.length_alpha.tolist(), pd_mean=float(pdv.mean()),
                                                pd_negative_share=float((pdv < 0).mean()), **stats))
     return out

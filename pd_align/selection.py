@@ -185,13 +185,13 @@ def _info_dict(dataset) -> dict:
     return d if isinstance(d, dict) else {}
 
 def pd_settings(dataset, # a `datasets.Dataset` (a list of rows has none)
-               ) -> dict|None: # aspects, weights, scaling, gamma, scale, ... as stored by `score_dataset`; None if absent
+               ) -> dict|None: # aspects, weights, scaling, gamma, scale, ... as stored by `score_dataset`, or None
     "The PD settings stored with a scored dataset."
     return _info_dict(dataset).get(_INFO_KEY, {}).get('pd_settings')
 
 def with_pd_settings(dataset, # a `datasets.Dataset`
                      settings:dict, # JSON-able: at least `aspects` and `weights` (normalised, in `aspects` order)
-                    ): # a copy of `dataset` carrying `settings` in its info (kept by select, save_to_disk, load_from_disk)
+                    ): # a copy of `dataset` with `settings` in its info (kept by select, save_to_disk, load_from_disk)
     "Store PD settings with a dataset (its `info.description`, as JSON)."
     out = dataset.select_columns(dataset.column_names)          # a new Dataset object with its own info
     d = _info_dict(dataset)
@@ -213,19 +213,20 @@ def normalise_weights(weights, # a [K] sequence in `aspects` order, or {aspect: 
     if isinstance(weights, Mapping):
         missing = [a for a in aspects if a not in weights]
         extra = [a for a in weights if a not in aspects]
-        if missing or extra: raise ValueError(f"weights: aspects {missing} missing, {extra} unknown; the dataset's aspects are {aspects}")
+        if missing or extra:
+            raise ValueError(f"weights: aspects {missing} missing, {extra} unknown; the aspects are {aspects}")
         weights = [float(weights[a]) for a in aspects]
     if isinstance(weights, numbers.Real):
-        raise ValueError(f"weights={weights!r}: one number for every aspect is just uniform weights 1/K after normalisation; "
-                         "pass None, a [K] sequence or {aspect: weight}")
+        raise ValueError(f"weights={weights!r}: one number for every aspect is just uniform weights 1/K after "
+                         "normalisation; pass None, a [K] sequence or {aspect: weight}")
     return _weights(weights, len(aspects), torch.float64)
 
 def aspect_weights(dataset, # a fine-grained Dataset, or a list of rows
-                   weights=None, # None (stored, else uniform), a [K] sequence in `dataset_aspects` order, or {aspect: weight}
+                   weights=None, # None (stored, else uniform), [K] in `dataset_aspects` order, or {aspect: weight}
                   ) -> Tensor: # [K] float64, > 0, summing to 1, in `dataset_aspects(dataset)` order
     "The aspect weights w_j of a dataset: the one definition used by PD, selection and DFPO."
     aspects = dataset_aspects(dataset)
-    if not aspects: raise ValueError("aspect_weights: the dataset names no aspects (no score columns, no `aspect` column)")
+    if not aspects: raise ValueError("aspect_weights: the dataset names no aspects (no score columns, no `aspect`)")
     if weights is None:
         st = pd_settings(dataset)
         weights = st['weights'] if st and st.get('weights') is not None else [1.0] * len(aspects)
@@ -236,13 +237,14 @@ def _stored_weights_check(dataset, weights, what:str):
     if weights is None: return
     st = pd_settings(dataset)
     if not st or st.get('weights') is None:
-        raise ValueError(f"{what}: weights={weights!r} given, but the dataset does not record the weights its `pd` column was "
-                         "computed with; drop the `pd` column (dataset.remove_columns('pd')) to recompute PD from "
-                         "chosen_scores/rejected_scores with these weights, or omit weights=")
+        raise ValueError(f"{what}: weights={weights!r} given, but the dataset does not record the weights its `pd` "
+                         "column was computed with; drop the `pd` column (dataset.remove_columns('pd')) to recompute "
+                         "PD from chosen_scores/rejected_scores with these weights, or omit weights=")
     given, stored = aspect_weights(dataset, weights), aspect_weights(dataset)
     if not torch.allclose(given, stored, rtol=1e-9, atol=1e-12):
-        raise ValueError(f"{what}: weights {dict(zip(dataset_aspects(dataset), given.tolist()))} disagree with the weights "
-                         f"{dict(zip(dataset_aspects(dataset), stored.tolist()))} the stored `pd` was computed with; rescore "
+        names = dataset_aspects(dataset)
+        raise ValueError(f"{what}: weights {dict(zip(names, given.tolist()))} disagree with the weights "
+                         f"{dict(zip(names, stored.tolist()))} the stored `pd` was computed with; rescore "
                          "(score_dataset(weights=...)) or drop the `pd` column to recompute it")
 
 def _from_scores(dataset):
@@ -278,7 +280,8 @@ def _margin_values(dataset, method, margins, holistic, weights, on_missing) -> T
     if given is not None: return _given(given, name, len(dataset))
     if name in dataset.column_names: return _scores_1d(np.asarray(dataset[name], dtype=np.float64), name)
     if not _has_scores(dataset):
-        raise ValueError(f"select: method needs `{name}`: pass it, add a `{name}` column, or provide chosen_scores/rejected_scores")
+        raise ValueError(f"select: method needs `{name}`: pass it, add a `{name}` column, "
+                         "or provide chosen_scores/rejected_scores")
     c, r, a = _from_scores(dataset)
     if method == 'holistic': return holistic_margin(c, r, aspect_weights(dataset, weights), on_missing=on_missing)
     return _scores_1d((c - r)[torch.arange(len(a)), a], name)
@@ -293,8 +296,8 @@ def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
            method:str='pd', # one of 'pd', 'pd_high', 'random', 'margin', 'holistic' (= 'holistic_margin'), 'full'
            ratio:float=0.3, # share to keep, in (0, 1] (ignored by 'full')
            seed:int=0, # tie-break order of the ranking rules, and the subset of 'random'
-           per_aspect:bool=False, # apply the rule within each `aspect` group, the global budget split by `per_aspect_budget`
-           weights=None, # aspect weights for PD/holistic margin from scores: [K] or {aspect: w}; default stored, else uniform
+           per_aspect:bool=False, # the rule within each `aspect` group, the global budget split by `per_aspect_budget`
+           weights=None, # aspect weights for PD/holistic margin from scores: [K] or {aspect: w}; default stored/uniform
            pd:Tensor|None=None, # [N] PD to use instead of a `pd` column / the scores
            margins:Tensor|None=None, # [N] labelled-aspect margins for 'margin'
            holistic:Tensor|None=None, # [N] holistic margins for 'holistic'
@@ -310,7 +313,8 @@ def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
     if method in ('pd', 'pd_high'):
         values, fresh = _pd_values(dataset, pd, weights, on_missing)
         new_pd = values if fresh else None
-    elif method in ('margin', 'holistic'): values = _margin_values(dataset, method, margins, holistic, weights, on_missing)
+    elif method in ('margin', 'holistic'):
+        values = _margin_values(dataset, method, margins, holistic, weights, on_missing)
     else: values = torch.zeros(N, dtype=torch.float64)                 # 'random' / 'full': all tied, read nothing
     groups = _groups(dataset, per_aspect)
     if method == 'full': idx = np.arange(N)
@@ -320,7 +324,8 @@ def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
         parts = [_ranked(vals, g, largest, tie)[:b] for g, b in zip(groups, budgets)]
         idx = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=int)
     # add the columns before selecting: adding to an index-mapped selection would rewrite (flatten) it
-    out = dataset.remove_columns([c for c in ('orig_index',) + (('pd',) if new_pd is not None else ()) if c in dataset.column_names])
+    drop = ('orig_index',) + (('pd',) if new_pd is not None else ())
+    out = dataset.remove_columns([c for c in drop if c in dataset.column_names])
     if new_pd is not None: out = out.add_column('pd', new_pd.double().tolist())
     return out.add_column('orig_index', list(range(N))).select(idx.tolist())
 
@@ -330,13 +335,13 @@ def pd_reward_units(dataset, # pairs with a `pd` column (a scored dataset, a sub
     "PD in reward units: recomputed with the stored scales for a scored dataset, else the `pd` column as given."
     st = pd_settings(dataset)
     cols = dataset.column_names if hasattr(dataset, 'column_names') else (list(dataset[0]) if len(dataset) else [])
-    if 'pd' not in cols: raise ValueError(f"dataset has no 'pd' column (columns: {cols}); score it first (score_dataset)")
-    pd = np.asarray([float('nan') if v is None else v for v in (dataset['pd'] if hasattr(dataset, 'column_names') else [r.get('pd') for r in dataset])],
-                    dtype=np.float64)
+    if 'pd' not in cols: raise ValueError(f"dataset has no 'pd' column (columns: {cols}); score it (score_dataset)")
+    raw = dataset['pd'] if hasattr(dataset, 'column_names') else [r.get('pd') for r in dataset]
+    pd = np.asarray([float('nan') if v is None else v for v in raw], dtype=np.float64)
     if not st or not st.get('scaling'): return torch.from_numpy(pd)
     if not _has_scores(dataset):
-        raise ValueError(f"the `pd` column is in scaled units (scaling={st['scaling']!r}); converting it to reward units needs the "
-                         "chosen_scores/rejected_scores columns of the scored dataset")
+        raise ValueError(f"the `pd` column is in scaled units (scaling={st['scaling']!r}); converting it to reward "
+                         "units needs the chosen_scores/rejected_scores columns of the scored dataset")
     aspects = dataset_aspects(dataset)
     c, r, a = _from_scores(dataset)
     scale = torch.tensor([float(st['scale'][x]) for x in aspects], dtype=torch.float64)
@@ -347,6 +352,7 @@ def pd_reward_units(dataset, # pairs with a `pd` column (a scored dataset, a sub
     bad = np.nonzero(~(np.abs(check - pd) <= 1e-4 * (1 + np.abs(pd))))[0]
     if len(bad):
         i = int(bad[0])
-        raise ValueError(f"record {dataset['id'][i] if 'id' in cols else i!r}: pd {pd[i]!r} disagrees with the scores and the stored "
-                         f"settings ({check[i]:.6g}); the `pd` column is stale: rescore the dataset")
+        rid = dataset['id'][i] if 'id' in cols else i
+        raise ValueError(f"record {rid!r}: pd {pd[i]!r} disagrees with the scores and the stored settings "
+                         f"({check[i]:.6g}); the `pd` column is stale: rescore the dataset")
     return preference_divergence(scaled * scale, torch.zeros_like(scaled), a, w)

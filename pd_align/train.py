@@ -36,7 +36,7 @@ class DPOConfig:
     # objective
     beta:float=0.1 # KL strength: implicit reward = beta * log(pi/pi_ref)
     loss:str='dpo' # 'dpo', or 'dfpo' (needs a `pd` column; see 'The objective')
-    aspect_weights:Any=None # dfpo: {aspect: w} or [K], normalised to sum 1 over the dataset's K aspects; None = stored, else 1/K
+    aspect_weights:Any=None # dfpo: {aspect: w} or [K], normalised over the dataset's K aspects; None = stored, else 1/K
     label_smoothing:float=0.0 # conservative-DPO label noise (dpo only)
     rpo_alpha:float=0.0 # add rpo_alpha * (chosen responses' per-token NLL), as TRL's rpo_alpha: keeps chosen likelihoods up
     # optimisation
@@ -174,17 +174,17 @@ def _tokenize(tokenizer, texts:list[str], add_special:bool) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=add_special)['input_ids'] if texts else []
 
 def _row_weights(dataset, aspect_weights) -> list[float]:
-    "w_k of each row's labelling aspect (dfpo): `pd_align.selection.aspect_weights`, normalised over the dataset's K aspects."
+    "w_k of each row's labelling aspect (dfpo): `pd_align.selection.aspect_weights`, normalised over the K aspects."
     from pd_align.selection import aspect_weights as normalised, dataset_aspects, pd_settings, _stored_weights_check
     st = pd_settings(dataset)
     if st and st.get('weights') is not None: _stored_weights_check(dataset, aspect_weights, 'DPOConfig.aspect_weights')
     aspects = dataset_aspects(dataset)
-    if not aspects: raise ValueError("loss='dfpo' needs an 'aspect' column (the weight w_k of each pair's labelling aspect)")
+    if not aspects: raise ValueError("loss='dfpo' needs an 'aspect' column (for the weight w_k of each pair's aspect)")
     w = dict(zip(aspects, normalised(dataset, aspect_weights).tolist()))
     labels, ids = _column(dataset, 'aspect'), _column(dataset, 'id', required=False) or list(range(len(dataset)))
     out = []
     for i, a in enumerate(labels):
-        if a not in w: raise ValueError(f"record {ids[i]!r}: aspect {a!r} is not one of the dataset's aspects {aspects}")
+        if a not in w: raise ValueError(f"record {ids[i]!r}: aspect {a!r} is not one of the aspects {aspects}")
         out.append(w[a])
     return out
 
@@ -729,7 +729,9 @@ def _score(reward_model, reward_tokenizer, prompts, responses, batch_size:int) -
     scores = []
     with _eval_mode(reward_model), torch.no_grad():
         for chunk in _batches(texts, batch_size):
-            enc = reward_tokenizer(chunk, return_tensors='pt', padding=True, truncation=True, add_special_tokens=special).to(device)
+            enc = reward_tokenizer(chunk, return_tensors='pt', padding=True, truncation=True,
+                                   add_special_tokens=special)
+            enc = enc.to(device)
             out = reward_model(**enc)
             scores.append((out.logits if hasattr(out, 'logits') else out).float().cpu())
     s = torch.cat(scores)

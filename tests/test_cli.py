@@ -196,7 +196,8 @@ def test_select_per_aspect(scored, tmp_path):
     rc, out, err = cli_inproc('select', '--scored', scored, '--out', tmp_path / 's', '--ratio', '0.25', '--per-aspect')
     assert rc == 0, err
     ds = load_from_disk(str(tmp_path / 's' / 'dataset'))
-    assert sorted(ds['aspect']) == ['helpfulness'] * 3 + ['honesty'] * 3  # ceil(0.25 * 10) per aspect
+    counts = sorted([list(ds['aspect']).count('helpfulness'), list(ds['aspect']).count('honesty')])
+    assert counts == [2, 3]  # the global budget ceil(0.25 * 20) = 5, split by largest remainder (2.5 + 2.5)
 
 def test_toy_subprocess(tmp_path):
     "`pd-align toy` with a small setting writes results.json, results.csv and the PNG plots."

@@ -53,4 +53,5 @@ def test_hh_helpful_vs_harmless_from_the_command_line(tmp_path):
     assert all(p.endswith('\n\nAssistant:') for p in scored['prompt'])
     run('select', '--scored', tmp_path/'scored', '--ratio', 0.3, '--per-aspect', '--out', tmp_path/'subset')
     sub = load_from_disk(str(tmp_path/'subset'/'dataset'))
-    assert sorted(sub['aspect']).count('helpful') == 8 and sorted(sub['aspect']).count('harmless') == 8
+    counts = sorted([list(sub['aspect']).count('helpful'), list(sub['aspect']).count('harmless')])
+    assert counts == [7, 8]   # the global budget ceil(0.3 * 48) = 15, split by largest remainder (7.2 + 7.2)
