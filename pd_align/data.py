@@ -592,7 +592,9 @@ def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk 
         return from_hh(rows, aspect=aspect, stats=stats, **common, **kwargs)
     if format == 'fine-grained':
         if isinstance(rows, Dataset) and 'chosen_scores' in rows.column_names: kwargs.setdefault('aspects', get_aspects(rows))
-        return from_records(rows, strict=strict, **common, **kwargs)
+        out = from_records(rows, strict=strict, **common, **kwargs)
+        if isinstance(rows, Dataset): out.info.description = rows.info.description   # keep stored settings (PD scale, weights)
+        return out
     raise ValueError(f'format must be "auto" or one of {FORMATS}, got {format!r}')
 
 # %% ../nbs/00_data.ipynb #c047

@@ -159,7 +159,7 @@ def test_dfpo_weights_are_the_scored_datasets_normalised_weights(scored_world):
         tokenize_pairs(sub, ptok, DPOConfig(loss='dfpo', aspect_weights={'polite': 1, 'on_topic': 1, 'positive': 1}))
 
 
-def test_dfpo_on_a_scored_dataset_uses_pd_in_reward_units(scored_world):
+def test_dfpo_on_a_scored_dataset_uses_pd_in_reward_units(scored_world, tmp_path):
     """Issue 15 item 5: at step 0 (policy = reference, h = 0) the DFPO loss on a scored subset equals
     mean_i -log sigmoid(PD_i / w_k) with PD_i = -sum_{j != k} w_j clip(Delta_j, -s_j, s_j): the reward-model margins in
     reward units, clipped at each aspect's 0.9-quantile s_j of |Delta_j| over the whole scored set."""
@@ -180,6 +180,11 @@ def test_dfpo_on_a_scored_dataset_uses_pd_in_reward_units(scored_world):
     cfg = DPOConfig(**BASE, loss='dfpo')
     got = evaluate_dpo(add_lora(copy.deepcopy(policy), cfg), ptok, sub, cfg)['loss']
     assert got == pytest.approx(want, abs=1e-5)
+    # the settings travel with the data: a subset saved to disk and read back as `pd-align train` reads it
+    from pd_align.data import load_local
+    sub.save_to_disk(str(tmp_path / 'sub'))
+    again = tokenize_pairs(load_local(tmp_path / 'sub'), ptok, DPOConfig(loss='dfpo'))
+    assert [e['pd'] for e in again] == pytest.approx(pd_rew.tolist(), abs=1e-5)
 
 
 CHAT = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
