@@ -18,9 +18,9 @@ import _common as C
 
 MMAP_THRESHOLD = '65536'
 SIZES = [  # name, model dims (Llama from a config: intermediate = 2 * hidden, tied head), batch pairs, tokens
-    dict(name='small: H256 L4 V32000', hidden=256, layers=4, heads=4, vocab=32_000, batch=4, seq_len=128),
-    dict(name='medium: H512 L8 V49152', hidden=512, layers=8, heads=8, vocab=49_152, batch=4, seq_len=192),
-    dict(name='large head: H512 L4 V151936', hidden=512, layers=4, heads=8, vocab=151_936, batch=2, seq_len=192),
+    dict(name='small: H128 L4 V32000 4x128', hidden=128, layers=4, heads=4, vocab=32_000, batch=4, seq_len=128),
+    dict(name='medium: H256 L8 V49152 4x192', hidden=256, layers=8, heads=4, vocab=49_152, batch=4, seq_len=192),
+    dict(name='large head: H256 L4 V151936 2x192', hidden=256, layers=4, heads=4, vocab=151_936, batch=2, seq_len=192),
 ]
 QUICK = [dict(name='quick: H128 L2 V8000', hidden=128, layers=2, heads=2, vocab=8000, batch=2, seq_len=64)]
 TOLERANCE = 0.20   # |predicted - measured| / measured of the step's increment
