@@ -35,7 +35,7 @@ def sequence_logps(logits:Tensor, # [B, T, V] next-token logits of the causal LM
 
 # %% ../nbs/01_losses.ipynb #c009
 class _ChunkedHeadLogps(torch.autograd.Function):
-    "Per-position log p(label) = z[label] - logsumexp(z), z = h W^T (+ b), chunked; the backward recomputes z per chunk."
+    "Per-position log p(label) = z[label] - logsumexp(z), z = h W^T (+ b), in chunks; the backward recomputes z."
     @staticmethod
     def forward(ctx, hidden:Tensor, weight:Tensor, bias:Tensor|None, labels:Tensor, chunk:int) -> Tensor:
         acc = torch.promote_types(hidden.dtype, torch.float32) # fp32, or fp64 for fp64 inputs
@@ -63,7 +63,7 @@ class _ChunkedHeadLogps(torch.autograd.Function):
             for s in range(0, hidden.shape[0], ctx.chunk):
                 h, g = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk].to(lse.dtype)
                 dz = F.linear(h, weight, bias).to(lse.dtype).sub_(lse[s:s + ctx.chunk, None]).exp_() # softmax, in place
-                dz.mul_(-g[:, None]).scatter_add_(-1, labels[s:s + ctx.chunk, None], g[:, None]) # g * (onehot - softmax)
+                dz.mul_(-g[:, None]).scatter_add_(-1, labels[s:s + ctx.chunk, None], g[:, None]) # g(onehot - softmax)
                 if need_b: gb += dz.sum(0)
                 dz = dz.to(hidden.dtype)
                 if need_h: gh[s:s + ctx.chunk] = dz @ weight
@@ -83,8 +83,8 @@ def response_logps(hidden:Tensor, # [B, T, H] final hidden states (after the mod
                    bias:Tensor|None=None, # [V] LM-head bias, if the head has one
                    average:bool=False, # divide by the number of response tokens
                    chunk_elements:int=2**25, # logits per chunk: bounds the memory of the head
-                  ) -> Tensor: # [B] float32 (float64 for float64 inputs), equal to `sequence_logps(F.linear(hidden, weight, bias), labels, mask)`
-    "`sequence_logps` without the [B, T, V] logits: the head only at response positions, in chunks, recomputed in backward."
+                  ) -> Tensor: # [B] float32 (float64 for float64 inputs): sequence_logps of F.linear(hidden, ...)
+    "`sequence_logps` without [B, T, V] logits: the head only at response positions, in chunks, recomputed in backward."
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or mask.shape != labels.shape:
         raise ValueError(f"shapes: hidden {tuple(hidden.shape)} must be [B,T,H] with labels and mask [B,T]; "
                          f"got labels {tuple(labels.shape)}, mask {tuple(mask.shape)}")

@@ -45,7 +45,8 @@ class ModelDims:
         "From a `transformers` config (Llama, Qwen2, Mistral, ... field names) or a dict with those keys."
         get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
         heads = get('num_attention_heads')
-        missing = [k for k in ('hidden_size', 'num_hidden_layers', 'vocab_size', 'num_attention_heads') if get(k) is None]
+        needed = ('hidden_size', 'num_hidden_layers', 'vocab_size', 'num_attention_heads')
+        missing = [k for k in needed if get(k) is None]
         if missing: raise ValueError(f"model config lacks {missing}")
         H = get('hidden_size')
         return cls(hidden=H, layers=get('num_hidden_layers'), vocab=get('vocab_size'), heads=heads,
@@ -54,7 +55,8 @@ class ModelDims:
                    get('model_type') == 'qwen2')
 
 PRESETS = {
-    'qwen2.5-0.5b': ModelDims(hidden=896, layers=24, vocab=151_936, heads=14, kv_heads=2, intermediate=4864, tied=True, qkv_bias=True),
+    'qwen2.5-0.5b': ModelDims(hidden=896, layers=24, vocab=151_936, heads=14, kv_heads=2, intermediate=4864, tied=True,
+                              qkv_bias=True),
     'smollm2-135m': ModelDims(hidden=576, layers=30, vocab=49_152, heads=9, kv_heads=3, intermediate=1536, tied=True),
     'smollm2-360m': ModelDims(hidden=960, layers=32, vocab=49_152, heads=15, kv_heads=5, intermediate=2560, tied=True),
 }
@@ -63,7 +65,7 @@ PRESETS = {
 _BYTES = {'fp32': 4, 'float32': 4, 'bf16': 2, 'bfloat16': 2, 'fp16': 2, 'float16': 2}
 _IN_OUT = {'q_proj': ('H', 'H'), 'k_proj': ('H', 'kv'), 'v_proj': ('H', 'kv'), 'o_proj': ('H', 'H'),
            'gate_proj': ('H', 'I'), 'up_proj': ('H', 'I'), 'down_proj': ('I', 'H')}
-CUDA_CONTEXT = int(0.5 * 2**30) # CUDA context + cuBLAS workspace, not in max_memory_allocated (0.3-0.5 GiB measured elsewhere)
+CUDA_CONTEXT = int(0.5 * 2**30) # CUDA context + cuBLAS workspace: not in max_memory_allocated (typically 0.3-0.5 GiB)
 GiB = 2**30
 
 def dtype_bytes(dtype) -> int:
@@ -75,7 +77,8 @@ def dtype_bytes(dtype) -> int:
 def _dims(config_or_dims) -> ModelDims:
     if isinstance(config_or_dims, ModelDims): return config_or_dims
     if isinstance(config_or_dims, str):
-        if config_or_dims not in PRESETS: raise ValueError(f"unknown model {config_or_dims!r}; presets: {sorted(PRESETS)}")
+        if config_or_dims not in PRESETS:
+            raise ValueError(f"unknown model {config_or_dims!r}; presets: {sorted(PRESETS)}")
         return PRESETS[config_or_dims]
     return ModelDims.from_config(config_or_dims)
 
@@ -113,8 +116,10 @@ def layer_activation_bytes(d:ModelDims, # model dimensions
     ins = [_IN_OUT[t][0] for t in targets]
     if lora_dropout: inputs = sum(size[i] * (a + 1) for i in ins)
     else: # a shared input is saved once; q/k/v share the first norm's output, gate/up the second's
-        groups = {('attn_in' if t in ('q_proj', 'k_proj', 'v_proj') else 'mlp_in' if t in ('gate_proj', 'up_proj') else t): size[_IN_OUT[t][0]]
-                  for t in targets}
+        shared = {'q_proj': 'attn_in', 'k_proj': 'attn_in', 'v_proj': 'attn_in',
+                  'gate_proj': 'mlp_in', 'up_proj': 'mlp_in'}
+        group = lambda t: shared.get(t, t)
+        groups = {group(t): size[_IN_OUT[t][0]] for t in targets}
         inputs = sum(groups.values()) * a
     return norms + attn + mlp + inputs + len(targets) * lora_r * a
 
@@ -135,13 +140,13 @@ def dpo_step_peak(config_or_dims, # ModelDims, a transformers config, a dict of 
                   batch:int, # pairs per micro-batch (the step sees 2*batch sequences)
                   seq_len:int, # tokens per sequence after padding (prompt + response)
                   dtype='bf16', # weight dtype: 'fp32', 'bf16' or 'fp16'
-                  lora_r:int|None=16, # LoRA rank; None = full fine-tune (needs a reference copy or precomputed log-probs)
+                  lora_r:int|None=16, # LoRA rank; None = full fine-tune (reference: a copy or precomputed log-probs)
                   grad_ckpt:bool=False, # gradient (activation) checkpointing
                   autocast=None, # mixed precision: activations in this dtype ('bf16'/'fp16'), weights in `dtype`
-                  lora_targets=('q_proj', 'v_proj'), # projections with adapters (peft's default for Llama/Qwen2), or 'all-linear'
+                  lora_targets=('q_proj', 'v_proj'), # adapted projections (peft's Llama/Qwen2 default), or 'all-linear'
                   lora_dropout:bool=True, # LoRA dropout > 0 (DPOConfig's default 0.05)
                   lean_logits:bool=True, # memory-lean head (`losses.response_logps`); False = full [2B, T, V] logits
-                  reference:str='adapter', # 'adapter' (disabled-adapter pass), 'precomputed' (no pass) or 'copy' (a second model)
+                  reference:str='adapter', # 'adapter' (adapters-off pass), 'precomputed' (none), 'copy' (2nd model)
                   reward_model=None, # dims/config/preset name of a reward model left on the card, or None
                   prompt_frac:float=1/3, # share of each sequence that is prompt (the lean head skips it)
                   attention:str='sdpa',
@@ -150,8 +155,10 @@ def dpo_step_peak(config_or_dims, # ModelDims, a transformers config, a dict of 
     "Predicted peak memory of one DPO step (bytes by component), from a model's dimensions and the step's settings."
     d = _dims(config_or_dims)
     if batch < 1 or seq_len < 2: raise ValueError(f"batch must be >= 1 and seq_len >= 2, got {batch}, {seq_len}")
-    if reference not in ('adapter', 'precomputed', 'copy'): raise ValueError(f"reference must be 'adapter', 'precomputed' or 'copy', got {reference!r}")
-    if reference == 'adapter' and lora_r is None: raise ValueError("a full fine-tune has no adapters to disable: reference='copy' or 'precomputed'")
+    if reference not in ('adapter', 'precomputed', 'copy'):
+        raise ValueError(f"reference must be 'adapter', 'precomputed' or 'copy', got {reference!r}")
+    if reference == 'adapter' and lora_r is None:
+        raise ValueError("a full fine-tune has no adapters to disable: reference='copy' or 'precomputed'")
     w = dtype_bytes(dtype)
     a = dtype_bytes(autocast) if autocast else w
     n = 2 * batch * seq_len
@@ -163,8 +170,8 @@ def dpo_step_peak(config_or_dims, # ModelDims, a transformers config, a dict of 
     else: out['activations'] = (d.layers + 1) * layer # saved + the backward's gradients of one layer
     out['activations'] += n * d.hidden * 4 * 2 # final norm's fp32 input + the head's input
     out['logits'] = logits_bytes(d, n, a, lean_logits, chunk_elements, 1 - prompt_frac, grad=True)
-    ref_pass = 0 if reference == 'precomputed' else (
-        n * (2 * d.hidden * w + 3 * d.intermediate * a) + logits_bytes(d, n, a, lean_logits, chunk_elements, 1 - prompt_frac, grad=False))
+    ref_logits = logits_bytes(d, n, a, lean_logits, chunk_elements, 1 - prompt_frac, grad=False)
+    ref_pass = 0 if reference == 'precomputed' else n * (2 * d.hidden * w + 3 * d.intermediate * a) + ref_logits
     out['reference_copy'] = d.n_params() * w if reference == 'copy' else 0
     out['reward_model'] = _dims(reward_model).n_params(head=False) * w if reward_model is not None else 0
     static = out['weights'] + out['trainable_states'] + out['reference_copy'] + out['reward_model']
@@ -180,7 +187,7 @@ CARDS = {'T4': 15.0 * GiB, 'L4': 22.0 * GiB, 'A100-40GB': 39.4 * GiB, 'A100-80GB
 def fits(card, # a CARDS name, or capacity in bytes
          margin:float=0.10, # share of the usable memory kept free
          **step) -> dict: # keyword arguments of `dpo_step_peak` (config_or_dims, batch, seq_len, ...)
-    "Whether a DPO step fits a card: {'fits', 'peak', 'usable', 'headroom' (bytes left), 'share' (peak / usable), 'parts'}."
+    "Whether a DPO step fits a card: {'fits', 'peak', 'usable', 'headroom' (bytes), 'share' (peak / usable), 'parts'}."
     if isinstance(card, str) and card not in CARDS: raise ValueError(f"unknown card {card!r}; known: {sorted(CARDS)}")
     capacity = CARDS[card] if isinstance(card, str) else float(card)
     parts = dpo_step_peak(**step)
@@ -198,6 +205,7 @@ def max_batch(card, seq_len:int, margin:float=0.10, limit:int=256, **step) -> in
 
 def table(rows:list[dict]) -> str:
     "A markdown table of components in GiB for several predictions: rows of {'name': ..., **dpo_step_peak(...)}."
-    keys = ['weights', 'trainable_states', 'activations', 'logits', 'reference_pass', 'reference_copy', 'reward_model', 'peak']
+    keys = ['weights', 'trainable_states', 'activations', 'logits', 'reference_pass', 'reference_copy', 'reward_model',
+            'peak']
     head = '| setting | ' + ' | '.join(keys) + ' |\n|' + '---|' * (len(keys) + 1)
     return head + ''.join(f"\n| {r['name']} | " + ' | '.join(f"{r[k] / GiB:.2f}" for k in keys) + ' |' for r in rows)

@@ -248,8 +248,9 @@ def collate_pairs(examples:list[dict], # items of `tokenize_pairs`
         out['weight'] = torch.tensor([e['weight'] for e in examples])
     return out
 
-_SCALED_LOGITS = ('final_logit_softcapping', 'logit_softcapping', 'logit_scale', 'logits_scaling', 'output_multiplier_scale',
-                  'lm_head_multiplier', 'mup_width_multiplier') # config fields of models that post-process their logits
+# config fields of models that post-process their logits (soft-capping, scaling)
+_SCALED_LOGITS = ('final_logit_softcapping', 'logit_softcapping', 'logit_scale', 'logits_scaling',
+                  'output_multiplier_scale', 'lm_head_multiplier', 'mup_width_multiplier')
 _LEAN_CHECKED = weakref.WeakKeyDictionary() # base model -> True, or why its head cannot be split off (checked once)
 
 class _HiddenCapture(torch.nn.Module):
@@ -269,7 +270,7 @@ def _head_site(model):
     configs.append(getattr(configs[0], 'text_config', None))
     for cfg in filter(None, configs):
         for k in _SCALED_LOGITS:
-            if getattr(cfg, k, None) not in (None, 0, 1): return f"config.{k}={getattr(cfg, k)} post-processes the logits"
+            if getattr(cfg, k, None) not in (None, 0, 1): return f"config.{k}={getattr(cfg, k)} changes the logits"
     for owner in base.modules():
         for name, child in owner.named_children():
             if child is head: return owner, name, head
@@ -285,7 +286,7 @@ def _final_hidden(model, site, input_ids:Tensor, attention_mask:Tensor) -> tuple
     return capture.hidden, capture.dtype
 
 def _lean_site(model, batch:dict):
-    "The head's site if the lean path reproduces this model's logits (checked once per model on a short slice), else a reason."
+    "The head's site if the lean path reproduces the model's logits (checked once per model), else why not."
     site = _head_site(model)
     if isinstance(site, str): return site
     key = _unwrap(model)
@@ -296,7 +297,8 @@ def _lean_site(model, batch:dict):
             h, dt = _final_hidden(model, site, ids, am)
             b = site[2].bias
             got = F.linear(h.to(dt), site[2].weight.to(dt), None if b is None else b.to(dt)).float()
-        ok = want.shape == got.shape and torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()) + 1e-6)
+        tol = 1e-3 * float(want.abs().max()) + 1e-6
+        ok = want.shape == got.shape and torch.allclose(got, want, rtol=1e-3, atol=tol)
         _LEAN_CHECKED[key] = True if ok else "its logits are not lm_head(final hidden states)"
     return site if _LEAN_CHECKED[key] is True else _LEAN_CHECKED[key]
 
@@ -307,7 +309,8 @@ def pair_logps(model, # causal LM (possibly peft- or accelerate-wrapped)
     "Log-probabilities of the chosen and rejected responses, in one forward pass over the 2B rows."
     site = _lean_site(model, batch) if lean else 'lean=False'
     if isinstance(site, str):
-        if lean: warnings.warn(f"pair_logps: full [B, T, V] logits for {type(_unwrap(model)).__name__}: {site}", stacklevel=2)
+        if lean: warnings.warn(f"pair_logps: full [B, T, V] logits for {type(_unwrap(model)).__name__}: {site}",
+                               stacklevel=2)
         logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits
         return sequence_logps(logits, batch['input_ids'], batch['loss_mask']).chunk(2)
     hidden, dt = _final_hidden(model, site, batch['input_ids'], batch['attention_mask'])
