@@ -48,6 +48,7 @@ class _ChunkedHeadLogps(torch.autograd.Function):
                 m = z.amax(-1, keepdim=True)
                 lse[s:s + chunk] = z.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(-1)) # logsumexp, stable
                 out[s:s + chunk] -= lse[s:s + chunk]
+                del z # before the next chunk's logits are allocated: one [c, V] tensor alive at a time
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.chunk = chunk
         return out
@@ -68,6 +69,7 @@ class _ChunkedHeadLogps(torch.autograd.Function):
                 dz = dz.to(hidden.dtype)
                 if need_h: gh[s:s + ctx.chunk] = dz @ weight
                 if need_w: gw += (dz.t() @ h).to(gw.dtype)
+                del dz
         return gh, gw.to(weight.dtype) if need_w else None, gb.to(bias.dtype) if need_b else None, None, None
 
 def chunk_positions(vocab_size:int, # V, the LM head's rows
