@@ -166,16 +166,18 @@ def dpo_step_peak(config_or_dims, # ModelDims, a transformers config, a dict of 
     if lora_r is None: out['trainable_states'] = d.n_params() * (w + 8) # gradients + two fp32 Adam moments
     else: out['trainable_states'] = lora_params(d, lora_r, lora_targets) * 16 # fp32 params, grads, 2 Adam moments
     layer = layer_activation_bytes(d, seq_len, a, lora_r, lora_targets, lora_dropout, attention) * n
-    if grad_ckpt: out['activations'] = d.layers * d.hidden * w * n + 2 * layer
-    else: out['activations'] = (d.layers + 1) * layer # saved + the backward's gradients of one layer
-    out['activations'] += n * d.hidden * 4 * 2 # final norm's fp32 input + the head's input
+    # saved for the backward: every layer's activations, or (checkpointing) every layer's input
+    saved = (d.layers * d.hidden * w if grad_ckpt else d.layers * layer / n) * n + n * d.hidden * 4 * 2 # + final norm
+    # while the layers' backward runs: one layer's gradients (checkpointing: also its recomputed activations)
+    transient = 2 * layer if grad_ckpt else layer
+    out['activations'] = saved + transient
     out['logits'] = logits_bytes(d, n, a, lean_logits, chunk_elements, 1 - prompt_frac, grad=True)
     ref_logits = logits_bytes(d, n, a, lean_logits, chunk_elements, 1 - prompt_frac, grad=False)
     ref_pass = 0 if reference == 'precomputed' else n * (2 * d.hidden * w + 3 * d.intermediate * a) + ref_logits
     out['reference_copy'] = d.n_params() * w if reference == 'copy' else 0
     out['reward_model'] = _dims(reward_model).n_params(head=False) * w if reward_model is not None else 0
     static = out['weights'] + out['trainable_states'] + out['reference_copy'] + out['reward_model']
-    policy = out['activations'] + out['logits']
+    policy = saved + max(out['logits'], transient) # the head's backward ends before the layers' begins
     out['reference_pass'] = ref_pass # transient, before the policy pass
     out['peak'] = static + max(policy, ref_pass)
     return out
