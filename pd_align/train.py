@@ -20,7 +20,7 @@ from .data import get_aspects, atomic_write_json
 from .losses import sequence_logps, dpo_loss, dfpo_loss
 
 # %% auto #0
-__all__ = ['DPOConfig', 'demo_pairs', 'tokenize_pairs', 'collate_pairs', 'pair_logps', 'is_peft', 'reference_logps',
+__all__ = ['DPOConfig', 'demo_pairs', 'tokenize_pairs', 'collate_pairs', 'is_peft', 'pair_logps', 'reference_logps',
            'precompute_reference', 'make_accelerator', 'load_policy', 'add_lora', 'latest_checkpoint',
            'save_checkpoint', 'load_checkpoint', 'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo',
            'sample_responses', 'reward_win_rate', 'train_cli', 'load_run', 'eval_cli']
@@ -248,6 +248,22 @@ def collate_pairs(examples:list[dict], # items of `tokenize_pairs`
         out['weight'] = torch.tensor([e['weight'] for e in examples])
     return out
 
+def _unwrap(model):
+    "The module under DDP / accelerate / torch.compile wrappers."
+    while hasattr(model, 'module') and isinstance(model.module, torch.nn.Module): model = model.module
+    return getattr(model, '_orig_mod', model)
+
+def is_peft(model) -> bool:
+    "Whether `model` carries peft adapters that can be switched off."
+    return hasattr(_unwrap(model), 'disable_adapter') and hasattr(_unwrap(model), 'peft_config')
+
+@contextmanager
+def _eval_mode(model):
+    was = model.training
+    model.eval()
+    try: yield
+    finally: model.train(was)
+
 # config fields of models that post-process their logits (soft-capping, scaling)
 _SCALED_LOGITS = ('final_logit_softcapping', 'logit_softcapping', 'logit_scale', 'logits_scaling',
                   'output_multiplier_scale', 'lm_head_multiplier', 'mup_width_multiplier')
@@ -320,22 +336,6 @@ def pair_logps(model, # causal LM (possibly peft- or accelerate-wrapped)
     return logps.chunk(2)
 
 # %% ../nbs/07_train.ipynb #c020
-def _unwrap(model):
-    "The module under DDP / accelerate / torch.compile wrappers."
-    while hasattr(model, 'module') and isinstance(model.module, torch.nn.Module): model = model.module
-    return getattr(model, '_orig_mod', model)
-
-def is_peft(model) -> bool:
-    "Whether `model` carries peft adapters that can be switched off."
-    return hasattr(_unwrap(model), 'disable_adapter') and hasattr(_unwrap(model), 'peft_config')
-
-@contextmanager
-def _eval_mode(model):
-    was = model.training
-    model.eval()
-    try: yield
-    finally: model.train(was)
-
 def reference_logps(model, # the policy
                     batch:dict, # from `collate_pairs`
                     ref_model=None, # a frozen reference; None = `model` with adapters disabled
