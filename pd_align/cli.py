@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser('reward', help='train the K-head proxy reward model (one backbone, one head per aspect)')
     add_data(r)
-    r.add_argument('--base', default='tiny', help="'tiny' (built-in, trained here) or a causal LM path / hub name")
+    r.add_argument('--base', default='tiny', help="'tiny' (built-in, trained here), 'smollm2', or a causal LM path / hub name")
     r.add_argument('--lora', action='store_true', help='LoRA on the backbone')
     r.add_argument('--epochs', type=float, default=1.0)
     r.add_argument('--batch-size', type=int, default=8)
