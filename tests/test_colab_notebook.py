@@ -33,7 +33,7 @@ def run_settings(monkeypatch, tmp_path, gpu=None, **env) -> dict:
     n_threads = torch.get_num_threads()
     ns = {}
     try:
-        exec(cell('code', 'PROFILES = dict('), ns)
+        exec(cell('code', 'PREC = pick_precision()'), ns)
         exec(cell('code', 'def estimate_minutes('), ns)
     finally: torch.set_num_threads(n_threads)     # the smoke settings use one thread
     return ns
@@ -204,4 +204,4 @@ def test_every_model_load_passes_the_precision():
     assert "load_policy(S.policy, texts=pair_texts(pool) + pair_texts(parts['eval']), dtype=LOAD_DTYPE)" in code
     assert 'seed=S.seed, dtype=LOAD_DTYPE)' in code and 'load_reward_model(RM_DIR, device=DEVICE, dtype=LOAD_DTYPE)' in code
     for m in re.finditer(r'AutoModel\w*\.from_pretrained\(([^)]*)\)', code): assert 'dtype=' in m.group(1), m.group(0)
-    assert 'PREC = pick_precision()' in cell('code', 'PROFILES = dict(')
+    assert 'PREC = pick_precision()' in cell('code', 'PREC = pick_precision()')
