@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['sequence_logps', 'neg_logsigmoid', 'dpo_loss', 'dfpo_loss']
+__all__ = ['sequence_logps', 'chunk_positions', 'response_logps', 'neg_logsigmoid', 'dpo_loss', 'dfpo_loss']
 
 # %% ../nbs/01_losses.ipynb #c005
 def _upcast(x:Tensor) -> Tensor:
@@ -33,13 +33,76 @@ def sequence_logps(logits:Tensor, # [B, T, V] next-token logits of the causal LM
     total = tok.sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
 
-# %% ../nbs/01_losses.ipynb #c010
+# %% ../nbs/01_losses.ipynb #c009
+class _ChunkedHeadLogps(torch.autograd.Function):
+    "Per-position log p(label) = z[label] - logsumexp(z), z = h W^T (+ b), chunked; the backward recomputes z per chunk."
+    @staticmethod
+    def forward(ctx, hidden:Tensor, weight:Tensor, bias:Tensor|None, labels:Tensor, chunk:int) -> Tensor:
+        acc = torch.promote_types(hidden.dtype, torch.float32) # fp32, or fp64 for fp64 inputs
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        lse = torch.empty_like(out)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, hidden.shape[0], chunk):
+                z = F.linear(hidden[s:s + chunk], weight, bias).to(acc)
+                lse[s:s + chunk] = torch.logsumexp(z, -1)
+                out[s:s + chunk] = z.gather(-1, labels[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad:Tensor):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros_like(weight, dtype=lse.dtype) if need_w else None
+        gb = torch.zeros_like(bias, dtype=lse.dtype) if need_b else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, hidden.shape[0], ctx.chunk):
+                h, g = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk].to(lse.dtype)
+                dz = torch.exp(F.linear(h, weight, bias).to(lse.dtype) - lse[s:s + ctx.chunk, None]) # softmax
+                dz.mul_(-g[:, None]).scatter_add_(-1, labels[s:s + ctx.chunk, None], g[:, None]) # g * (onehot - softmax)
+                if need_b: gb += dz.sum(0)
+                dz = dz.to(hidden.dtype)
+                if need_h: gh[s:s + ctx.chunk] = dz @ weight
+                if need_w: gw += (dz.t() @ h).to(gw.dtype)
+        return gh, gw.to(weight.dtype) if need_w else None, gb.to(bias.dtype) if need_b else None, None, None
+
+def chunk_positions(vocab_size:int, # V, the LM head's rows
+                    chunk_elements:int=2**25, # most logits held per chunk (2**25 fp32 = 128 MiB)
+                   ) -> int: # positions per chunk, >= 1
+    "How many positions one chunk of `response_logps` holds."
+    return max(1, chunk_elements // vocab_size)
+
+def response_logps(hidden:Tensor, # [B, T, H] final hidden states (after the model's last norm)
+                   weight:Tensor, # [V, H] LM-head weight (tied embeddings: the embedding matrix)
+                   labels:Tensor, # [B, T] token ids (usually the input ids); -100 is treated as masked
+                   mask:Tensor, # [B, T] 1/True on the response tokens of `labels`
+                   bias:Tensor|None=None, # [V] LM-head bias, if the head has one
+                   average:bool=False, # divide by the number of response tokens
+                   chunk_elements:int=2**25, # logits per chunk: bounds the memory of the head
+                  ) -> Tensor: # [B] float32 (float64 for float64 inputs), equal to `sequence_logps(F.linear(hidden, weight, bias), labels, mask)`
+    "`sequence_logps` without the [B, T, V] logits: the head only at response positions, in chunks, recomputed in backward."
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or mask.shape != labels.shape:
+        raise ValueError(f"shapes: hidden {tuple(hidden.shape)} must be [B,T,H] with labels and mask [B,T]; "
+                         f"got labels {tuple(labels.shape)}, mask {tuple(mask.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight {tuple(weight.shape)} must be [V, H] with H = {hidden.shape[-1]}")
+    target = mask[:, 1:].bool() & (labels[:, 1:] != -100)
+    rows, cols = target.nonzero(as_tuple=True)
+    tok = _ChunkedHeadLogps.apply(hidden[:, :-1][rows, cols], weight, bias, labels[:, 1:][rows, cols].long(),
+                                  chunk_positions(weight.shape[0], chunk_elements))
+    per_token = torch.zeros(target.shape, dtype=tok.dtype, device=hidden.device).index_put((rows, cols), tok)
+    total = per_token.sum(-1) # the same summation as sequence_logps: equal to float rounding of the per-token terms
+    return total / target.sum(-1).clamp(min=1) if average else total
+
+# %% ../nbs/01_losses.ipynb #c018
 def neg_logsigmoid(t:Tensor # any shape
                   ) -> Tensor: # -log(sigmoid(t)), elementwise
     "f(t) = -log sigmoid(t) = softplus(-t), stable, exact to float rounding, fast on small CPU tensors."
     return F.softplus(-t, threshold=40.0)
 
-# %% ../nbs/01_losses.ipynb #c012
+# %% ../nbs/01_losses.ipynb #c020
 def _margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
     "Policy-minus-reference log-ratio margin (not yet times beta), and the two log-ratios."
     pc, pr, rc, rr = map(_upcast, (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
@@ -64,7 +127,7 @@ def dpo_loss(policy_chosen_logps:Tensor, # [N] log pi_theta(y_w|x)
     else: raise ValueError(f"loss_type must be 'sigmoid' or 'ipo', got {loss_type!r}")
     return losses, beta * chosen.detach(), beta * rejected.detach()
 
-# %% ../nbs/01_losses.ipynb #c016
+# %% ../nbs/01_losses.ipynb #c024
 def dfpo_loss(policy_chosen_logps:Tensor, # [N] log pi_theta(y_w|x)
               policy_rejected_logps:Tensor, # [N] log pi_theta(y_l|x)
               ref_chosen_logps:Tensor, # [N] log pi_ref(y_w|x)

@@ -223,6 +223,10 @@ def tokenize_pairs(dataset, # `datasets.Dataset` or list of dicts with prompt/ch
     return out
 
 # %% ../nbs/07_train.ipynb #c015
+import warnings, weakref
+import torch.nn.functional as F
+from .losses import response_logps
+
 def collate_pairs(examples:list[dict], # items of `tokenize_pairs`
                   pad_token_id:int, # id used for padding (masked out anyway)
                  ) -> dict: # input_ids, attention_mask, loss_mask [2B, T]; index [B] (+ pd, weight [B])
@@ -244,12 +248,72 @@ def collate_pairs(examples:list[dict], # items of `tokenize_pairs`
         out['weight'] = torch.tensor([e['weight'] for e in examples])
     return out
 
+_SCALED_LOGITS = ('final_logit_softcapping', 'logit_softcapping', 'logit_scale', 'logits_scaling', 'output_multiplier_scale',
+                  'lm_head_multiplier', 'mup_width_multiplier') # config fields of models that post-process their logits
+_LEAN_CHECKED = weakref.WeakKeyDictionary() # base model -> True, or why its head cannot be split off (checked once)
+
+class _HiddenCapture(torch.nn.Module):
+    "Stands in for the LM head during one forward: keeps the final hidden states and the dtype the head would run in."
+    def forward(self, x:Tensor) -> Tensor:
+        on = torch.is_autocast_enabled(x.device.type)
+        self.hidden, self.dtype = x, torch.get_autocast_dtype(x.device.type) if on else x.dtype
+        return x
+
+def _head_site(model):
+    "(owner module, attribute name, head) of a causal LM's plain linear head, or a string saying why there is none."
+    base = _unwrap(model)
+    if is_peft(base): base = base.get_base_model()
+    head = base.get_output_embeddings() if hasattr(base, 'get_output_embeddings') else None
+    if type(head) is not torch.nn.Linear: return f"its LM head is {type(head).__name__}, not a plain torch.nn.Linear"
+    configs = [getattr(base, 'config', None)]
+    configs.append(getattr(configs[0], 'text_config', None))
+    for cfg in filter(None, configs):
+        for k in _SCALED_LOGITS:
+            if getattr(cfg, k, None) not in (None, 0, 1): return f"config.{k}={getattr(cfg, k)} post-processes the logits"
+    for owner in base.modules():
+        for name, child in owner.named_children():
+            if child is head: return owner, name, head
+    return "its LM head is not a child module"
+
+def _final_hidden(model, site, input_ids:Tensor, attention_mask:Tensor) -> tuple[Tensor, torch.dtype]:
+    "The hidden states that enter the LM head, from the model's own forward (wrappers, autocast, adapters all apply)."
+    owner, name, head = site
+    capture = _HiddenCapture()
+    setattr(owner, name, capture)
+    try: model(input_ids=input_ids, attention_mask=attention_mask)
+    finally: setattr(owner, name, head)
+    return capture.hidden, capture.dtype
+
+def _lean_site(model, batch:dict):
+    "The head's site if the lean path reproduces this model's logits (checked once per model on a short slice), else a reason."
+    site = _head_site(model)
+    if isinstance(site, str): return site
+    key = _unwrap(model)
+    if key not in _LEAN_CHECKED:
+        ids, am = batch['input_ids'][:1, :16], batch['attention_mask'][:1, :16]
+        with torch.no_grad(), _eval_mode(model):
+            want = model(input_ids=ids, attention_mask=am).logits.float()
+            h, dt = _final_hidden(model, site, ids, am)
+            b = site[2].bias
+            got = F.linear(h.to(dt), site[2].weight.to(dt), None if b is None else b.to(dt)).float()
+        ok = want.shape == got.shape and torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()) + 1e-6)
+        _LEAN_CHECKED[key] = True if ok else "its logits are not lm_head(final hidden states)"
+    return site if _LEAN_CHECKED[key] is True else _LEAN_CHECKED[key]
+
 def pair_logps(model, # causal LM (possibly peft- or accelerate-wrapped)
                batch:dict, # from `collate_pairs`, on the model's device
+               lean:bool=True, # head only at response positions, chunked (`losses.response_logps`); False = full logits
               ) -> tuple[Tensor, Tensor]: # (chosen [B], rejected [B]) summed response log-probs, float32
     "Log-probabilities of the chosen and rejected responses, in one forward pass over the 2B rows."
-    logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits
-    logps = sequence_logps(logits, batch['input_ids'], batch['loss_mask'])
+    site = _lean_site(model, batch) if lean else 'lean=False'
+    if isinstance(site, str):
+        if lean: warnings.warn(f"pair_logps: full [B, T, V] logits for {type(_unwrap(model)).__name__}: {site}", stacklevel=2)
+        logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits
+        return sequence_logps(logits, batch['input_ids'], batch['loss_mask']).chunk(2)
+    hidden, dt = _final_hidden(model, site, batch['input_ids'], batch['attention_mask'])
+    head = site[2]
+    bias = None if head.bias is None else head.bias.to(dt)
+    logps = response_logps(hidden.to(dt), head.weight.to(dt), batch['input_ids'], batch['loss_mask'], bias=bias)
     return logps.chunk(2)
 
 # %% ../nbs/07_train.ipynb #c020
