@@ -5,18 +5,21 @@
 # %% ../nbs/12_profiles.ipynb #c002
 from __future__ import annotations
 import copy
+from .memory import (PRESETS, ModelDims, CARDS as MEMORY_CARDS, CUDA_CONTEXT, GiB, dpo_step_peak,
+                             layer_activation_bytes, lora_params)
 
 # %% auto #0
-__all__ = ['CARDS', 'MARGIN', 'QWEN', 'DEBERTA_RM', 'SKYWORK_RM', 'LORA_TARGETS', 'PROFILES', 'COMMON', 'profile', 'card_bf16',
-           'dpo_overrides']
+__all__ = ['CARDS', 'MARGIN', 'QWEN', 'DEBERTA_RM', 'SKYWORK_RM', 'LORA_TARGETS', 'PROFILES', 'COMMON', 'JUDGE_DIMS', 'profile',
+           'card_bf16', 'predicted_stage_peaks', 'profile_fits', 'dpo_overrides']
 
 # %% ../nbs/12_profiles.ipynb #c004
-CARDS = {   # total memory as torch reports it (GiB), compute capability
-    't4': dict(name='Tesla T4', gib=14.6, capability=(7, 5)),
-    'l4': dict(name='NVIDIA L4', gib=22.0, capability=(8, 9)),
-    'a100': dict(name='NVIDIA A100-SXM4-40GB', gib=39.4, capability=(8, 0)),
+CARDS = {   # profile -> the card it is sized for: its name in pd_align.memory.CARDS and its compute capability
+    't4': dict(card='T4', name='Tesla T4', capability=(7, 5)),
+    'l4': dict(card='L4', name='NVIDIA L4', capability=(8, 9)),
+    'a100': dict(card='A100-40GB', name='NVIDIA A100-SXM4-40GB', capability=(8, 0)),
 }
-MARGIN = 0.20   # a profile's predicted peak may use at most 80% of its card
+for _c in CARDS.values(): _c['gib'] = MEMORY_CARDS[_c['card']] / GiB   # total memory torch reports
+MARGIN = 0.20   # a profile's predicted peak may use at most 80% of its card's usable memory
 
 QWEN = 'Qwen/Qwen2.5-0.5B-Instruct'
 DEBERTA_RM = 'OpenAssistant/reward-model-deberta-v3-large-v2'
@@ -55,6 +58,54 @@ def card_bf16(name:str) -> bool:
     return name in CARDS and CARDS[name]['capability'][0] >= 8
 
 # %% ../nbs/12_profiles.ipynb #c006
+JUDGE_DIMS = {   # gold reward models: parameters (DeBERTa is not a decoder; its activations are small at 512 tokens)
+    'OpenAssistant/reward-model-deberta-v3-large-v2': dict(params=435e6, hidden=1024, layers=24, intermediate=4096),
+    'Skywork/Skywork-Reward-Llama-3.1-8B-v0.2': dict(params=7.5e9, hidden=4096, layers=32, intermediate=14336),
+}
+
+def _infer_bytes(d:ModelDims, tokens:int, a:int) -> float:
+    "Transient bytes of a no-grad forward over `tokens` positions: one layer's widest tensors plus the hidden states."
+    return tokens * (2 * d.hidden + 3 * d.intermediate) * a + tokens * d.hidden * a
+
+def _train_bytes(d:ModelDims, n_tokens:int, seq_len:int, a:int, lora_r:int) -> float:
+    "Activations autograd keeps for a LoRA forward + backward over `n_tokens` positions (no LM head)."
+    layer = layer_activation_bytes(d, seq_len, a, lora_r, LORA_TARGETS, lora_dropout=False)
+    return (d.layers + 1) * layer * n_tokens + n_tokens * d.hidden * 4 * 2
+
+def predicted_stage_peaks(name:str, # a key of `CARDS`
+                         ) -> dict: # stage -> predicted peak GiB (on top of the CUDA context)
+    "Predicted peak GPU memory of each tutorial stage for profile `name` with Qwen2.5-0.5B on its card's precision."
+    if name not in CARDS: raise ValueError(f"memory is predicted for the card profiles {sorted(CARDS)}, got {name!r}")
+    p, d = profile(name), PRESETS['qwen2.5-0.5b']
+    w = a = 2 if card_bf16(name) else 4
+    lora_states = lora_params(d, p['lora_r'], LORA_TARGETS) * 16          # fp32 parameters, gradients, 2 Adam moments
+    rm_weights = d.n_params(head=False) * w
+    out = {}
+    out['reward model'] = rm_weights + lora_states + _train_bytes(d, 2 * p['rm_batch'] * p['rm_max_len'], p['rm_max_len'], a, p['lora_r'])
+    out['scoring'] = rm_weights + _infer_bytes(d, p['score_batch'] * p['rm_max_len'], a)
+    step = dict(config_or_dims=d, batch=p['dpo_batch'], seq_len=p['dpo_max_len'], dtype='bf16' if w == 2 else 'fp32',
+                autocast='bf16' if w == 2 else None, lora_r=p['lora_r'], lora_targets=LORA_TARGETS, reference='adapter',
+                prompt_frac=p['dpo_prompt_len'] / p['dpo_max_len'])
+    out['DPO'] = dpo_step_peak(**step)['peak']
+    ctx = p['dpo_prompt_len'] + p['gen_tokens']
+    kv = 2 * d.layers * d.kv_dim * a * p['gen_batch'] * ctx
+    gen = d.n_params() * w + kv + _infer_bytes(d, p['gen_batch'] * p['dpo_prompt_len'], a) + 2 * p['gen_batch'] * d.vocab * 4
+    j = JUDGE_DIMS.get(p['gold'])
+    judge = 0 if j is None else j['params'] * w + p['gold_max_len'] * (2 * j['hidden'] + 3 * j['intermediate']) * a
+    out['evaluation'] = gen + judge
+    out['TRL'] = dpo_step_peak(**{**step, 'lean_logits': False})['peak']
+    return {k: v / GiB for k, v in out.items()}
+
+def profile_fits(name:str, # a key of `CARDS`
+                ) -> dict: # card, usable GiB, limit GiB (after the margin), peaks, worst stage, fits
+    "Whether every stage of profile `name` fits its card with `MARGIN`."
+    usable = (MEMORY_CARDS[CARDS[name]['card']] - CUDA_CONTEXT) / GiB
+    peaks = predicted_stage_peaks(name)
+    worst = max(peaks, key=peaks.get)
+    return dict(card=CARDS[name]['card'], usable_gib=usable, limit_gib=(1 - MARGIN) * usable, peaks=peaks, worst=worst,
+                fits=peaks[worst] <= (1 - MARGIN) * usable)
+
+# %% ../nbs/12_profiles.ipynb #c010
 def dpo_overrides(name:str, # a key of `PROFILES`
                  ) -> dict: # DPOConfig field -> value
     "The `DPOConfig` fields of profile `name`: batch, accumulation, lengths, learning rate, LoRA, precision, checkpoints."
