@@ -205,3 +205,16 @@ def test_every_model_load_passes_the_precision():
     assert 'seed=S.seed, dtype=LOAD_DTYPE)' in code and 'load_reward_model(RM_DIR, device=DEVICE, dtype=LOAD_DTYPE)' in code
     for m in re.finditer(r'AutoModel\w*\.from_pretrained\(([^)]*)\)', code): assert 'dtype=' in m.group(1), m.group(0)
     assert 'PREC = pick_precision()' in cell('code', 'PREC = pick_precision()')
+
+
+def test_profiles_come_from_the_library_and_fit(monkeypatch, tmp_path):
+    "The notebook runs the library's per-card profiles (the ones `pd-align train --profile` uses), and each fits its card."
+    import pd_align.profiles as P
+    ns = run_settings(monkeypatch, tmp_path, IN_TEST='1')
+    assert ns['PROFILES'] is P.PROFILES and ns['LORA_TARGETS'] == P.LORA_TARGETS
+    assert {k: ns['COMMON'][k] for k in P.COMMON} == P.COMMON, 'the notebook and the CLI must train with the same LoRA/beta'
+    for p in P.CARDS: assert P.profile_fits(p)['fits'], p
+    plan = cell('code', 'PREDICTED_GB = ')
+    assert "assert f['fits']" in plan
+    ns = run_settings(monkeypatch, tmp_path, gpu=((8, 6), 16), PD_ALIGN_SMOKE='0')      # a 16 GB bf16 card: the small sizes
+    assert ns['PROFILE'] == 't4' and ns['BF16']
