@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
         st.run('DPO fp16 probe', fp16_probe)
 
     def generation():
-        pol = M.get('trained') or M['policy']
+        pol = M['trained'] if 'trained' in M else M['policy']
         pol.to(device)
         prompts = [r['prompt'][:200] for r in dpo_rows[:P['gen_batch']]]
         out = sample_responses(pol, M['tok'], prompts, max_new_tokens=P['gen_tokens'], batch_size=P['gen_batch'], temperature=0.7)
