@@ -18,9 +18,9 @@ import _common as C
 
 MMAP_THRESHOLD = '65536'
 SIZES = [  # name, model dims (Llama from a config: intermediate = 2 * hidden, tied head), batch pairs, tokens
-    dict(name='small: H256 L4 V32000', hidden=256, layers=4, heads=4, vocab=32_000, batch=4, seq_len=128),
-    dict(name='medium: H512 L8 V49152', hidden=512, layers=8, heads=8, vocab=49_152, batch=4, seq_len=192),
-    dict(name='large head: H512 L4 V151936', hidden=512, layers=4, heads=8, vocab=151_936, batch=2, seq_len=192),
+    dict(name='small: H128 L4 V32000 4x128', hidden=128, layers=4, heads=4, vocab=32_000, batch=4, seq_len=128),
+    dict(name='medium: H256 L8 V49152 4x192', hidden=256, layers=8, heads=4, vocab=49_152, batch=4, seq_len=192),
+    dict(name='large head: H256 L4 V151936 2x192', hidden=256, layers=4, heads=4, vocab=151_936, batch=2, seq_len=192),
 ]
 QUICK = [dict(name='quick: H128 L2 V8000', hidden=128, layers=2, heads=2, vocab=8000, batch=2, seq_len=64)]
 TOLERANCE = 0.20   # |predicted - measured| / measured of the step's increment
@@ -43,14 +43,17 @@ def step_batch(vocab: int, batch: int, seq_len: int, prompt_frac: float = 1 / 3,
     mask[:, int(seq_len * prompt_frac):] = True
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), loss_mask=mask, index=torch.arange(batch))
 
-def worker(hidden: int, layers: int, heads: int, vocab: int, batch: int, seq_len: int, lean: bool, name: str = '') -> dict:
+def worker(hidden: int, layers: int, heads: int, vocab: int, batch: int, seq_len: int, lean: bool, name: str = '',
+           grad_ckpt: bool = False) -> dict:
     import torch
     from pd_align import train as T
     from pd_align.memory import ModelDims, dpo_step_peak, lora_params
     from pd_align.tiny import tiny_causal_lm
     torch.manual_seed(0)
     cfg = T.DPOConfig(lora_r=16, lora_alpha=32, lora_dropout=0.05, lr=1e-4)
-    model = T.add_lora(tiny_causal_lm(vocab, hidden_size=hidden, n_layers=layers, n_heads=heads, max_positions=max(256, seq_len)), cfg)
+    model = tiny_causal_lm(vocab, hidden_size=hidden, n_layers=layers, n_heads=heads, max_positions=max(256, seq_len))
+    if grad_ckpt: model.activation_checkpointing_enable({'use_reentrant': False})   # as train_dpo does
+    model = T.add_lora(model, cfg)
     model.train()
     T._disable_dropout(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -74,7 +77,7 @@ def worker(hidden: int, layers: int, heads: int, vocab: int, batch: int, seq_len
         times.append(time.perf_counter() - t0)
         incs.append(_vm('VmHWM') - rss0)
     d = ModelDims.from_config(model.get_base_model().config)
-    pred = dpo_step_peak(d, batch, seq_len, dtype='fp32', lora_r=16, lean_logits=lean, lora_dropout=True)
+    pred = dpo_step_peak(d, batch, seq_len, dtype='fp32', lora_r=16, lean_logits=lean, lora_dropout=True, grad_ckpt=grad_ckpt)
     resident = pred['weights'] + lora_params(d, 16) * 12      # params + two Adam moments (grads are freed)
     return dict(measured=min(incs), measured_all=incs, predicted=pred['peak'] - resident, parts=pred, step_s=times,
                 n_params=sum(p.numel() for p in model.parameters()), rss_before=rss0)
@@ -84,19 +87,19 @@ def main():
     a = p.parse_args()
     os.environ['MALLOC_MMAP_THRESHOLD_'] = MMAP_THRESHOLD
     sizes = QUICK if a.quick else SIZES
+    runs = [(s, lean, False) for s in sizes for lean in (True, False)] + [(sizes[-1 if a.quick else 1], True, True)]
     info = C.machine()
-    print(f"memory model check: {len(sizes)} sizes x (lean, full); load {info['loadavg_start']}", flush=True)
+    print(f"memory model check: {len(sizes)} sizes x (lean, full) + gradient checkpointing; load {info['loadavg_start']}", flush=True)
     rows = []
-    for s in sizes:
-        for lean in (True, False):
-            r = C.run_isolated(__file__, 'worker', {**s, 'lean': lean}, threads=a.threads)
-            err = (r['predicted'] - r['measured']) / r['measured']
-            rows.append(dict(name=s['name'] + (' lean' if lean else ' full logits'), lean=lean, size=s,
-                             measured_mib=r['measured'] / 2**20, predicted_mib=r['predicted'] / 2**20, rel_error=err,
-                             measured_all_mib=[x / 2**20 for x in r['measured_all']], step_s=r['step_s'],
-                             parts_mib={k: v / 2**20 for k, v in r['parts'].items()}, loadavg=C.loadavg()))
-            print(f"  {rows[-1]['name']:40s} measured {rows[-1]['measured_mib']:7.0f} MiB  predicted {rows[-1]['predicted_mib']:7.0f} MiB"
-                  f"  error {err:+6.1%}   step {min(r['step_s']):.1f} s   load {rows[-1]['loadavg'][0]}", flush=True)
+    for s, lean, ckpt in runs:
+        r = C.run_isolated(__file__, 'worker', {**s, 'lean': lean, 'grad_ckpt': ckpt}, threads=a.threads)
+        err = (r['predicted'] - r['measured']) / r['measured']
+        rows.append(dict(name=s['name'] + (' lean' if lean else ' full logits') + (' grad. ckpt' if ckpt else ''), lean=lean, grad_ckpt=ckpt, size=s,
+                         measured_mib=r['measured'] / 2**20, predicted_mib=r['predicted'] / 2**20, rel_error=err,
+                         measured_all_mib=[x / 2**20 for x in r['measured_all']], step_s=r['step_s'],
+                         parts_mib={k: v / 2**20 for k, v in r['parts'].items()}, loadavg=C.loadavg()))
+        print(f"  {rows[-1]['name']:40s} measured {rows[-1]['measured_mib']:7.0f} MiB  predicted {rows[-1]['predicted_mib']:7.0f} MiB"
+              f"  error {err:+6.1%}   step {min(r['step_s']):.1f} s   load {rows[-1]['loadavg'][0]}", flush=True)
     worst = max(abs(r['rel_error']) for r in rows)
     target = C.target_line('worst |relative error| of the predicted step increment', worst, '<=', TOLERANCE)
     C.save('memory_model' + ('_quick' if a.quick else ''), dict(benchmark='memory_model', size='quick' if a.quick else 'default',

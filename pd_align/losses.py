@@ -43,9 +43,11 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         lse = torch.empty_like(out)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], chunk):
-                z = F.linear(hidden[s:s + chunk], weight, bias).to(acc)
-                lse[s:s + chunk] = torch.logsumexp(z, -1)
-                out[s:s + chunk] = z.gather(-1, labels[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
+                z = F.linear(hidden[s:s + chunk], weight, bias).to(acc) # the only [c, V] tensor: the rest is in place
+                out[s:s + chunk] = z.gather(-1, labels[s:s + chunk, None]).squeeze(-1)
+                m = z.amax(-1, keepdim=True)
+                lse[s:s + chunk] = z.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(-1)) # logsumexp, stable
+                out[s:s + chunk] -= lse[s:s + chunk]
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.chunk = chunk
         return out
@@ -60,7 +62,7 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], ctx.chunk):
                 h, g = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk].to(lse.dtype)
-                dz = torch.exp(F.linear(h, weight, bias).to(lse.dtype) - lse[s:s + ctx.chunk, None]) # softmax
+                dz = F.linear(h, weight, bias).to(lse.dtype).sub_(lse[s:s + ctx.chunk, None]).exp_() # softmax, in place
                 dz.mul_(-g[:, None]).scatter_add_(-1, labels[s:s + ctx.chunk, None], g[:, None]) # g * (onehot - softmax)
                 if need_b: gb += dz.sum(0)
                 dz = dz.to(hidden.dtype)

@@ -122,12 +122,11 @@ def layer_activation_bytes(d:ModelDims, # model dimensions
 def logits_bytes(d:ModelDims, tokens:int, act_bytes:int, lean:bool=True, chunk_elements:int=2**25,
                  response_frac:float=1.0, grad:bool=True) -> float:
     "Peak bytes of the LM head's logits in one pass over `tokens` positions (`grad`: including its backward)."
-    V = d.vocab
-    if not lean:
-        kept = tokens * V * (act_bytes + (4 if act_bytes < 4 else 0)) # logits, their fp32 upcast (saved for the backward)
-        return kept + (tokens * V * (2 * 4 + (act_bytes if act_bytes < 4 else 0)) if grad else tokens * V * 4)
+    V, low = d.vocab, act_bytes < 4
+    if not lean: # logits + their fp32 upcast, kept; the backward's softmax, gradient and sliced gradient in fp32
+        return tokens * V * ((act_bytes + 4 * low) + (3 * 4 if grad else 4))
     c = min(max(1, chunk_elements // V), max(1, int(tokens * response_frac)))
-    chunk = c * V * (act_bytes + 2 * 4) # the chunk's logits, their fp32 copy, exp / softmax
+    chunk = c * V * (4 + act_bytes * low) # one fp32 [c, V] tensor (the rest is in place) + the 16-bit matmul output
     rows = tokens * response_frac * d.hidden * act_bytes * (2 if grad else 1) # gathered response hidden states (+ grad)
     return chunk + rows
 
