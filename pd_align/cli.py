@@ -149,9 +149,10 @@ def parse_sets(items:list[str]) -> dict:
     return dict(i.split('=', 1) for i in items)
 
 def profile_sets(args) -> dict:
-    "The `DPOConfig` fields of `--profile` (none without it); with `--config` as well it is ambiguous which wins: refused."
+    "The `DPOConfig` fields of `--profile` (none without it); with `--config` too, which wins is unclear: refused."
     if not getattr(args, 'profile', None): return {}
-    if args.config: raise CLIError('--profile and --config both set the DPO sizes: use one (and --set to change single fields)')
+    if args.config:
+        raise CLIError('--profile and --config both set the DPO sizes: use one (and --set to change single fields)')
     from pd_align.profiles import dpo_overrides
     return dpo_overrides(args.profile)
 

