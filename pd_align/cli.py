@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['CLIError', 'prepare_out', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy', 'cmd_reward',
-           'cmd_score', 'cmd_select', 'dataset_path', 'parse_sets', 'cmd_train', 'cmd_eval', 'add_data', 'Parser',
-           'add_common', 'build_parser', 'main', 'console_main']
+           'cmd_score', 'cmd_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'cmd_eval', 'add_data',
+           'Parser', 'add_common', 'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -148,13 +148,22 @@ def parse_sets(items:list[str]) -> dict:
     if bad: raise CLIError(f'--set {bad[0]}: expected field=value')
     return dict(i.split('=', 1) for i in items)
 
+def profile_sets(args) -> dict:
+    "The `DPOConfig` fields of `--profile` (none without it); with `--config` too, which wins is unclear: refused."
+    if not getattr(args, 'profile', None): return {}
+    if args.config:
+        raise CLIError('--profile and --config both set the DPO sizes: use one (and --set to change single fields)')
+    from pd_align.profiles import dpo_overrides
+    return dpo_overrides(args.profile)
+
 def cmd_train(args) -> int:
     "LoRA DPO on `--data`; checkpoints, the final model and the log history go to `--out`."
     from pd_align.train import train_cli
     data = dataset_path(args.data)
     check_apart(Path(args.out), Path(data), '--data')
+    sets = profile_sets(args) | parse_sets(args.set) # checked before --out is created
     out = prepare_out(args.out, args.overwrite, resume=args.resume)
-    result = train_cli(data, model=args.model, config_path=args.config, out=out, overrides=parse_sets(args.set),
+    result = train_cli(data, model=args.model, config_path=args.config, out=out, overrides=sets,
                        eval_data=dataset_path(args.eval_data) if args.eval_data else None, resume=args.resume)
     last = result.history[-1] if getattr(result, 'history', None) else {}
     shown = ', '.join(f'{k} {v:.4g}' for k, v in last.items() if isinstance(v, float))
@@ -205,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser('reward', help='train the K-head proxy reward model (one backbone, one head per aspect)')
     add_data(r)
-    r.add_argument('--base', default='tiny', help="'tiny' (built-in, trained here) or a causal LM path / hub name")
+    r.add_argument('--base', default='tiny', help="'tiny' (built-in, trained here), 'smollm2', or a causal LM path / hub name")
     r.add_argument('--lora', action='store_true', help='LoRA on the backbone')
     r.add_argument('--epochs', type=float, default=1.0)
     r.add_argument('--batch-size', type=int, default=8)
@@ -237,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--data', required=True, help='`pd-align select` output folder, a datasets folder or a JSONL file')
     d.add_argument('--model', default='tiny', help="'tiny', 'smollm2', or a causal LM path / hub name")
     d.add_argument('--config', default=None, help='DPOConfig as .json or .yaml')
+    d.add_argument('--profile', default=None, choices=['t4', 'l4', 'a100'],
+                   help="the GPU tutorial's DPO sizes and precision for a card (pd_align.profiles); --set overrides them")
     d.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='override a DPOConfig field (repeatable)')
     d.add_argument('--eval-data', default=None, help='pairs to evaluate on during training')
     add_common(d, resume=True)

@@ -604,21 +604,29 @@ HUB = {'ultrafeedback': ('openbmb/UltraFeedback', None), 'helpsteer2': ('nvidia/
 def load_hub(name:str, # one of `HUB` or 'hh'
              split:str='train', # the split to load
              load_kwargs:dict|None=None, # extra arguments for `datasets.load_dataset`
-             **kwargs, # passed to the converter
+             on_error:str='skip', # tens of thousands of rows: 'skip' (count, print) bad records, or 'raise' on the first
+             **kwargs, # passed to the converter (skipped=, stats= Counters are filled in)
             ) -> Dataset:
-    "Download a public preference dataset with `datasets.load_dataset` and convert it."
+    "Download a public preference dataset with `datasets.load_dataset` and convert it; prints what was skipped."
     import datasets
     if name == 'hh':
-        return aggregate({a: load_hub(f'hh-{a}', split, load_kwargs, **kwargs) for a in ('helpful', 'harmless')})
+        return aggregate({a: load_hub(f'hh-{a}', split, load_kwargs, on_error, **kwargs) for a in ('helpful', 'harmless')})
     if name not in HUB: raise ValueError(f"name must be one of {sorted(HUB) + ['hh']}, got {name!r}")
     repo, data_dir = HUB[name]
     lk = dict(load_kwargs or {})
     if data_dir: lk.setdefault('data_dir', data_dir)
     rows = datasets.load_dataset(repo, split=split, **lk)
-    if name == 'ultrafeedback': return from_ultrafeedback(rows, **kwargs)
-    if name in ('helpsteer2', 'helpsteer'): return from_helpsteer2(rows, source=name, **kwargs)
-    aspect = name.split('-')[1]
-    return from_hh(rows, aspect=kwargs.pop('aspect', aspect), source=kwargs.pop('source', name), **kwargs)
+    skipped = kwargs.pop('skipped', None)
+    skipped = collections.Counter() if skipped is None else skipped
+    before = collections.Counter(skipped)
+    kw = dict(kwargs, on_error=on_error, skipped=skipped)
+    if name == 'ultrafeedback': ds = from_ultrafeedback(rows, **kw)
+    elif name in ('helpsteer2', 'helpsteer'): ds = from_helpsteer2(rows, source=name, **kw)
+    else: ds = from_hh(rows, aspect=kw.pop('aspect', name.split('-')[1]), source=kw.pop('source', name), **kw)
+    new = skipped - before
+    print(f"{name} ({split}): {len(rows)} rows -> {len(ds)} pairs; skipped {sum(new.values())} bad records"
+          + (': ' + ', '.join(f'{k}={v}' for k, v in sorted(new.items())) if new else ''))
+    return ds
 
 # %% ../nbs/00_data.ipynb #c049
 def add_lengths(ds:Dataset, # a fine-grained dataset

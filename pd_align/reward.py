@@ -145,20 +145,19 @@ class AspectRewardModel(nn.Module):
     def extra_repr(self) -> str: return f"aspects={self.aspects}, lora={self.lora}"
 
 # %% ../nbs/06_reward.ipynb #c010
-def reward_model_from_base(base:str, # hub name or local path of a causal LM (e.g. 'HuggingFaceTB/SmolLM2-135M-Instruct')
+def reward_model_from_base(base:str, # a causal LM: 'smollm2', a local folder or a hub id (`pd_align.tiny.load_model`)
                            aspects:list[str], # one head per aspect
                            lora:bool|dict|None=None, # LoRA on the backbone
                            max_length:int=512, # token budget per text
-                           seed:int=0, # head initialisation
-                           **kwargs, # passed to `AutoModel.from_pretrained` (dtype, revision, gguf_file, ...)
+                           seed:int=0, # initialisation of the heads
+                           dtype:torch.dtype=torch.float32, # backbone dtype, passed explicitly to `from_pretrained`
+                           **kwargs, # passed to `from_pretrained` (revision, gguf_file, ...)
                           ) -> tuple[AspectRewardModel, object]: # (model, tokenizer)
-    "An `AspectRewardModel` on a pretrained backbone loaded with `AutoModel.from_pretrained`, and its tokenizer."
-    from transformers import AutoModel, AutoTokenizer
-    tkw = {k: kwargs[k] for k in ('revision', 'gguf_file') if k in kwargs}
-    tok = AutoTokenizer.from_pretrained(base, **tkw)
-    if tok.pad_token is None: tok.pad_token = tok.eos_token
+    "An `AspectRewardModel` on a pretrained backbone loaded through `pd_align.tiny.load_model`, and its tokenizer."
+    from pd_align.tiny import load_model
+    backbone, tok = load_model(base, 'backbone', dtype=dtype, **kwargs)
     tok.padding_side = 'right'
-    model = AspectRewardModel(AutoModel.from_pretrained(base, **kwargs), aspects, lora=lora, base_name=base, seed=seed)
+    model = AspectRewardModel(backbone, aspects, lora=lora, base_name=str(base), seed=seed)
     model.max_length = max_length
     return model, tok
 
@@ -671,10 +670,11 @@ def _from_pretrained(cls, path:str|Path, # a folder written by `save_pretrained`
     "Rebuild an `AspectRewardModel` saved with `save_pretrained`."
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel
+    from pd_align.tiny import load_model
     path = Path(path)
     if not (path / _CONFIG).exists(): raise ValueError(f"{path} is not a reward model folder (no {_CONFIG})")
     cfg = json.loads((path / _CONFIG).read_text())
-    if cfg['weights'] == 'adapter': backbone = AutoModel.from_pretrained(cfg['base_name'])
+    if cfg['weights'] == 'adapter': backbone = load_model(cfg['base_name'], 'backbone', dtype=torch.float32)[0]
     else:
         bc = dict(cfg['backbone_config'])
         backbone = AutoModel.from_config(AutoConfig.for_model(bc.pop('model_type'), **bc))
@@ -702,12 +702,11 @@ def load_reward_model(path:str|Path, # folder written by `save_pretrained` (with
                       device=None, dtype:torch.dtype|None=None,
                      ) -> tuple[AspectRewardModel, object]: # (model, tokenizer)
     "Load a saved reward model and its tokenizer (from the folder, else from the base model)."
-    from transformers import AutoTokenizer
+    from pd_align.tiny import load_tokenizer
     model = AspectRewardModel.from_pretrained(path, device=device, dtype=dtype)
     src = path if (Path(path) / 'tokenizer_config.json').exists() else model.base_name
     if src is None: raise ValueError(f"{path}: no tokenizer saved and no base model to load one from")
-    tok = AutoTokenizer.from_pretrained(str(src))
-    if tok.pad_token is None: tok.pad_token = tok.eos_token
+    tok = load_tokenizer(src)
     return model, tok
 
 # %% ../nbs/06_reward.ipynb #c061

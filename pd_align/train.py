@@ -399,37 +399,38 @@ def _no_grad_logps(model, batch):
     with torch.no_grad(), _eval_mode(model): return pair_logps(model, batch)
 
 # %% ../nbs/07_train.ipynb #c027
+_BF16_WARNED = set() # devices already warned about emulated bf16
+
+def _warn_emulated_bf16(config:DPOConfig):
+    "Warn once per device when `bf16=True` on a CUDA card without native bf16 (compute capability < 8)."
+    from pd_align.tiny import cuda_capability
+    cap = cuda_capability()
+    if not config.bf16 or cap is None or cap[0] >= 8 or cap in _BF16_WARNED: return
+    _BF16_WARNED.add(cap)
+    import warnings
+    warnings.warn(f"DPOConfig(bf16=True) on a CUDA card of compute capability {cap[0]}.{cap[1]}: it has no native "
+                  "bf16, so bf16 runs emulated and slow; use bf16=False (fp32) there (pd_align.tiny.pick_precision)",
+                  stacklevel=3)
+
 def make_accelerator(config:DPOConfig) -> Accelerator:
     "An `Accelerator` for `config` (bf16 or no mixed precision, gradient accumulation)."
+    _warn_emulated_bf16(config)
     mp = 'bf16' if config.bf16 else 'no'
     prev = AcceleratorState._shared_state.get('_mixed_precision')
     if prev is not None and prev != mp and PartialState().num_processes == 1:
         AcceleratorState._reset_state() # one process only: lets a notebook or test session train fp32 and bf16 runs in turn
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=config.grad_accum)
 
-def load_policy(model_or_name, # a model, a hub name / local path, 'tiny' or 'smollm2'
+def load_policy(model_or_name, # a model, or a name: 'tiny', 'smollm2', a local folder or a hub id
                 tokenizer=None, # tokenizer; loaded with the model when None
                 texts:list[str]|None=None, # for 'tiny': strings to train its tokenizer on
-                dtype=None, # torch dtype for loading by name
+                dtype:torch.dtype|None=None, # dtype for loading by name (None: float32), always passed explicitly
                ):
-    "`(model, tokenizer)`: loads by name, builds the tiny model, or passes a given model through."
+    "`(model, tokenizer)`: a name goes through `pd_align.tiny.load_model`; a model object passes through."
     if isinstance(model_or_name, (str, Path)):
-        name = str(model_or_name)
-        if name == 'tiny':
-            from pd_align.tiny import tiny_model_and_tokenizer, tiny_causal_lm
-            if tokenizer is not None:
-                return tiny_causal_lm(len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                      eos_token_id=tokenizer.eos_token_id), tokenizer
-            if not texts: raise ValueError("model 'tiny' needs texts to train its tokenizer on")
-            return tiny_model_and_tokenizer(texts, vocab_size=512)
-        if name == 'smollm2':
-            from pd_align.tiny import load_smollm2
-            m, t = load_smollm2(dtype or torch.float32)
-            return m, tokenizer or t
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        kw = {'dtype': dtype} if dtype is not None else {}
-        model = AutoModelForCausalLM.from_pretrained(name, **kw)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+        from pd_align.tiny import load_model
+        model, tokenizer = load_model(model_or_name, 'causal_lm', dtype=dtype or torch.float32, tokenizer=tokenizer,
+                                      texts=texts)
     else: model = model_or_name
     if tokenizer is None: raise ValueError("a model object needs its tokenizer")
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token

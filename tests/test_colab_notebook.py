@@ -5,6 +5,7 @@ import json, math, re, shlex
 from pathlib import Path
 from types import SimpleNamespace
 import pytest
+import torch
 
 NB = Path(__file__).resolve().parents[1] / 'nbs' / '09_colab.ipynb'
 CELLS = json.loads(NB.read_text())['cells']
@@ -18,17 +19,21 @@ def cell(kind: str, marker: str) -> str:
     return found[0]
 
 
-def run_settings(monkeypatch, tmp_path, **env) -> dict:
-    "Execute the settings and estimator cells with `env` (and no GPU) in a fresh namespace."
+def run_settings(monkeypatch, tmp_path, gpu=None, **env) -> dict:
+    "Execute the settings and estimator cells with `env` in a fresh namespace; `gpu=(capability, GiB)` fakes a CUDA card."
     for k in ('IN_TEST', 'PD_ALIGN_SMOKE', 'PD_ALIGN_PROFILE', 'PD_ALIGN_DATASET'): monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv('PD_ALIGN_RUN', str(tmp_path / 'run'))
     for k, v in env.items(): monkeypatch.setenv(k, v)
     import torch
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: gpu is not None)
+    if gpu is not None:
+        monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda d=None: gpu[0])
+        monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda d=None: SimpleNamespace(total_memory=gpu[1] * 2**30))
+        monkeypatch.setattr(torch.cuda, 'get_device_name', lambda d=None: f'fake {gpu}')
     n_threads = torch.get_num_threads()
     ns = {}
     try:
-        exec(cell('code', 'PROFILES = dict('), ns)
+        exec(cell('code', 'PREC = pick_precision()'), ns)
         exec(cell('code', 'def estimate_minutes('), ns)
     finally: torch.set_num_threads(n_threads)     # the smoke settings use one thread
     return ns
@@ -48,6 +53,12 @@ def test_settings_pick_the_profile(monkeypatch, tmp_path):
     assert not ns['SMOKE'] and ns['PROFILE'] == 't4' and ns['S'].policy == ns['QWEN'] and ns['DTYPE'] == 'fp32'
     ns = run_settings(monkeypatch, tmp_path, PD_ALIGN_SMOKE='0', PD_ALIGN_PROFILE='a100', PD_ALIGN_DATASET='helpsteer2')
     assert ns['PROFILE'] == 'a100' and ns['S'].dataset == 'helpsteer2' and not ns['S'].length_debias
+    ns = run_settings(monkeypatch, tmp_path, gpu=((7, 5), 15), PD_ALIGN_SMOKE='0')    # a T4: fp32, loaded in fp32
+    assert ns['PROFILE'] == 't4' and ns['DTYPE'] == 'fp32' and not ns['BF16'] and ns['LOAD_DTYPE'] == torch.float32
+    ns = run_settings(monkeypatch, tmp_path, gpu=((8, 9), 22), PD_ALIGN_SMOKE='0')    # an L4
+    assert ns['PROFILE'] == 'l4' and ns['DTYPE'] == 'bf16' and ns['BF16'] and ns['LOAD_DTYPE'] == torch.bfloat16
+    ns = run_settings(monkeypatch, tmp_path, gpu=((8, 0), 40), PD_ALIGN_SMOKE='0')    # an A100-40GB
+    assert ns['PROFILE'] == 'a100' and ns['DTYPE'] == 'bf16'
     ns = run_settings(monkeypatch, tmp_path)                                     # no GPU at all: smoke
     assert ns['SMOKE'] and ns['S'].length_debias
     shares = ns['S'].shares
@@ -55,25 +66,58 @@ def test_settings_pick_the_profile(monkeypatch, tmp_path):
     for p in ns['PROFILES'].values(): assert set(p) == set(ns['PROFILES']['smoke']), 'profiles must set the same keys'
 
 
+CARDS = ('T4', 'L4', 'A100')
+
 def intro_table() -> dict:
-    "{step: (T4 minutes, A100 minutes)} from the runtime table of the introduction."
+    "{step: (T4, L4, A100 minutes)} from the runtime table of the introduction."
     text = cell('markdown', '| step | what runs')
     rows = {}
     for line in text.splitlines():
-        m = re.fullmatch(r'\|\s*([^|]+?)\s*\|[^|]*\|\s*([\d.]+) min\s*\|\s*([\d.]+) min\s*\|', line.strip())
-        if m: rows[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+        m = re.fullmatch(r'\|\s*([^|]+?)\s*\|[^|]*' + r'\|\s*([\d.]+) min\s*' * 3 + r'\|', line.strip())
+        if m: rows[m.group(1)] = tuple(float(m.group(i)) for i in (2, 3, 4))
     return rows
+
+
+def estimates(ns) -> dict:
+    "{card: estimate_minutes of the card's own profile on the assumed UltraFeedback figures}."
+    out = {}
+    for gpu, p in ns['GPU_PROFILE'].items():
+        S = SimpleNamespace(**ns['COMMON'], **ns['PROFILES'][p])
+        out[gpu] = ns['estimate_minutes'](S, ns['assumed_figures'](S), gpu)
+    return out
 
 
 def test_runtime_table_is_what_the_cost_model_gives(monkeypatch, tmp_path):
     ns = run_settings(monkeypatch, tmp_path, IN_TEST='1')
-    table = intro_table()
-    profile = lambda p: SimpleNamespace(**ns['COMMON'], **ns['PROFILES'][p])
-    got = {gpu: ns['estimate_minutes'](profile(p), ns['assumed_figures'](profile(p)), gpu) for gpu, p in (('T4', 't4'), ('A100', 'a100'))}
-    assert set(table) == set(got['T4']) and len(table) == 6
-    for step, (t4, a100) in table.items():
-        assert t4 == round(got['T4'][step], 1) and a100 == round(got['A100'][step], 1), step
-    assert abs(sum(v for k, v in got['T4'].items() if k != 'total') - got['T4']['total']) < 1e-9
+    table, got = intro_table(), estimates(ns)
+    assert set(ns['GPU_PROFILE']) == set(CARDS) and set(table) == set(got['T4']) and len(table) == 10
+    for step, mins in table.items():
+        assert mins == tuple(round(got[g][step], 1) for g in CARDS), step
+    for g in CARDS: assert abs(sum(v for k, v in got[g].items() if k != 'total') - got[g]['total']) < 1e-9
+    assert 'estimate, not a measurement' in cell('markdown', '| step | what runs')
+
+
+def test_runtime_model_counts_every_pass(monkeypatch, tmp_path):
+    "The passes the first table left out are there and cost something; the core steps are what the issue recomputed."
+    ns = run_settings(monkeypatch, tmp_path, IN_TEST='1')
+    got = estimates(ns)
+    for g in CARDS:
+        for step in ('reward model evals', 'DPO evals', 'checkpoints', 'TRL demo'): assert got[g][step] > 0, (g, step)
+    core = lambda e: e['reward model'] + e['scoring'] + e['DPO'] + e['generation'] + e['gold judging']
+    assert core(got['T4']) == pytest.approx(28.5, abs=0.3) and core(got['A100']) == pytest.approx(20.5, abs=0.3)
+
+
+def test_padding_is_not_counted_twice(monkeypatch, tmp_path):
+    "Texts already cut at the cap cost the cap, not 1.5x the cap; short texts pay the 1.5 padding factor."
+    ns = run_settings(monkeypatch, tmp_path, IN_TEST='1')
+    S = SimpleNamespace(**ns['COMMON'], **ns['PROFILES']['t4'])
+    d = ns['assumed_figures'](S)
+    assert d['dpo_tokens'] == S.dpo_max_len and ns['padded'](d['dpo_tokens'], S.dpo_max_len) == S.dpo_max_len
+    assert ns['padded'](100, 320) == 150
+    e = ns['estimate_minutes'](S, d, 'T4')
+    n_sel = sum(math.ceil(S.ratio * d['pool_pairs']) for _ in S.methods)
+    flops = 2 * ns['PARAMS'][S.policy]['lm'] * 3 * n_sel * 2 * S.dpo_max_len
+    assert e['DPO'] == pytest.approx(flops / ns['GPU_ASSUMED']['T4']['flops'] / 60)
 
 
 def test_cost_model_scales_and_admits_unknown_models(monkeypatch, tmp_path):
@@ -109,3 +153,68 @@ def test_cli_lines_parse(line):
 
 def test_cli_section_shows_every_step():
     assert [shlex.split(l)[1] for l in cli_lines()] == ['reward', 'score', 'select', 'train', 'eval']
+
+
+def test_no_design_md_reference():
+    "The notebook stands on its own: it cites the paper and the project's notebooks, not a design file outside the repo."
+    assert not any('DESIGN' in src or '§' in src for _, src in SRC)
+    assert '2508.07638' in SRC[0][1]
+
+
+def install_cell() -> str:
+    return cell('code', 'PD_ALIGN_SOURCE =')
+
+
+def test_install_cell_installs_what_the_project_ships(monkeypatch):
+    src = install_cell()
+    assert 'github.com' not in src and 'git+' not in src and 'example.com' not in src
+    assert not any('github.com/pd-align' in s for _, s in SRC)
+    python = '\n'.join(l for l in src.splitlines() if not l.startswith(('!', '#|')))
+    with pytest.raises(ValueError, match='Set PD_ALIGN_SOURCE'): exec(python, {})     # unset: a clear message, nothing installed
+    assert src.strip().splitlines()[-1].startswith('!pip install -q "{PD_ALIGN_SOURCE}" {PINNED}')
+
+
+def test_install_cell_pins_the_versions_in_use():
+    from importlib.metadata import version
+    ns = {}
+    exec(next(l for l in install_cell().splitlines() if l.startswith('PINNED =')), ns)
+    pins = dict(p.split('==') for p in ns['PINNED'].split())
+    assert set(pins) >= {'transformers', 'trl', 'peft', 'accelerate'}
+    for pkg, v in pins.items(): assert version(pkg) == v, f'{pkg}: pinned {v}, installed {version(pkg)}'
+
+
+def test_stages_release_their_models():
+    "Each stage hands the GPU back: reward model before DPO, each policy after its run and its sampling, judge before TRL."
+    dpo = cell('code', 'def train_or_load(')
+    assert dpo.index('offload(rm)') < dpo.index('for method in S.methods:') and 'offload(policies[method])' in dpo
+    assert "assert not on_gpu([rm, *policies.values()])" in dpo
+    ev = cell('code', "with timed('evaluation'):")
+    assert 'offload(policy)' in ev and 'del judge' in ev and 'gold_ref() is None' in ev and 'offload(rm)' in ev
+    assert ev.index('del judge') < ev.index('rm.to(DEVICE)')
+    trl = cell('code', 'trl.DPOTrainer(')
+    assert trl.index('assert not on_gpu(') < trl.index('trl.DPOTrainer(')
+    timed = cell('code', 'class timed:')
+    assert 'peak_memory_gb()' in timed and 'PEAK_GB' in timed
+
+
+def test_every_model_load_passes_the_precision():
+    "No `from_pretrained` / loader call in the notebook leaves the dtype to transformers' 'auto'."
+    code = '\n'.join(s for k, s in SRC if k == 'code')
+    assert 'dtype=LOAD_DTYPE' in cell('code', 'def load_judge(')
+    assert "load_policy(S.policy, texts=pair_texts(pool) + pair_texts(parts['eval']), dtype=LOAD_DTYPE)" in code
+    assert 'seed=S.seed, dtype=LOAD_DTYPE)' in code and 'load_reward_model(RM_DIR, device=DEVICE, dtype=LOAD_DTYPE)' in code
+    for m in re.finditer(r'AutoModel\w*\.from_pretrained\(([^)]*)\)', code): assert 'dtype=' in m.group(1), m.group(0)
+    assert 'PREC = pick_precision()' in cell('code', 'PREC = pick_precision()')
+
+
+def test_profiles_come_from_the_library_and_fit(monkeypatch, tmp_path):
+    "The notebook runs the library's per-card profiles (the ones `pd-align train --profile` uses), and each fits its card."
+    import pd_align.profiles as P
+    ns = run_settings(monkeypatch, tmp_path, IN_TEST='1')
+    assert ns['PROFILES'] is P.PROFILES and ns['LORA_TARGETS'] == P.LORA_TARGETS
+    assert {k: ns['COMMON'][k] for k in P.COMMON} == P.COMMON, 'the notebook and the CLI must train with the same LoRA/beta'
+    for p in P.CARDS: assert P.profile_fits(p)['fits'], p
+    plan = cell('code', 'PREDICTED_GB = ')
+    assert "assert f['fits']" in plan
+    ns = run_settings(monkeypatch, tmp_path, gpu=((8, 6), 16), PD_ALIGN_SMOKE='0')      # a 16 GB bf16 card: the small sizes
+    assert ns['PROFILE'] == 't4' and ns['BF16']

@@ -1,0 +1,40 @@
+"""`load_hub` over tens of thousands of hub rows: one bad row is skipped and counted, not fatal, and the counts are printed
+(`datasets.load_dataset` is replaced by the fixture rows in the real schema: no network)."""
+import collections
+import pytest
+import datasets
+from conftest import FIXTURES
+from pd_align.data import load_hub, read_jsonl, RecordError
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    "Serve fixture rows (plus two broken ones) as if from the hub; returns the calls made."
+    calls = []
+    def fake(repo, split='train', **kw):
+        calls.append((repo, split, kw))
+        if repo == 'openbmb/UltraFeedback':
+            rows = read_jsonl(FIXTURES / 'ultrafeedback.jsonl')
+            return rows + [{**rows[0], 'completions': 'not a list'}, {'instruction': 'no completions'}]
+        return read_jsonl(FIXTURES / 'helpsteer2.jsonl')
+    monkeypatch.setattr(datasets, 'load_dataset', fake)
+    return calls
+
+
+def test_bad_rows_are_skipped_counted_and_printed(hub, capsys):
+    skipped = collections.Counter()
+    ds = load_hub('ultrafeedback', skipped=skipped)
+    out = capsys.readouterr().out
+    clean = load_hub('ultrafeedback', on_error='skip')           # the same good rows give the same pairs
+    assert len(ds) == len(clean) > 0 and skipped == {'wrong_type': 1, 'missing_field': 1}
+    assert 'ultrafeedback (train): 5 rows' in out and 'skipped 2 bad records: missing_field=1, wrong_type=1' in out
+    assert hub[0][0] == 'openbmb/UltraFeedback'
+
+
+def test_raise_is_still_available(hub):
+    with pytest.raises(RecordError): load_hub('ultrafeedback', on_error='raise')
+
+
+def test_clean_load_says_nothing_was_skipped(hub, capsys):
+    ds = load_hub('helpsteer2')
+    assert len(ds) > 0 and 'skipped 0 bad records' in capsys.readouterr().out
