@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_data.ipynb #c002
 from __future__ import annotations
-import collections, gzip, io, itertools, json, logging, math, os, random, shutil, tempfile, uuid
+import collections, gzip, io, itertools, json, logging, math, os, random, shutil, sys, tempfile, uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -19,7 +20,8 @@ __all__ = ['COLUMNS', 'TEXT_FIELDS', 'SCORE_FIELDS', 'ULTRAFEEDBACK_ASPECTS', 'H
            'FORMATS', 'HUB', 'get_aspects', 'RecordError', 'validate', 'from_records', 'scores_matrix', 'aspect_index',
            'aggregate', 'iter_jsonl', 'read_jsonl', 'from_ultrafeedback', 'from_helpsteer2', 'messages_to_text',
            'from_trl', 'split_hh', 'from_hh', 'detect_format', 'load_local', 'load_hub', 'add_lengths',
-           'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic']
+           'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic',
+           'wilson_interval', 'format_rate', 'progress_bars', 'honours_progress']
 
 # %% ../nbs/00_data.ipynb #c005
 COLUMNS = ['id', 'prompt', 'chosen', 'rejected', 'aspect', 'chosen_scores', 'rejected_scores', 'source']
@@ -750,3 +752,51 @@ def save_dataset_atomic(ds:Dataset, path:str|Path) -> Path:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     if old.exists(): shutil.rmtree(old, ignore_errors=True)
     return path
+
+# %% ../nbs/00_data.ipynb #c055
+def wilson_interval(k:float, # successes (a win rate with ties as halves may give a fraction)
+                    n:int, # trials
+                    z:float=1.96, # normal quantile: 1.96 for 95%
+                   ) -> tuple[float, float]: # (low, high); (0, 1) when n == 0
+    "Wilson score interval of the proportion k/n."
+    if n <= 0: return 0.0, 1.0
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+def format_rate(p:float, # the proportion
+                n:int, # how many it is a share of
+                chance:float|None=0.5, # chance level to compare with (None: no comparison)
+               ) -> str:
+    "'0.600 (95% CI 0.387-0.781, n=20; chance 0.5 inside the interval)'."
+    lo, hi = wilson_interval(p * n, n)
+    text = f'{p:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={n}'
+    if chance is not None: text += f'; chance {chance:g} {"inside" if lo <= chance <= hi else "outside"} the interval'
+    return text + ')'
+
+@contextmanager
+def progress_bars(show:bool=True, # False: no tqdm bar is drawn inside the block (ours or a library's)
+                 ):
+    "Leave progress bars as they are, or switch every `tqdm` bar off for the duration of the block."
+    if show:
+        yield
+        return
+    from tqdm import std
+    init = std.tqdm.__dict__['__init__']
+    def quiet_init(self, *args, **kwargs):
+        kwargs['disable'] = True
+        init.__get__(self, type(self))(*args, **kwargs)
+    std.tqdm.__init__ = quiet_init
+    try: yield
+    finally: std.tqdm.__init__ = init
+
+def honours_progress(fn):
+    "Decorator: a call with `progress=False` draws no `tqdm` bar at all inside `fn`, not even a library's."
+    import functools, inspect
+    sig = inspect.signature(fn)
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with progress_bars(bound.arguments.get('progress', True) is not False): return fn(*args, **kwargs)
+    return wrapper

@@ -4,12 +4,14 @@
 
 # %% ../nbs/00a_tiny.ipynb #c002
 from __future__ import annotations
+from contextlib import contextmanager
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
 from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM, AutoModelForCausalLM, AutoTokenizer
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'train_tokenizer', 'tiny_causal_lm', 'tiny_model_and_tokenizer', 'smollm2_path', 'load_smollm2']
+__all__ = ['SPECIAL_TOKENS', 'train_tokenizer', 'tiny_causal_lm', 'tiny_model_and_tokenizer', 'activation_checkpointing_name',
+           'smollm2_path', 'load_smollm2']
 
 # %% ../nbs/00a_tiny.ipynb #c003
 SPECIAL_TOKENS = {'pad_token': '<pad>', 'bos_token': '<s>', 'eos_token': '</s>'}
@@ -53,6 +55,22 @@ def tiny_model_and_tokenizer(texts, # strings to learn the tokenizer from
     tok = train_tokenizer(texts, vocab_size)
     return tiny_causal_lm(len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                           eos_token_id=tok.eos_token_id, **kwargs), tok
+
+# %% ../nbs/00a_tiny.ipynb #c008b
+@contextmanager
+def activation_checkpointing_name(model, # a transformers model about to be wrapped by peft
+                                 ):
+    "While peft wraps `model`: its `is_gradient_checkpointing` (deprecated in transformers 5) reads `is_activation_checkpointing`."
+    cls = type(model)
+    if not hasattr(cls, 'is_activation_checkpointing'): # transformers 4: nothing is deprecated
+        yield model
+        return
+    own = cls.__dict__.get('is_gradient_checkpointing')
+    cls.is_gradient_checkpointing = property(lambda self: self.is_activation_checkpointing)
+    try: yield model
+    finally:
+        if own is None: delattr(cls, 'is_gradient_checkpointing')
+        else: cls.is_gradient_checkpointing = own
 
 # %% ../nbs/00a_tiny.ipynb #c010
 def smollm2_path():
