@@ -1,6 +1,6 @@
 """Benchmark 3: PD-scoring throughput of one shared backbone with K reward heads vs K separate single-head scorers.
 
-Scoring every pair on all K aspects is what PD needs (DESIGN §4). `pd_align.reward.AspectRewardModel`
+Scoring every pair on all K aspects is what PD needs (the paper's pipeline, arXiv 2508.07638). `pd_align.reward.AspectRewardModel`
 with K heads reads each text once; the alternative is K reward models with one head each, each reading
 every text. Both sides use `pd_align.reward.score_texts` (batched, inference mode, length-sorted batches)
 with the same backbone size, tokenizer, texts and batch size. Also measured: the effect of length-sorted

@@ -4,13 +4,14 @@
 
 # %% ../nbs/11_cli.ipynb #c002
 from __future__ import annotations
-import argparse, os, re, sys
+import argparse, os, re, shutil, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CLIError', 'prepare_out', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy', 'cmd_reward',
-           'cmd_score', 'cmd_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'cmd_eval', 'add_data',
-           'Parser', 'add_common', 'build_parser', 'main', 'console_main']
+__all__ = ['CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy',
+           'cmd_reward', 'print_heldout_accuracy', 'cmd_score', 'cmd_select', 'dataset_path', 'parse_sets',
+           'profile_sets', 'cmd_train', 'cmd_eval', 'add_data', 'Parser', 'add_common', 'build_parser', 'main',
+           'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -21,15 +22,33 @@ def prepare_out(out:str|Path, # output folder
                 overwrite:bool=False, # allow writing into a non-empty folder
                 resume:bool=False, # allow continuing the work found in the folder
                ) -> Path:
-    "Check that `out` may be written to and create it."
+    "Check that `out` may be written to and create it (recorded: a failed command removes it again)."
     out = Path(out)
     if out.exists() and not out.is_dir(): raise CLIError(f'--out {out}: exists and is not a folder')
     if out.exists() and any(out.iterdir()) and not (overwrite or resume):
         raise CLIError(f'--out {out}: folder exists and is not empty (pass --overwrite to write into it'
                        + (', or --resume to continue the run in it)' if resume is not None else ')'))
+    new = _outermost_missing(out)
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise CLIError(f'--out {out}: cannot create the folder ({e.strerror})') from None
+    if new is not None: _CREATED.append(new)
     return out
+
+_CREATED:list[Path] = [] # folders the running command created
+
+def _outermost_missing(path:Path) -> Path|None:
+    "The outermost not-yet-existing folder on the way to `path` (None when `path` exists)."
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists(): break
+        missing = p
+    return missing
+
+def remove_created():
+    "Remove the folders this command created while they hold no file (a failure before anything was written)."
+    while _CREATED:
+        folder = _CREATED.pop()
+        if folder.is_dir() and not any(p.is_file() for p in folder.rglob('*')): shutil.rmtree(folder)
 
 def check_apart(out:Path, src:Path, flag:str):
     "Refuse an output folder that is, holds or sits inside the input `src`: writing there could destroy the input."
@@ -56,7 +75,7 @@ def parse_data_spec(spec:str) -> tuple[str|None, Path]:
 def load_data(specs:list[str], # `--data` values
               format:str='auto', # file format, or auto-detect
               on_error:str='raise', # 'raise' or 'skip' bad records (counted and reported)
-              limit:int|None=None, # keep the first `limit` pairs of each spec (quick runs)
+              limit:int|None=None, # keep the first `limit` pairs of each spec, reading no further (quick runs)
              ):
     "Load one or several `--data` specs as one fine-grained `Dataset`."
     import collections
@@ -64,16 +83,17 @@ def load_data(specs:list[str], # `--data` values
     parsed = [parse_data_spec(s) for s in specs]
     skipped = collections.Counter()
     def load(aspect, path):
-        try: ds = load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped)
+        try: return load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped, limit=limit)
         except RecordError as e: raise CLIError(f'{path}: {e} (--on-error skip skips and counts bad records)') from None
-        return ds.select(range(min(limit, len(ds)))) if limit else ds
     if len(parsed) == 1: ds = load(*parsed[0])
     else:
         aspects = [a for a, _ in parsed]
         if None in aspects or len(set(aspects)) != len(aspects):
             raise CLIError('several --data need distinct aspect names: --data helpful=a.jsonl --data harmless=b.jsonl')
         ds = aggregate({a: load(a, p) for a, p in parsed})
-    if skipped: print(f'skipped {sum(skipped.values())} bad records: {dict(skipped)}', file=sys.stderr)
+    if skipped:
+        reasons = ', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))
+        print(f'skipped {sum(skipped.values())} bad records ({reasons})', file=sys.stderr)
     return ds
 
 # %% ../nbs/11_cli.ipynb #c012
@@ -98,10 +118,19 @@ def cmd_reward(args) -> int:
     report = train_reward_cli(ds, base=None if args.base == 'tiny' else args.base, out=out, lora=args.lora or None,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, length_penalty=args.length_penalty,
                               tau=args.tau, max_length=args.max_length, dtype=args.dtype, seed=args.seed)
-    acc = report.get('heldout_accuracy') or {}
-    if acc: print('held-out pairwise accuracy: ' + ', '.join(f'{a} {v:.3f}' for a, v in acc.items()))
+    print_heldout_accuracy(report)
     print(f'reward model saved to {out}')
     return 0
+
+def print_heldout_accuracy(report:dict, # `train_reward_cli`'s report (heldout_accuracy, heldout_n per aspect)
+                          ):
+    "Each head's accuracy on its own aspect's held-out pairs, with n, a 95% Wilson interval and the chance level 0.5."
+    from pd_align.data import format_rate
+    acc, n = report.get('heldout_accuracy') or {}, report.get('heldout_n') or {}
+    if not acc: return
+    print('held-out pairwise accuracy (each head on its own aspect\'s held-out pairs):')
+    for a, v in acc.items():
+        print(f'  {a}: ' + (format_rate(v, n[a]) if n.get(a) else 'no held-out pairs'))
 
 def cmd_score(args) -> int:
     "Score every pair of `--data` on all aspects, add PD, write `--out/dataset`."
@@ -129,7 +158,7 @@ def cmd_select(args) -> int:
     write_jsonl_atomic(out/'train.jsonl', ({'prompt': r['prompt'], 'chosen': r['chosen'], 'rejected': r['rejected'],
                                             **{c: r[c] for c in keep}} for r in sub))
     summary = dict(method=args.method, ratio=args.ratio, per_aspect=args.per_aspect, seed=args.seed,
-                   n_scored=len(ds), n_selected=len(sub), source=str(scored))
+                   n_scored=len(ds), n_selected=len(sub), source=str(scored.resolve()))
     if 'pd' in sub.column_names and len(sub): summary['mean_pd_selected'] = sum(sub['pd']) / len(sub)
     atomic_write_json(out/'selection.json', summary)
     print(f'selected {len(sub)} of {len(ds)} pairs ({args.method}, ratio {args.ratio}) -> {out}/dataset, {out}/train.jsonl')
@@ -143,10 +172,15 @@ def dataset_path(path:str) -> str:
     return str(p/'dataset') if (p/'dataset').is_dir() else str(p)
 
 def parse_sets(items:list[str]) -> dict:
-    "`field=value` overrides for `DPOConfig`."
+    "`field=value` overrides for `DPOConfig`, each checked against the field's declared type (one line naming it)."
+    from pd_align.train import parse_overrides
     bad = [i for i in items if '=' not in i]
     if bad: raise CLIError(f'--set {bad[0]}: expected field=value')
-    return dict(i.split('=', 1) for i in items)
+    sets = dict(i.split('=', 1) for i in items)
+    for k, v in sets.items():
+        try: parse_overrides({k: v})
+        except ValueError as e: raise CLIError(f'--set {k}={v}: {e}') from None
+    return sets
 
 def profile_sets(args) -> dict:
     "The `DPOConfig` fields of `--profile` (none without it); with `--config` too, which wins is unclear: refused."
@@ -158,7 +192,10 @@ def profile_sets(args) -> dict:
 
 def cmd_train(args) -> int:
     "LoRA DPO on `--data`; checkpoints, the final model and the log history go to `--out`."
-    from pd_align.train import train_cli
+    from pd_align.train import train_cli, cli_config, learning_detected
+    sets = parse_sets(args.set)
+    try: cli_config(args.config, sets, args.out) # every setting checked before data or model are loaded
+    except (ValueError, OSError) as e: raise CLIError(f'--config/--set: {e}') from None
     data = dataset_path(args.data)
     check_apart(Path(args.out), Path(data), '--data')
     sets = profile_sets(args) | parse_sets(args.set) # checked before --out is created
@@ -168,14 +205,33 @@ def cmd_train(args) -> int:
     last = result.history[-1] if getattr(result, 'history', None) else {}
     shown = ', '.join(f'{k} {v:.4g}' for k, v in last.items() if isinstance(v, float))
     print(f'trained -> {out}' + (f' (last logged: {shown})' if shown else ''))
+    learned, reason = learning_detected(result.history, result.config.loss)
+    if not learned: print(f'pd-align train: warning: {reason}', file=sys.stderr)
     return 0
 
 def cmd_eval(args) -> int:
-    "Implicit-reward accuracy and margins of a trained run on `--data`."
+    "Implicit-reward accuracy and margins of a trained run on held-out pairs (+ a proxy-reward win rate)."
     from pd_align.train import eval_cli
+    from pd_align.data import format_rate
     if not Path(args.run).is_dir(): raise CLIError(f'--run {args.run}: no such folder')
-    metrics = eval_cli(args.run, dataset_path(args.data), out=args.out, batch_size=args.batch_size)
-    print('\n'.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}' for k, v in metrics.items()))
+    if args.reward_model and not Path(args.reward_model).is_dir():
+        raise CLIError(f'--reward-model {args.reward_model}: no such folder')
+    data = dataset_path(args.data) if args.data else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', UserWarning)
+        m = eval_cli(args.run, data, out=args.out, batch_size=args.batch_size, reward_model=args.reward_model,
+                     train_overlap='warn' if args.include_train_pairs else 'exclude', n_prompts=args.n_prompts,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, progress=True)
+    for w in caught:
+        if issubclass(w.category, UserWarning): print(f'pd-align eval: WARNING: {w.message}', file=sys.stderr)
+    print(f"pairs: {m['data']}" + (' (IN-SAMPLE: includes training pairs)' if m.get('in_sample') else ''))
+    print(f"implicit-reward accuracy: {format_rate(m['accuracy'], m['n'])}")
+    skip = ('accuracy', 'accuracy_ci', 'n', 'data', 'run', 'reward_win', 'in_sample')
+    print('\n'.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}' for k, v in m.items() if k not in skip))
+    if 'reward_win' in m:
+        w = m['reward_win']
+        print(f"proxy-reward win rate of the policy over the reference ({w['n']} prompts, ties count half): "
+              f"{format_rate(w['win_rate'], w['n'])}, ties {w['tie_rate']:.3f}")
     return 0
 
 # %% ../nbs/11_cli.ipynb #c018
@@ -185,7 +241,7 @@ def add_data(p:argparse.ArgumentParser):
                    help='preference file or folder; repeat as aspect=path to aggregate one sub-dataset per aspect')
     p.add_argument('--format', default='auto', help='auto, ultrafeedback, helpsteer, hh, trl or fine-grained')
     p.add_argument('--on-error', default='raise', choices=['raise', 'skip'], help='bad records: stop, or skip and count them')
-    p.add_argument('--limit', type=int, default=None, help='keep the first N pairs of each --data (quick runs)')
+    p.add_argument('--limit', type=int, default=None, help='keep the first N pairs of each --data and read no further (quick runs)')
 
 # %% ../nbs/11_cli.ipynb #c019
 class Parser(argparse.ArgumentParser):
@@ -203,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     "The `pd-align` argument parser, one sub-parser per pipeline step."
     p = Parser(prog='pd-align', description='Fine-grained preference data selection (preference divergence) and DPO.')
     p.add_argument('--debug', action='store_true', help='show tracebacks')
+    p.add_argument('--quiet', action='store_true', help='no progress bars (also accepted after the command)')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
 
     t = sub.add_parser('toy', help='synthetic-aspect experiment: PD selection vs baselines (default < 60 s on a CPU)')
@@ -255,10 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser('eval', help='implicit-reward accuracy and margins of a trained run on preference pairs')
     e.add_argument('--run', required=True, help='output folder of `pd-align train`')
-    e.add_argument('--data', required=True, help='pairs to evaluate on')
+    e.add_argument('--data', default=None,
+                   help="pairs to evaluate on (default: the scored pairs the run's selection left out); "
+                        'pairs the run trained on (same id) are left out with a warning')
+    e.add_argument('--include-train-pairs', action='store_true', help='keep training pairs in --data (in-sample, flagged)')
+    e.add_argument('--reward-model', default=None,
+                   help='`pd-align reward` folder: also the proxy-reward win rate of policy samples over reference samples')
+    e.add_argument('--n-prompts', type=int, default=64, help='prompts sampled for the win rate')
+    e.add_argument('--max-new-tokens', type=int, default=64, help='tokens sampled per response for the win rate')
+    e.add_argument('--seed', type=int, default=0, help='sampling seed')
     e.add_argument('--out', default=None, help='metrics JSON (default RUN/eval.json)')
     e.add_argument('--batch-size', type=int, default=None)
     e.set_defaults(handler=cmd_eval)
+    for command in sub.choices.values(): # `pd-align CMD --quiet` works too; SUPPRESS keeps a global --quiet
+        command.add_argument('--quiet', action='store_true', default=argparse.SUPPRESS, help='no progress bars')
     return p
 
 # %% ../nbs/11_cli.ipynb #c020
@@ -271,14 +338,23 @@ def main(argv=None # arguments, default `sys.argv[1:]`
     if args.command is None:
         parser.print_help()
         return 0
-    try: return args.handler(args) or 0
+    from pd_align.data import progress_bars
+    _CREATED.clear()
+    code = 1
+    try:
+        with progress_bars(not args.quiet): code = args.handler(args) or 0
+        return code
     except (CLIError, ValueError, OSError, ImportError) as e:
         if args.debug: raise
         print(f'pd-align {args.command}: error: {e}', file=sys.stderr)
-        return 2
+        code = 2
+        return code
     except KeyboardInterrupt:
         print(f'pd-align {args.command}: interrupted', file=sys.stderr)
-        return 130
+        code = 130
+        return code
+    finally:
+        if code != 0: remove_created() # a failed command leaves no empty --out folder behind
 
 def console_main():
     "Entry point of the `pd-align` script."

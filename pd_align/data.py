@@ -4,9 +4,10 @@
 
 # %% ../nbs/00_data.ipynb #c002
 from __future__ import annotations
-import collections, gzip, io, json, logging, math, os, random, shutil, tempfile, uuid
+import collections, gzip, io, itertools, json, logging, math, os, random, shutil, sys, tempfile, uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from datasets import Dataset, DatasetDict, Features, Value, load_from_disk
@@ -17,9 +18,10 @@ _log = logging.getLogger(__name__)  # private: not exported by `import *`
 # %% auto #0
 __all__ = ['COLUMNS', 'TEXT_FIELDS', 'SCORE_FIELDS', 'ULTRAFEEDBACK_ASPECTS', 'HELPSTEER_ASPECTS', 'ROLE_NAMES', 'ASSISTANT',
            'FORMATS', 'HUB', 'get_aspects', 'RecordError', 'validate', 'from_records', 'scores_matrix', 'aspect_index',
-           'aggregate', 'read_jsonl', 'from_ultrafeedback', 'from_helpsteer2', 'messages_to_text', 'from_trl',
-           'split_hh', 'from_hh', 'detect_format', 'load_local', 'load_hub', 'add_lengths', 'atomic_write_text',
-           'atomic_write_bytes', 'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic']
+           'aggregate', 'iter_jsonl', 'read_jsonl', 'from_ultrafeedback', 'from_helpsteer2', 'messages_to_text',
+           'from_trl', 'split_hh', 'from_hh', 'detect_format', 'load_local', 'load_hub', 'add_lengths',
+           'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic',
+           'wilson_interval', 'format_rate', 'progress_bars', 'honours_progress']
 
 # %% ../nbs/00_data.ipynb #c005
 COLUMNS = ['id', 'prompt', 'chosen', 'rejected', 'aspect', 'chosen_scores', 'rejected_scores', 'source']
@@ -256,24 +258,48 @@ def aggregate(sub_datasets:Mapping[str, Dataset], # {aspect: fine-grained sub-da
 def _open_bytes(path:Path):
     return gzip.open(path, 'rb') if path.suffix == '.gz' else open(path, 'rb')
 
-def read_jsonl(path:str|Path, # a .jsonl or .jsonl.gz file
-              ) -> list[dict]: # one dict per non-blank line
-    "Read JSON lines; ValueError naming the file and line number for a bad or truncated line."
-    path, rows, n = Path(path), [], 0
+_LINE_ERRORS = {'invalid_json', 'not_utf8', 'not_object'}
+
+def _bad_line(path:Path, n:int, reason:str, message:str, on_error:str, skipped:collections.Counter|None):
+    "Raise a `ValueError` naming file and line, or count the line in `skipped[reason]`."
+    if on_error != 'skip': raise ValueError(f'{path}: line {n}: {message}')
+    if skipped is not None: skipped[reason] += 1
+
+def _parse_line(raw:bytes, path:Path, n:int, on_error:str, skipped) -> dict|None:
+    "One JSON object from one line; None for a blank line or a skipped bad one."
+    try: line = raw.decode('utf-8') # per line, so a bad byte names its own line
+    except UnicodeDecodeError as e:
+        return _bad_line(path, n, 'not_utf8', f'not UTF-8 or truncated ({e.reason} at byte {e.start})', on_error, skipped)
+    if not line.strip(): return None
+    try: obj = json.loads(line)
+    except json.JSONDecodeError as e: return _bad_line(path, n, 'invalid_json', f'invalid JSON ({e.msg})', on_error, skipped)
+    if not isinstance(obj, dict):
+        return _bad_line(path, n, 'not_object', f'expected a JSON object, got {type(obj).__name__}', on_error, skipped)
+    return obj
+
+def iter_jsonl(path:str|Path, # a .jsonl or .jsonl.gz file
+               on_error:str='raise', # 'raise': ValueError on a bad line; 'skip': count it in `skipped`
+               skipped:collections.Counter|None=None, # bad lines per reason when skipping
+              ) -> Iterator[dict]: # one dict per non-blank line, read lazily
+    "Stream JSON lines; ValueError naming the file and line number for a bad or truncated line."
+    _check_on_error(on_error)
+    path, n = Path(path), 0
     try:
         with _open_bytes(path) as f:
             for n, raw in enumerate(f, 1):
-                try: line = raw.decode('utf-8') # per line, so a bad byte names its own line
-                except UnicodeDecodeError as e: raise ValueError(f'{path}: line {n}: not UTF-8 or truncated ({e.reason} at byte {e.start})') from None
-                if not line.strip(): continue
-                try: obj = json.loads(line)
-                except json.JSONDecodeError as e: raise ValueError(f'{path}: line {n}: invalid JSON ({e.msg})') from None
-                if not isinstance(obj, dict): raise ValueError(f'{path}: line {n}: expected a JSON object, got {type(obj).__name__}')
-                rows.append(obj)
+                obj = _parse_line(raw, path, n, on_error, skipped)
+                if obj is not None: yield obj
     except (EOFError, gzip.BadGzipFile, UnicodeDecodeError, OSError) as e:
         if isinstance(e, FileNotFoundError): raise
         raise ValueError(f'{path}: line {n + 1}: unreadable or truncated ({type(e).__name__}: {e})') from None
-    return rows
+
+def read_jsonl(path:str|Path, # a .jsonl or .jsonl.gz file
+               on_error:str='raise', # 'raise' or 'skip' bad lines (counted in `skipped`)
+               skipped:collections.Counter|None=None, # bad lines per reason when skipping
+               limit:int|None=None, # stop after this many objects (the rest of the file is not read)
+              ) -> list[dict]: # one dict per non-blank line
+    "Read JSON lines; ValueError naming the file and line number for a bad or truncated line."
+    return list(itertools.islice(iter_jsonl(path, on_error, skipped), limit))
 
 # %% ../nbs/00_data.ipynb #c028
 def _rows(rows) -> list:
@@ -553,7 +579,8 @@ def detect_format(row:Mapping, # the first row of a file
     if {'chosen', 'rejected'} <= keys: return 'trl' if isinstance(row['chosen'], list) else 'hh'
     raise ValueError(f'cannot detect the format from fields {sorted(keys)}; expected one of {FORMATS}')
 
-def _read_any(path:Path) -> list[dict]|Dataset:
+def _read_any(path:Path, on_error:str='raise', skipped:collections.Counter|None=None, stream:bool=False):
+    "A folder's `Dataset`, a .json file's list, or a JSON-lines file's rows (a lazy iterator when `stream`)."
     if path.is_dir():
         d = load_from_disk(str(path))
         if isinstance(d, DatasetDict):
@@ -563,27 +590,21 @@ def _read_any(path:Path) -> list[dict]|Dataset:
     if path.name.endswith('.json'):
         text = path.read_text(encoding='utf-8')
         try: obj = json.loads(text)
-        except json.JSONDecodeError: return read_jsonl(path)
+        except json.JSONDecodeError: return read_jsonl(path, on_error, skipped)
         if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list): obj = next(iter(obj.values()))
         if not isinstance(obj, list): raise ValueError(f'{path}: expected a JSON list of records')
         return obj
-    return read_jsonl(path)
+    return iter_jsonl(path, on_error, skipped) if stream else read_jsonl(path, on_error, skipped)
 
-def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk folder
-               format:str='auto', # 'auto' or one of `FORMATS`
-               aspect:str|None=None, # aspect for hh (required) and trl rows without an aspect column
-               on_error:str='raise', skipped:collections.Counter|None=None,
-               stats:collections.Counter|None=None,
-               strict:bool=False, # see `validate`; off by default: saved score columns may be model estimates
-               **kwargs, # passed to the converter (e.g. pairing=, seed=, mismatch=)
-              ) -> Dataset:
-    "Load a local preference file or folder in any supported schema as a fine-grained `Dataset`."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f'{path}: no such file or folder')
-    rows = _read_any(path)
-    if len(rows) == 0: raise ValueError(f'{path}: no records')
-    if format == 'auto': format = detect_format(rows[0])
-    common = dict(on_error=on_error, skipped=skipped)
+def _first_rows(rows, k:int, cache:list) -> tuple:
+    "The first `k` rows and whether the source has no more: a list or `Dataset` is sliced, an iterator read only that far."
+    if isinstance(rows, Dataset): return rows.select(range(min(k, len(rows)))), k >= len(rows)
+    if isinstance(rows, list): return rows[:k], k >= len(rows)
+    cache.extend(itertools.islice(rows, k - len(cache)))
+    return cache[:k], len(cache) < k
+
+def _convert(path:Path, rows, format:str, aspect, common:dict, stats, strict:bool, kwargs:dict) -> Dataset:
+    "Rows in `format` -> a fine-grained `Dataset`."
     if format == 'ultrafeedback': return from_ultrafeedback(rows, stats=stats, **common, **kwargs)
     if format == 'helpsteer': return from_helpsteer2(rows, stats=stats, **common, **kwargs)
     if format == 'trl': return from_trl(rows, aspect=aspect, stats=stats, strict=strict, **common, **kwargs)
@@ -591,11 +612,41 @@ def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk 
         if aspect is None: raise ValueError(f'{path}: HH transcripts carry no aspect; pass aspect=')
         return from_hh(rows, aspect=aspect, stats=stats, **common, **kwargs)
     if format == 'fine-grained':
-        if isinstance(rows, Dataset) and 'chosen_scores' in rows.column_names: kwargs.setdefault('aspects', get_aspects(rows))
+        if isinstance(rows, Dataset) and 'chosen_scores' in rows.column_names: kwargs = {'aspects': get_aspects(rows), **kwargs}
         out = from_records(rows, strict=strict, **common, **kwargs)
         if isinstance(rows, Dataset): out.info.description = rows.info.description   # keep stored settings (PD scale, weights)
         return out
     raise ValueError(f'format must be "auto" or one of {FORMATS}, got {format!r}')
+
+def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk folder
+               format:str='auto', # 'auto' or one of `FORMATS`
+               aspect:str|None=None, # aspect for hh (required) and trl rows without an aspect column
+               on_error:str='raise', skipped:collections.Counter|None=None,
+               stats:collections.Counter|None=None,
+               strict:bool=False, # see `validate`; off by default: saved score columns may be model estimates
+               limit:int|None=None, # keep the first `limit` pairs, reading only as many rows as they need
+               **kwargs, # passed to the converter (e.g. pairing=, seed=, mismatch=)
+              ) -> Dataset:
+    "Load a local preference file or folder in any supported schema as a fine-grained `Dataset`."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f'{path}: no such file or folder')
+    if limit is not None and limit < 1: raise ValueError(f'limit must be >= 1, got {limit}')
+    skipped = collections.Counter() if skipped is None else skipped
+    rows, cache = _read_any(path, on_error, skipped, stream=limit is not None), []
+    first, _ = _first_rows(rows, 1, cache)
+    if len(first) == 0: raise ValueError(f'{path}: no records')
+    if format == 'auto': format = detect_format(first[0])
+    if limit is None: return _convert(path, rows, format, aspect, dict(on_error=on_error, skipped=skipped), stats, strict, kwargs)
+    k = limit # read `limit` rows; read twice as many while skipped rows leave fewer than `limit` pairs
+    while True:
+        part, ended = _first_rows(rows, k, cache)
+        tried, tried_stats = collections.Counter(), collections.Counter()
+        ds = _convert(path, part, format, aspect, dict(on_error=on_error, skipped=tried), tried_stats, strict, kwargs)
+        if len(ds) >= limit or ended: break
+        k *= 2
+    skipped.update(tried)
+    if stats is not None: stats.update(tried_stats)
+    return ds.select(range(min(limit, len(ds))))
 
 # %% ../nbs/00_data.ipynb #c047
 HUB = {'ultrafeedback': ('openbmb/UltraFeedback', None), 'helpsteer2': ('nvidia/HelpSteer2', None), 'helpsteer': ('nvidia/HelpSteer', None),
@@ -711,3 +762,51 @@ def save_dataset_atomic(ds:Dataset, path:str|Path) -> Path:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     if old.exists(): shutil.rmtree(old, ignore_errors=True)
     return path
+
+# %% ../nbs/00_data.ipynb #c055
+def wilson_interval(k:float, # successes (a win rate with ties as halves may give a fraction)
+                    n:int, # trials
+                    z:float=1.96, # normal quantile: 1.96 for 95%
+                   ) -> tuple[float, float]: # (low, high); (0, 1) when n == 0
+    "Wilson score interval of the proportion k/n."
+    if n <= 0: return 0.0, 1.0
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+def format_rate(p:float, # the proportion
+                n:int, # how many it is a share of
+                chance:float|None=0.5, # chance level to compare with (None: no comparison)
+               ) -> str:
+    "'0.600 (95% CI 0.387-0.781, n=20; chance 0.5 inside the interval)'."
+    lo, hi = wilson_interval(p * n, n)
+    text = f'{p:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={n}'
+    if chance is not None: text += f'; chance {chance:g} {"inside" if lo <= chance <= hi else "outside"} the interval'
+    return text + ')'
+
+@contextmanager
+def progress_bars(show:bool=True, # False: no tqdm bar is drawn inside the block (ours or a library's)
+                 ):
+    "Leave progress bars as they are, or switch every `tqdm` bar off for the duration of the block."
+    if show:
+        yield
+        return
+    from tqdm import std
+    init = std.tqdm.__dict__['__init__']
+    def quiet_init(self, *args, **kwargs):
+        kwargs['disable'] = True
+        init.__get__(self, type(self))(*args, **kwargs)
+    std.tqdm.__init__ = quiet_init
+    try: yield
+    finally: std.tqdm.__init__ = init
+
+def honours_progress(fn):
+    "Decorator: a call with `progress=False` draws no `tqdm` bar at all inside `fn`, not even a library's."
+    import functools, inspect
+    sig = inspect.signature(fn)
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with progress_bars(bound.arguments.get('progress', True) is not False): return fn(*args, **kwargs)
+    return wrapper

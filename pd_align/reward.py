@@ -105,9 +105,10 @@ class AspectRewardModel(nn.Module):
         self._takes_position_ids = 'position_ids' in inspect.signature(backbone.forward).parameters
         if self.lora is not None:
             from peft import LoraConfig, get_peft_model
+            from pd_align.tiny import activation_checkpointing_name
             l = self.lora
-            backbone = get_peft_model(backbone, LoraConfig(r=l['r'], lora_alpha=l['alpha'], lora_dropout=l['dropout'],
-                                                           target_modules=l['target_modules']))
+            lora = LoraConfig(r=l['r'], lora_alpha=l['alpha'], lora_dropout=l['dropout'], target_modules=l['target_modules'])
+            with activation_checkpointing_name(backbone): backbone = get_peft_model(backbone, lora) # see `pd_align.tiny`
         self.backbone = backbone
         hidden = self.backbone_config.hidden_size
         g = torch.Generator().manual_seed(seed)
@@ -715,6 +716,9 @@ def _summary(report:dict) -> dict:
     skip = ('train_index', 'heldout_index', 'heldout_scores')
     return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in skip}
 
+from .data import honours_progress
+
+@honours_progress # progress=False: no bar at all, not even datasets' map/save bars
 def train_reward_cli(data:Dataset, # aggregated fine-grained pairs
                      base:str|None, # None: built-in tiny proxy; else a causal LM's local path or hub name
                      out:str|Path, # output folder for the model (replaced)
@@ -750,6 +754,7 @@ def train_reward_cli(data:Dataset, # aggregated fine-grained pairs
     report['out'] = str(out)
     return report
 
+@honours_progress # progress=False: no bar at all, not even datasets' map/save bars
 def score_cli(data:Dataset, # fine-grained pairs to score
               reward_model:str|Path, # folder written by `train_reward_cli` / `save_pretrained`
               out:str|Path, # output folder: `dataset/` (a `datasets` folder), `shards/` (resume), `score.json`

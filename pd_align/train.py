@@ -23,7 +23,8 @@ from .losses import sequence_logps, dpo_loss, dfpo_loss
 __all__ = ['DPOConfig', 'demo_pairs', 'tokenize_pairs', 'collate_pairs', 'is_peft', 'pair_logps', 'reference_logps',
            'precompute_reference', 'make_accelerator', 'load_policy', 'add_lora', 'latest_checkpoint',
            'save_checkpoint', 'load_checkpoint', 'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo',
-           'sample_responses', 'reward_win_rate', 'train_cli', 'load_run', 'eval_cli']
+           'weights_fingerprint', 'learning_detected', 'model_card', 'sample_responses', 'reward_win_rate',
+           'parse_overrides', 'cli_config', 'check_enough_pairs', 'train_cli', 'load_run', 'heldout_pairs', 'eval_cli']
 
 # %% ../nbs/07_train.ipynb #c006
 _ALIASES = {'learning_rate': 'lr', 'num_train_epochs': 'epochs', 'per_device_train_batch_size': 'batch_size',
@@ -445,8 +446,11 @@ def add_lora(model, config:DPOConfig):
     "Wrap `model` with fresh LoRA adapters per `config` (a peft model, or `lora_r=None`, passes through)."
     if config.lora_r is None or is_peft(model): return model
     from peft import LoraConfig, get_peft_model
-    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                            target_modules=config.target_modules, task_type='CAUSAL_LM'))
+    from pd_align.tiny import activation_checkpointing_name
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.target_modules, task_type='CAUSAL_LM')
+    with activation_checkpointing_name(model): # peft reads a property that transformers 5 deprecated
+        return get_peft_model(model, lora)
 
 # %% ../nbs/07_train.ipynb #c029
 def _rng_state() -> dict:
@@ -541,12 +545,14 @@ def _summarise(stats:dict) -> dict:
 def _cat(stats:list[dict]) -> dict: return {k: torch.cat([s[k] for s in stats]) for k in stats[0]}
 
 # %% ../nbs/07_train.ipynb #c033
-def _evaluate_examples(model, examples, pad_token_id, config, ref_model=None, ref_cache=None, device=None, autocast=None, accelerator=None):
+def _evaluate_examples(model, examples, pad_token_id, config, ref_model=None, ref_cache=None, device=None, autocast=None,
+                       accelerator=None, progress:bool=False):
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = device or next(model.parameters()).device
     stats = []
     with _eval_mode(model), torch.no_grad():
-        for chunk in _batches(examples[rank::world], config.eval_batch_size or 2 * config.batch_size):
+        chunks = list(_batches(examples[rank::world], config.eval_batch_size or 2 * config.batch_size))
+        for chunk in tqdm(chunks, desc='eval', leave=False, disable=not progress or rank != 0 or len(chunks) < 2):
             batch = _to(collate_pairs(chunk, pad_token_id), device)
             with (autocast() if autocast else nullcontext()): stats.append(_batch_loss(model, batch, config, ref_model, ref_cache)[1])
     stats = {k: v.cpu() for k, v in _cat(stats).items()} if stats else None
@@ -560,6 +566,7 @@ def evaluate_dpo(model, # trained policy (peft: the reference is the disabled-ad
                  dataset, # pairs (prompt/chosen/rejected; + pd, aspect for dfpo)
                  config:DPOConfig|None=None, # beta, loss, lengths, eval batch size, bf16
                  ref_model=None, # reference for a fully fine-tuned policy
+                 progress:bool=False, # a progress bar over the evaluation batches
                 ) -> dict: # loss, accuracy, chosen_reward, rejected_reward, margin, logps_chosen, logps_rejected, n
     "Implicit-reward metrics of `model` on `dataset`: DPO (or DFPO) loss, reward accuracy, rewards and margin."
     config = config or DPOConfig()
@@ -567,7 +574,8 @@ def evaluate_dpo(model, # trained policy (peft: the reference is the disabled-ad
     if not examples: raise ValueError("evaluate_dpo: the dataset has no pairs")
     device = next(model.parameters()).device
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.bf16 else None
-    return _evaluate_examples(model, examples, tokenizer.pad_token_id, config, ref_model, device=device, autocast=autocast)
+    return _evaluate_examples(model, examples, tokenizer.pad_token_id, config, ref_model, device=device, autocast=autocast,
+                              progress=progress)
 
 # %% ../nbs/07_train.ipynb #c035
 @dataclass
@@ -622,6 +630,7 @@ def train_dpo(model_or_name, # a causal LM, a hub name / path, 'tiny' or 'smollm
               ref_model=None, # explicit frozen reference (default: disabled adapters / a deep copy)
               resume_from_checkpoint:bool|str|Path|None=None, # True: latest in output_dir; or a checkpoint folder
               callback:Callable|None=None, # called as callback(step, entry_or_None) after every optimizer step
+              run_notes:dict|None=None, # facts for run_info.json and the model card (e.g. train_data, selection)
              ) -> DPOResult:
     "Train a policy with DPO (or DFPO) on preference pairs; LoRA by default, reference from disabled adapters."
     config = config or DPOConfig()
@@ -633,11 +642,12 @@ def train_dpo(model_or_name, # a causal LM, a hub name / path, 'tiny' or 'smollm
     lora_bf16 = config.bf16 and config.lora_r is not None and torch.cuda.is_available() # frozen base in bf16: half the memory
     model, tokenizer = load_policy(model_or_name, tokenizer, texts=_texts(dataset) if model_or_name == 'tiny' else None,
                                    dtype=torch.bfloat16 if lora_bf16 else None)
-    base_name = str(model_or_name) if isinstance(model_or_name, (str, Path)) and model_or_name != 'tiny' else None
+    base_name = _base_name(model_or_name, model)
+    base_fingerprint = None if is_peft(model) else weights_fingerprint(model)
     if out_dir and accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if base_name is None and not is_peft(model) and not (out_dir / 'base').exists():
-            _save_pretrained_atomic(out_dir / 'base', model, tokenizer) # the starting point (= reference), for `load_run`
+        if base_name is None and not is_peft(model) and not (out_dir / 'base').exists(): # no name to find it by again
+            _save_pretrained_atomic(out_dir / 'base', model, tokenizer) # the starting point (= reference)
     if config.disable_dropout: _disable_dropout(model)
     if config.gradient_checkpointing: # transformers 5 renamed it activation checkpointing
         if hasattr(model, 'activation_checkpointing_enable'): model.activation_checkpointing_enable({'use_reentrant': False})
@@ -720,9 +730,9 @@ def train_dpo(model_or_name, # a causal LM, a hub name / path, 'tiny' or 'smollm
     if eval_examples: history.append(_eval_entry(model, eval_examples, tokenizer, config, ref_model, eval_cache, accelerator, total))
     model = accelerator.unwrap_model(model)
     if out_dir and accelerator.is_main_process:
-        _save_final(out_dir, model, tokenizer, config, history)
         base = base_name or ('base' if (out_dir / 'base').exists() else None)
-        atomic_write_json(out_dir / 'run_info.json', {'base_model': base, 'peft': peft})
+        info = {'base_model': base, 'base_fingerprint': base_fingerprint, 'peft': peft, **(run_notes or {})}
+        _save_final(out_dir, model, tokenizer, config, history, info, dataset)
     accelerator.wait_for_everyone()
     return DPOResult(model, tokenizer, history, config, out_dir, None if peft else ref_model)
 
@@ -739,11 +749,94 @@ def _save_pretrained_atomic(folder:Path, model, tokenizer):
     if folder.exists(): shutil.rmtree(folder)
     os.replace(tmp, folder)
 
-def _save_final(out_dir:Path, model, tokenizer, config:DPOConfig, history:list):
-    "`final/` (adapter or model + tokenizer, written atomically), `dpo_config.json`, `log_history.json`."
+def _save_final(out_dir:Path, model, tokenizer, config:DPOConfig, history:list, info:dict|None=None, dataset=None):
+    "Write `final/` (adapter or model, tokenizer, model card), config, log, training ids, then `run_info.json`."
+    from pd_align.data import atomic_write_text
+    info = info or {}
     _save_pretrained_atomic(out_dir / 'final', model, tokenizer)
+    n_pairs = len(dataset) if dataset is not None else None
+    card = model_card(info, config, history, n_pairs)
+    atomic_write_text(out_dir / 'final' / 'README.md', card) # replaces peft's blank template
     config.save(out_dir / 'dpo_config.json')
     atomic_write_json(out_dir / 'log_history.json', history)
+    ids = _column(dataset, 'id', required=False) if dataset is not None else None
+    if ids is not None: atomic_write_json(out_dir / 'train_ids.json', [str(i) for i in ids], indent=None)
+    atomic_write_json(out_dir / 'run_info.json', info) # last: a run folder with run_info.json is finished
+
+def _base_name(model_or_name, model) -> str|None:
+    "How `load_run` finds the starting model: 'tiny', 'smollm2', an absolute local path or a hub name (else None)."
+    if isinstance(model_or_name, (str, Path)):
+        name = str(model_or_name)
+        return str(Path(name).resolve()) if name not in ('tiny', 'smollm2') and Path(name).exists() else name
+    return getattr(getattr(_unwrap(model), 'config', None), '_name_or_path', None) or None
+
+@torch.no_grad()
+def weights_fingerprint(model, # a model before LoRA is added (the starting point of a run)
+                        samples:int=4096, # values read per tensor (evenly spaced)
+                       ) -> str: # hex digest
+    "A cheap fingerprint of a model's weights: names, shapes and evenly spaced values rounded to bf16 (dtype-free)."
+    h = hashlib.sha256()
+    for name, t in sorted(_unwrap(model).state_dict().items()):
+        flat = t.detach().reshape(-1)
+        picked = flat[::max(1, flat.numel() // samples)][:samples].to('cpu', torch.bfloat16).float()
+        h.update(f'{name}:{tuple(t.shape)}:'.encode())
+        h.update(picked.numpy().tobytes())
+    return h.hexdigest()
+
+def learning_detected(history:list[dict], # `DPOResult.history` (train entries have `loss` and `margin`)
+                      loss_type:str='dpo', # 'dpo' starts at loss log 2; other losses are judged by the margin alone
+                      tol_loss:float=0.005, # |loss - log 2| below this counts as "still at the start"
+                      tol_margin:float=0.01, # |margin| (beta-scaled implicit reward gap) below this too
+                     ) -> tuple[bool, str]: # (learning detected, one-line reason)
+    "Did training move the policy? Not when the last logged loss is still log 2 and the margin still 0."
+    train = [h for h in history if 'loss' in h and 'margin' in h]
+    if not train: return True, 'no training step was logged'
+    loss, margin = train[-1]['loss'], train[-1]['margin']
+    at_start = abs(margin) < tol_margin and (loss_type != 'dpo' or abs(loss - math.log(2)) < tol_loss)
+    if not at_start: return True, f'final loss {loss:.4f}, margin {margin:.4f}'
+    return False, (f'no learning detected: final loss {loss:.4f} (log 2 = {math.log(2):.4f}) and margin {margin:.4f} '
+                   f'are still at their starting values (|loss - log 2| < {tol_loss}, |margin| < {tol_margin}); '
+                   'try more steps or a larger learning rate')
+
+def model_card(info:dict, # run_info: base_model, base_fingerprint, peft, train_data, selection
+               config:DPOConfig, history:list[dict],
+               n_pairs:int|None=None, # training pairs
+              ) -> str: # markdown
+    "The README.md of a run's `final/` folder: base, data, selection, settings and final metrics."
+    sel, train = info.get('selection') or {}, [h for h in history if 'loss' in h]
+    evals = [h for h in history if 'eval_loss' in h]
+    peft = info.get('peft')
+    kind = f'LoRA adapter (r={config.lora_r}, alpha={config.lora_alpha})' if peft else 'fully fine-tuned model'
+    fingerprint = (info.get('base_fingerprint') or 'n/a')[:16]
+    lines = ['---', 'library_name: ' + ('peft' if peft else 'transformers'), 'tags: [dpo, pd_align]', '---', '',
+             f'# {config.loss.upper()} {kind}', '',
+             f'Trained with `pd_align` {_version()} (the data-selection pipeline of arXiv 2508.07638).', '',
+             f"- **Base model**: `{info.get('base_model')}` (weights fingerprint `{fingerprint}`)",
+             f"- **Training data**: `{info.get('train_data', 'given in memory')}`"
+             + (f', {n_pairs} pairs' if n_pairs else '')]
+    if sel: lines.append(f"- **Selection**: method `{sel.get('method')}`, ratio {sel.get('ratio')}, "
+                         f"{sel.get('n_selected')} of {sel.get('n_scored')} scored pairs (`{sel.get('source')}`)")
+    else: lines.append('- **Selection**: unknown (the data was not a `pd-align select` output)')
+    if train:
+        t = train[-1]
+        verdict = learning_detected(history, config.loss)[1]
+        lines.append(f"- **Final training metrics** (step {t['step']}): loss {t['loss']:.4f}, "
+                     f"reward accuracy {t['accuracy']:.3f}, margin {t['margin']:.4f}; {verdict}")
+    if evals:
+        e = evals[-1]
+        lines.append(f"- **Evaluation** (step {e['step']}, n={e.get('eval_n')}): loss {e['eval_loss']:.4f}, "
+                     f"reward accuracy {e['eval_accuracy']:.3f}, margin {e['eval_margin']:.4f}")
+    lines += ['', '## Settings', '', '| field | value |', '|---|---|']
+    lines += [f'| {k} | `{v}` |' for k, v in config.to_dict().items()]
+    lines += ['', '## Loading', '', '```python', 'from pd_align.train import load_run',
+              'policy, tokenizer, reference, config = load_run(RUN_FOLDER) # the base by name, fingerprint checked',
+              '```', '']
+    return '\n'.join(lines)
+
+def _version() -> str:
+    try: from pd_align import __version__
+    except ImportError: return ''
+    return __version__
 
 # %% ../nbs/07_train.ipynb #c051
 def _prompt_text(tokenizer, prompt, chat:bool) -> tuple[str, bool]:
@@ -842,6 +935,51 @@ def _parse_override(v):
     try: return float(v) if re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+', v) else yaml.safe_load(v)
     except yaml.YAMLError: return v
 
+def _typed(name:str, value, raw):
+    "`value` checked against the declared type of DPOConfig field `name` ('int|None', 'float', 'bool', 'str', 'Any')."
+    kinds = [k.strip() for k in str({f.name: f.type for f in dataclasses.fields(DPOConfig)}[name]).split('|')]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if 'Any' in kinds or (value is None and 'None' in kinds): return value
+    if 'int' in kinds and number and float(value).is_integer(): return int(value)
+    if 'float' in kinds and number: return float(value)
+    if ('bool' in kinds and isinstance(value, bool)) or ('str' in kinds and isinstance(value, str)): return value
+    raise ValueError(f"{name} must be {' or '.join(kinds)}, got {raw!r}")
+
+def parse_overrides(overrides:dict|None, # field -> value; strings are read as yaml scalars ('1e-3', 'null', 'true')
+                   ) -> dict: # canonical field names (TRL aliases renamed) -> values of the declared types
+    "Check `field=value` overrides against `DPOConfig`'s fields and types: a ValueError names the field."
+    fields, out = {f.name for f in dataclasses.fields(DPOConfig)}, {}
+    for key, raw in (overrides or {}).items():
+        name = _ALIASES.get(key, key)
+        if name not in fields: raise ValueError(f"unknown DPOConfig field {key!r}; known: {', '.join(sorted(fields))}")
+        out[name] = _typed(name, _parse_override(raw), raw)
+    return out
+
+def cli_config(config_path=None, # .json/.yaml DPOConfig file
+               overrides:dict|None=None, # `field=value` overrides (see `parse_overrides`)
+               out=None, # output folder
+              ) -> DPOConfig:
+    "The run's `DPOConfig`: file, then overrides, checked (types and ranges) before any data or model is loaded."
+    base = DPOConfig.from_file(config_path).to_dict() if config_path else {}
+    return DPOConfig.from_dict({**base, **parse_overrides(overrides), 'output_dir': None if out is None else str(out)})
+
+def check_enough_pairs(n_pairs:int, config:DPOConfig, world:int|None=None):
+    "A ValueError (before any model is built) when `n_pairs` cannot fill one optimizer step."
+    world = world or int(os.environ.get('WORLD_SIZE', 1))
+    need = config.batch_size * config.grad_accum * world
+    if n_pairs < need:
+        raise ValueError(f"{n_pairs} pairs are fewer than one optimizer step needs: batch_size {config.batch_size} x "
+                         f"grad_accum {config.grad_accum} x {world} process(es) = {need}; lower batch_size")
+
+def _selection_of(data) -> dict|None:
+    "The `selection.json` of a `pd-align select` output folder that holds (or is) `data`."
+    for folder in (Path(data), Path(data).parent):
+        if (folder / 'selection.json').is_file():
+            sel = json.loads((folder / 'selection.json').read_text())
+            if sel.get('source') and Path(sel['source']).exists(): sel['source'] = str(Path(sel['source']).resolve())
+            return sel
+    return None
+
 def train_cli(data, # a `save_to_disk` folder, a .jsonl/.jsonl.gz file, or a .json list
               model:str='tiny', # hub name / local path, 'tiny' (built-in, tokenizer trained on the data) or 'smollm2'
               config_path=None, # .json/.yaml DPOConfig file
@@ -852,41 +990,116 @@ def train_cli(data, # a `save_to_disk` folder, a .jsonl/.jsonl.gz file, or a .js
              ) -> DPOResult:
     "Train DPO/DFPO from files: the function behind `pd-align train`."
     from pd_align.data import load_local
-    overrides = {k: _parse_override(v) for k, v in (overrides or {}).items()}
-    base = DPOConfig.from_file(config_path).to_dict() if config_path else {}
-    config = DPOConfig.from_dict({**base, **overrides, 'output_dir': str(out)})
+    config = cli_config(config_path, overrides, out)
     ds = load_local(data)
+    check_enough_pairs(len(ds), config)
     eval_ds = load_local(eval_data) if eval_data else None
-    return train_dpo(str(model), ds, config, eval_dataset=eval_ds, resume_from_checkpoint=resume or None)
+    notes = {'train_data': str(Path(data).resolve()), 'selection': _selection_of(data)}
+    return train_dpo(str(model), ds, config, eval_dataset=eval_ds, resume_from_checkpoint=resume or None,
+                     run_notes=notes)
 
 # %% ../nbs/07_train.ipynb #c057
+def _check_base(base, info:dict, src, run:Path):
+    "A clear error when the model found under the run's base name is not the one the run started from."
+    want = info.get('base_fingerprint')
+    if not want: return
+    got = weights_fingerprint(base)
+    if got != want:
+        raise ValueError(f"{run}: the base model {src} is not the one this run started from (weights fingerprint "
+                         f"{got[:12]} != {want[:12]}); restore that model or its path")
+
 def load_run(run, # a `train_dpo` output folder (with final/, run_info.json, dpo_config.json)
             ) -> tuple: # (policy, tokenizer, ref_model or None, DPOConfig)
     "Load a trained run: the policy, its tokenizer, the reference (None with LoRA) and the config."
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from pd_align.tiny import activation_checkpointing_name
     run = Path(run)
     if not (run / 'run_info.json').exists(): raise ValueError(f"{run} is not a finished run (no run_info.json)")
     info, config = json.loads((run / 'run_info.json').read_text()), DPOConfig.from_file(run / 'dpo_config.json')
-    if info['base_model'] is None: raise ValueError(f"{run}: the base model is unknown (training started from a peft model object)")
+    if info['base_model'] is None:
+        raise ValueError(f"{run}: the base model is unknown (training started from an unnamed peft model object)")
     tok = AutoTokenizer.from_pretrained(run / 'final')
     src = run / 'base' if info['base_model'] == 'base' else info['base_model']
     base, _ = load_policy(src, tokenizer=tok)
+    _check_base(base, info, src, run)
     if info['peft']:
         from peft import PeftModel
-        return PeftModel.from_pretrained(base, run / 'final'), tok, None, config
+        with activation_checkpointing_name(base): policy = PeftModel.from_pretrained(base, run / 'final')
+        return policy, tok, None, config
     return AutoModelForCausalLM.from_pretrained(run / 'final'), tok, base, config
 
+def _train_ids(run:Path) -> set|None:
+    f = Path(run) / 'train_ids.json'
+    return set(json.loads(f.read_text())) if f.exists() else None
+
+def heldout_pairs(run, # a run trained on a `pd-align select` output
+                 ): # (Dataset of the scored pairs the run did not train on, where they came from)
+    "The pairs a run left out: the selection's scored pairs minus those it trained on (by id)."
+    from pd_align.data import load_local
+    info = json.loads((Path(run) / 'run_info.json').read_text())
+    source, ids = (info.get('selection') or {}).get('source'), _train_ids(run)
+    if not source or ids is None:
+        raise ValueError(f"{run}: no held-out pairs are known (the run was not trained on a `pd-align select` output "
+                         "with ids); pass the pairs to evaluate on")
+    folder = Path(source)
+    ds = load_local(folder / 'dataset' if (folder / 'dataset').is_dir() else folder)
+    keep = [i for i, x in enumerate(ds['id']) if str(x) not in ids]
+    if not keep: raise ValueError(f"{run}: every pair of {source} was used for training; no held-out pairs are left")
+    return ds.select(keep), f'{source} minus the {len(ids)} training pairs'
+
+def _split_training_pairs(ds, run, train_overlap:str):
+    "(pairs to evaluate, how many of `ds` the run trained on): drop, keep with a warning, or refuse the overlap by id."
+    import warnings
+    ids = _train_ids(run)
+    if ids is None or 'id' not in ds.column_names: return ds, None
+    seen = [str(x) in ids for x in ds['id']]
+    n = sum(seen)
+    if not n: return ds, 0
+    what = f"{n} of the {len(ds)} evaluation pairs were used to train this run (same id)"
+    if train_overlap == 'error' or (train_overlap == 'exclude' and n == len(ds)):
+        raise ValueError(f"{what}: in-sample accuracy says nothing about held-out pairs; evaluate on other pairs")
+    if train_overlap == 'exclude':
+        warnings.warn(f"{what}: they are left out; evaluating on the other {len(ds) - n}", stacklevel=3)
+        return ds.select([i for i, s in enumerate(seen) if not s]), n
+    warnings.warn(f"{what}: the metrics are (partly) IN-SAMPLE", stacklevel=3)
+    return ds, n
+
+def _reward_win(model, tok, ref, config, ds, reward_model, n_prompts:int, max_new_tokens:int, seed:int) -> dict:
+    "Proxy-reward win rate of the policy's samples over the reference's on the first `n_prompts` distinct prompts."
+    from pd_align.reward import load_reward_model
+    from pd_align.data import wilson_interval
+    rm, rtok = load_reward_model(reward_model)
+    prompts = list({json.dumps(p): p for p in ds['prompt']}.values())[:n_prompts]
+    res = reward_win_rate(model, ref, tok, prompts, rm, rtok, max_new_tokens=max_new_tokens, seed=seed,
+                          apply_chat_template=config.apply_chat_template)
+    lo, hi = wilson_interval(res['win_rate'] * res['n'], res['n'])
+    return {**res, 'win_rate_ci': [lo, hi], 'reward_model': str(reward_model), 'aspects': list(rm.aspects)}
+
 def eval_cli(run, # a `train_dpo` / `train_cli` output folder
-             data, # pairs to evaluate on (any format `pd_align.data.load_local` reads)
+             data=None, # pairs to evaluate on (any format `load_local` reads); None: the run's held-out pairs
              out=None, # json file for the metrics (default run/eval.json)
              batch_size:int|None=None, # evaluation batch size (default: the run's)
-            ) -> dict: # `evaluate_dpo` metrics, plus `data` and `run`
-    "Implicit-reward evaluation of a trained run on a pair file: the function behind `pd-align eval`."
-    from pd_align.data import load_local
+             train_overlap:str='warn', # evaluation pairs the run trained on (by id): 'warn', 'exclude' or 'error'
+             reward_model=None, # a `pd-align reward` folder: adds the proxy-reward win rate over the reference
+             n_prompts:int=64, # prompts sampled for the win rate
+             max_new_tokens:int=64, seed:int=0,
+             progress:bool=False, # progress bar over the evaluation batches
+            ) -> dict: # `evaluate_dpo` metrics, accuracy_ci, n_train_overlap, data, run (+ reward_win)
+    "Implicit-reward evaluation of a trained run (and optionally a reward-model win rate): behind `pd-align eval`."
+    from pd_align.data import load_local, wilson_interval
+    if train_overlap not in ('warn', 'exclude', 'error'):
+        raise ValueError(f"train_overlap must be 'warn', 'exclude' or 'error', got {train_overlap!r}")
     model, tok, ref, config = load_run(run)
-    ds = load_local(data)
+    ds, source = heldout_pairs(run) if data is None else (load_local(data), str(data))
+    ds, overlap = _split_training_pairs(ds, run, train_overlap)
     cfg = config.replace(output_dir=None, save_steps=0, **({'eval_batch_size': batch_size} if batch_size else {}))
-    if cfg.loss == 'dfpo' and 'pd' not in ds.column_names: cfg = cfg.replace(loss='dpo') # accuracy and margins need no pd
-    metrics = {**evaluate_dpo(model, tok, ds, cfg, ref_model=ref), 'loss_type': cfg.loss, 'data': str(data), 'run': str(run)}
+    if cfg.loss == 'dfpo' and 'pd' not in ds.column_names:
+        cfg = cfg.replace(loss='dpo') # accuracy and margins need no pd
+    metrics = evaluate_dpo(model, tok, ds, cfg, ref_model=ref, progress=progress)
+    metrics.update(accuracy_ci=list(wilson_interval(metrics['accuracy'] * metrics['n'], metrics['n'])),
+                   n_train_overlap=overlap, in_sample=bool(overlap) and train_overlap == 'warn',
+                   loss_type=cfg.loss, data=source, run=str(run))
+    if reward_model is not None:
+        metrics['reward_win'] = _reward_win(model, tok, ref, config, ds, reward_model, n_prompts, max_new_tokens, seed)
     atomic_write_json(Path(out) if out else Path(run) / 'eval.json', metrics)
     return metrics

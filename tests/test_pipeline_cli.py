@@ -29,9 +29,10 @@ def test_fixture_pipeline(tmp_path):
     assert len(rows) == len(sub) and all({'prompt', 'chosen', 'rejected', 'pd', 'id'} <= r.keys() for r in rows)
     assert json.loads((tmp_path/'subset'/'selection.json').read_text())['n_selected'] == len(sub)
     run('train', '--data', tmp_path/'subset', '--out', tmp_path/'run', '--set', 'max_steps=2', '--set', 'batch_size=2')
-    run('eval', '--run', tmp_path/'run', '--data', tmp_path/'subset', '--out', tmp_path/'eval.json')
+    run('eval', '--run', tmp_path/'run', '--out', tmp_path/'eval.json') # default: the scored pairs the selection left out
     metrics = json.loads((tmp_path/'eval.json').read_text())
-    assert metrics['n'] == len(sub) and 0 <= metrics['accuracy'] <= 1
+    assert metrics['n'] == len(scored) - len(sub) and 0 <= metrics['accuracy'] <= 1 and metrics['n_train_overlap'] == 0
+    assert main(['eval', '--run', str(tmp_path/'run'), '--data', str(tmp_path/'subset')]) == 2 # training pairs: refused
 
 def test_score_resume_reuses_shards(tmp_path):
     uf = FIXTURES / 'ultrafeedback.jsonl'
