@@ -5,30 +5,30 @@
 # %% ../nbs/08_text_toy.ipynb #c002
 from __future__ import annotations
 import copy, io, math, random, re, time
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 import numpy as np
 import pandas
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .data import (from_records, aggregate, scores_matrix, aspect_index, atomic_write_json, atomic_write_text,
-                           atomic_write_bytes)
+from .data import from_records, aggregate, scores_matrix, aspect_index
 from .divergence import preference_divergence, conflict_rate, spearman
 from .selection import select_by_pd, select_highest_pd, select_random, select_full
 from .tiny import train_tokenizer, tiny_causal_lm
 from .reward import AspectRewardModel, train_reward_models, score_dataset
 from .train import DPOConfig, train_dpo, sample_responses
-from .toy import mean_ci, json_records
+from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
+                                  torch_threads)
 
 # %% auto #0
 __all__ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPENERS', 'CLOSERS', 'SENTENCES', 'POLITE_WORDS',
-           'ASPECTS', 'TARGET_WORDS', 'SIZES', 'METHODS', 'ALL_METHODS', 'make_prompt', 'all_prompts', 'Grammar',
-           'grammar_corpus', 'words', 'topic_of', 'aspect_scores', 'score_matrix', 'gold_weights', 'gold_reward',
-           'is_grammatical', 'TextToyConfig', 'make_config', 'pretrain_lm', 'pretrained_lm', 'sample_n',
+           'ASPECTS', 'TARGET_WORDS', 'SIZES', 'DEFAULT_METHODS', 'ALL_METHODS', 'make_prompt', 'all_prompts',
+           'Grammar', 'grammar_corpus', 'words', 'topic_of', 'aspect_scores', 'score_matrix', 'gold_weights',
+           'gold_reward', 'is_grammatical', 'TextToyConfig', 'make_config', 'pretrain_lm', 'pretrained_lm', 'sample_n',
            'evaluate_policy', 'preference_pairs', 'build_dataset', 'true_pd', 'subset_conflict', 'estimate_pd',
-           'seed_data', 'select_indices', 'dpo_config', 'train_policy', 'torch_threads', 'TextToyResults',
-           'simulate_text_toy', 'summarize', 'format_table', 'plot_results', 'write_results', 'run_text_toy']
+           'seed_data', 'select_indices', 'dpo_config', 'train_policy', 'TextToyResults', 'simulate_text_toy',
+           'text_toy_summary', 'text_toy_table', 'plot_results', 'run_text_toy']
 
 # %% ../nbs/08_text_toy.ipynb #c005
 TOPICS = ('cats', 'dogs', 'birds', 'trees', 'rivers', 'trains', 'books', 'songs')
@@ -338,8 +338,8 @@ def seed_data(config:TextToyConfig, # sizes and settings
     return _DATA_CACHE[key]
 
 # %% ../nbs/08_text_toy.ipynb #c033
-METHODS = ('full', 'random', 'pd_oracle', 'pd')
-ALL_METHODS = METHODS + ('pd_high',)
+DEFAULT_METHODS = ('full', 'random', 'pd_oracle', 'pd') # run by default; names as in `pd_align.experiments.METHODS`
+ALL_METHODS = DEFAULT_METHODS + ('pd_high',) # every method this world implements
 
 def select_indices(method:str, # 'full', 'random', 'pd_oracle', 'pd' (estimated) or 'pd_high' (oracle, highest first)
                    n:int, # dataset size
@@ -366,26 +366,17 @@ def train_policy(model, tokenizer, dataset, config:TextToyConfig, seed:int=0):
     "LoRA-DPO on `dataset`, starting from a deep copy of `model`: a `pd_align.train.DPOResult`."
     return train_dpo(copy.deepcopy(model), dataset, dpo_config(config, seed), tokenizer=tokenizer)
 
-# %% ../nbs/08_text_toy.ipynb #c038
-class torch_threads:
-    "Run torch with `n` intra-op threads inside the block (`None`: leave the setting alone); restores the old value."
-    def __init__(self, n:int|None): self.n = n
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        if self.n: torch.set_num_threads(self.n)
-        return self
-    def __exit__(self, *exc): torch.set_num_threads(self.old)
-
 # %% ../nbs/08_text_toy.ipynb #c040
 @dataclass
-class TextToyResults:
-    "Everything one text-toy experiment produced."
-    summary:pandas.DataFrame # one row per method (and 'sft'): means and 95% CI half-widths
-    runs:pandas.DataFrame # one row per (seed, method)
-    data:pandas.DataFrame # one row per seed: pairs, conflict rates, PD-estimate quality, reward-model accuracy
-    samples:dict # method -> a few responses of the first seed's policy
-    example:dict # first seed: pd_true, pd_est, selected (oracle PD-`ratio`)
-    config:dict # the settings of the run
+class TextToyResults(Results):
+    "`pd_align.experiments.Results` (summary: one row per method and 'sft'; runs: one per (seed, method)) plus the plot data."
+    example:dict = field(default_factory=dict) # first seed: pd_true, pd_est, selected (oracle PD-`ratio`); not written
+    @property
+    def data(self) -> pandas.DataFrame: # one row per seed: pairs, conflict rates, PD-estimate quality, reward-model accuracy
+        return self.tables['data']
+    @property
+    def samples(self) -> dict: # method -> a few responses of the first seed's policy
+        return self.extra['samples']
 
 def _run_row(seed, method, ratio, n_train, ev, extra) -> dict:
     return dict(seed=seed, method=method, ratio=ratio, n_train=n_train, gold=ev['gold'], **{a: ev[a] for a in ASPECTS},
@@ -394,7 +385,7 @@ def _run_row(seed, method, ratio, n_train, ev, extra) -> dict:
 def simulate_text_toy(seeds:int=3, # repetitions (data, labels, reward model, LoRA init, sampling)
                       ratio:float=0.3, # budget of the subset methods
                       size:str='default', # 'default' or 'smoke' (see `SIZES`)
-                      methods=METHODS, # any of `ALL_METHODS`
+                      methods=DEFAULT_METHODS, # any of `ALL_METHODS`
                       seed:int=0, # first seed
                       progress:bool=True,
                       threads:int|None=1, # torch intra-op threads during the run (None: unchanged)
@@ -405,9 +396,7 @@ def simulate_text_toy(seeds:int=3, # repetitions (data, labels, reward model, Lo
     with torch_threads(threads): return _simulate(seeds, ratio, size, methods, seed, progress, **overrides)
 
 def _simulate(seeds, ratio, size, methods, seed, progress, **overrides) -> TextToyResults:
-    methods = tuple(methods)
-    bad = [m for m in methods if m not in ALL_METHODS]
-    if bad or not methods: raise ValueError(f"methods: unknown {bad}; expected a non-empty subset of {ALL_METHODS}")
+    methods = check_methods(methods, ALL_METHODS)
     select_random(10, ratio) # validates ratio early
     c = make_config(size, **overrides)
     t0 = time.time()
@@ -439,43 +428,20 @@ def _simulate(seeds, ratio, size, methods, seed, progress, **overrides) -> TextT
     runs, data = pandas.DataFrame(runs), pandas.DataFrame(data)
     config = dict(seeds=seeds, ratio=ratio, size=size, methods=list(methods), seed=seed, **asdict(c),
                   pretrain_seconds=round(t_pre, 2), pretrain_final_loss=float(np.mean(pre_losses[-50:])))
-    return TextToyResults(summarize(runs, ('sft',) + methods), runs, data, samples, example, config)
+    return TextToyResults(runs, text_toy_summary(runs, ('sft',) + methods), config, dict(data=data), dict(samples=samples), example)
 
 # %% ../nbs/08_text_toy.ipynb #c041
-def summarize(runs:pandas.DataFrame, # per-run rows of `simulate_text_toy`
-              methods=None, # row order (default: as they appear)
-             ) -> pandas.DataFrame: # one row per method
-    "Mean and 95% t-interval half-width of the gold reward, the aspects, and the paired gold differences to sft/full/random."
-    methods = list(dict.fromkeys(runs['method'])) if methods is None else [m for m in methods if m in set(runs['method'])]
-    gold = {m: runs[runs['method'] == m].set_index('seed')['gold'] for m in methods}
-    out = []
-    for m in methods:
-        g = runs[runs['method'] == m].sort_values('seed')
-        row = dict(method=m, ratio=float(g['ratio'].iloc[0]), n_seeds=len(g), n_train=float(g['n_train'].mean()))
-        row['gold'], row['gold_ci'] = mean_ci(g['gold'])
-        for a in ASPECTS: row[a] = float(g[a].mean())
-        for b in ('sft', 'full', 'random'):
-            if b in gold:
-                row[f'd_{b}'], row[f'd_{b}_ci'] = (0.0, 0.0) if m == b else mean_ci((gold[m] - gold[b]).dropna())
-        row['grammatical'] = float(g['grammatical'].mean())
-        row['conflict'] = float(g['conflict'].mean())
-        row['loss'] = float(g['loss'].mean())
-        row['seconds'] = float(g['seconds'].mean())
-        out.append(row)
-    return pandas.DataFrame(out)
+def text_toy_summary(runs:pandas.DataFrame, # per-run rows of `simulate_text_toy`
+                     methods=None, # row order (default: as they appear)
+                    ) -> pandas.DataFrame: # one row per method
+    "`pd_align.experiments.summarize` with this world's columns: gold (mean, 95% CI, paired vs sft/full/random), aspect means."
+    return summarize(runs, metrics=('gold',), baselines=('sft', 'full', 'random'), methods=methods,
+                     means=ASPECTS + ('grammatical', 'conflict', 'loss', 'seconds'))
 
-def format_table(summary:pandas.DataFrame) -> str:
-    "The summary as plain text: mean ± 95% CI half-width."
-    pm = lambda m, h: f'{m:+.3f} ± {h:.3f}' if not math.isnan(h) else f'{m:+.3f}'
-    t = summary[['method']].copy()
-    t['n_train'] = summary['n_train'].round().astype(int)
-    t['gold'] = [pm(a, b) for a, b in zip(summary['gold'], summary['gold_ci'])]
-    for b in ('sft', 'full', 'random'):
-        if f'd_{b}' in summary: t[f'vs_{b}'] = [pm(a, h) for a, h in zip(summary[f'd_{b}'], summary[f'd_{b}_ci'])]
-    for a in ASPECTS: t[a] = summary[a].map('{:+.3f}'.format)
-    t['well_formed'] = summary['grammatical'].map('{:.0%}'.format)
-    t['conflict'] = summary['conflict'].map(lambda x: '' if math.isnan(x) else f'{x:.1%}')
-    return t.to_string(index=False)
+def text_toy_table(summary:pandas.DataFrame) -> str:
+    "The summary as plain text (`pd_align.experiments.format_table`), with the per-aspect means and well-formed share."
+    formats = {**{a: '{:+.3f}' for a in ASPECTS}, 'grammatical': '{:.0%}', 'conflict': '{:.1%}'}
+    return format_table(summary, metrics=('gold',), baselines=('sft', 'full', 'random'), formats=formats)
 
 def plot_results(runs:pandas.DataFrame, # per-run rows
                  summary:pandas.DataFrame, # from `summarize`
@@ -504,29 +470,11 @@ def plot_results(runs:pandas.DataFrame, # per-run rows
     return axes
 
 # %% ../nbs/08_text_toy.ipynb #c042
-def write_results(res:TextToyResults, out:str|Path) -> list[Path]:
-    "results.json, results.csv (summary), runs.csv, data.csv, table.txt and text_toy.png in `out`, each written atomically."
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_json(out / 'results.json', dict(config=res.config, summary=json_records(res.summary), runs=json_records(res.runs),
-                                                           data=json_records(res.data), samples=res.samples)),
-             atomic_write_text(out / 'results.csv', res.summary.to_csv(index=False)),
-             atomic_write_text(out / 'runs.csv', res.runs.to_csv(index=False)),
-             atomic_write_text(out / 'data.csv', res.data.to_csv(index=False)),
-             atomic_write_text(out / 'table.txt', format_table(res.summary) + '\n')]
-    axes = plot_results(res.runs, res.summary)
-    fig = axes[0].figure
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
-    paths.append(atomic_write_bytes(out / 'text_toy.png', buf.getvalue()))
-    return paths
-
 def run_text_toy(seeds:int=3, # repetitions
                  ratio:float=0.3, # budget of the subset methods
                  size:str='default', # 'default' (< 10 min on 2 CPU cores) or 'smoke' (seconds)
                  out:str|Path|None=None, # folder for results.json/.csv, table.txt and text_toy.png; None writes nothing
-                 methods=METHODS, # any of `ALL_METHODS`
+                 methods=DEFAULT_METHODS, # any of `ALL_METHODS`
                  seed:int=0, # first seed
                  progress:bool=True, # tqdm progress bars
                  threads:int|None=1, # torch intra-op threads during the run (None: unchanged)
@@ -536,5 +484,7 @@ def run_text_toy(seeds:int=3, # repetitions
     t0 = time.time()
     res = simulate_text_toy(seeds, ratio, size, methods, seed, progress, threads, **overrides)
     res.config['seconds'] = round(time.time() - t0, 2)
-    if out is not None: write_results(res, out)
+    if out is not None:
+        table = text_toy_table(res.summary) + '\n' + method_key(res.summary['method']) + '\n'
+        write_results(res, out, figures={'text_toy.png': plot_results(res.runs, res.summary)[0].figure}, texts={'table.txt': table})
     return res.summary

@@ -3,7 +3,8 @@ import json, math, random
 import pytest
 import torch
 from pd_align.data import get_aspects, scores_matrix, aspect_index
-from pd_align.text_toy import (torch_threads, is_grammatical, ASPECTS, METHODS, TOPICS, Grammar, aspect_scores, gold_reward, grammar_corpus, make_prompt, topic_of,
+from pd_align.experiments import torch_threads
+from pd_align.text_toy import (is_grammatical, ASPECTS, DEFAULT_METHODS as METHODS, TOPICS, Grammar, aspect_scores, gold_reward, grammar_corpus, make_prompt, topic_of,
                                make_config, pretrained_lm, sample_n, evaluate_policy, preference_pairs, build_dataset, true_pd,
                                subset_conflict, select_indices, run_text_toy, simulate_text_toy)
 
@@ -115,6 +116,7 @@ def test_smoke_experiment_end_to_end(tmp_path):
     res = json.loads((tmp_path / 'results.json').read_text())
     assert {r['method'] for r in res['runs']} == {'sft', *METHODS} and len(res['runs']) == 2 * 5
     assert res['data'][0]['pd_spearman'] is not None
+    assert res['provenance']['version'] and res['seeds'] == [0, 1]
     for f in ('results.csv', 'runs.csv', 'data.csv', 'table.txt', 'text_toy.png'): assert (tmp_path / f).stat().st_size > 0
     # the table's SFT gold is the gold of that model's own samples
     model, tok, _ = pretrained_lm(make_config('smoke'))
