@@ -107,7 +107,7 @@ def cmd_text_toy(args) -> int:
 
 def add_text_toy(sub):
     "The `text-toy` sub-parser."
-    t = sub.add_parser('text-toy', help='text-toy confirmatory run: tiny LM, held-out prompts, all baselines (default ~10 min)')
+    t = sub.add_parser('text-toy', help='text-toy confirmatory run: tiny LM, held-out prompts, all baselines (default ~8 CPU-min)')
     t.add_argument('--quick', action='store_true', help='smoke size (seconds): the same experiment on a tiny scale')
     t.add_argument('--protocol', default=None, help='protocol JSON (default: the pre-registered one, `Protocol()`)')
     t.add_argument('--workers', type=int, default=1, help='seeds run in parallel processes')
