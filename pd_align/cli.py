@@ -9,9 +9,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy',
-           'cmd_reward', 'print_heldout_accuracy', 'cmd_score', 'cmd_select', 'dataset_path', 'parse_sets',
-           'profile_sets', 'cmd_train', 'cmd_eval', 'add_data', 'Parser', 'add_common', 'build_parser', 'main',
-           'console_main']
+           'cmd_text_toy', 'add_text_toy', 'cmd_reward', 'print_heldout_accuracy', 'cmd_score', 'cmd_select',
+           'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'cmd_eval', 'add_data', 'Parser', 'add_common',
+           'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -108,6 +108,32 @@ def cmd_toy(args) -> int:
     if out: print('(all columns in results.csv)')
     if out: print(f'\nwrote results.json, results.csv and plots to {out}')
     return 0
+
+# %% ../nbs/11_cli.ipynb #c901
+def cmd_text_toy(args) -> int:
+    "Run the text-toy confirmatory experiment (held-out prompts, every baseline, conflict sweep) and print its tables."
+    from pd_align.text_toy import run_text_toy_confirmatory, confirmatory_table
+    from pd_align.experiments import method_key
+    if args.workers < 1: raise CLIError(f'--workers must be >= 1, got {args.workers}')
+    out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
+    res, hyp = run_text_toy_confirmatory(args.protocol, quick=args.quick, out=out, progress=False, workers=args.workers)
+    for share in sorted(res.summary['share'].unique()):
+        print(f'conflict share {share:.0%}')
+        print(confirmatory_table(res.summary, share) + '\n')
+    print(hyp.to_string(index=False, float_format=lambda v: f'{v:+.3f}'))
+    print(method_key(res.summary['method'].unique()))
+    if out: print(f'\nwrote results.json, results.csv, runs.csv, data.csv, hypotheses.csv, table.txt and plots to {out}')
+    return 0
+
+def add_text_toy(sub):
+    "The `text-toy` sub-parser."
+    t = sub.add_parser('text-toy', help='text-toy confirmatory run: tiny LM, held-out prompts, all baselines (default ~8 CPU-min)')
+    t.add_argument('--quick', action='store_true', help='smoke size (seconds): the same experiment on a tiny scale')
+    t.add_argument('--protocol', default=None, help='protocol JSON (default: the pre-registered one, `Protocol()`)')
+    t.add_argument('--workers', type=int, default=1, help='seeds run in parallel processes')
+    t.add_argument('--out', default=None, help='output folder (new or empty)')
+    t.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    t.set_defaults(handler=cmd_text_toy)
 
 # %% ../nbs/11_cli.ipynb #c014
 def cmd_reward(args) -> int:
@@ -268,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--conflict', default='low,mid,high', help='comma-separated conflict levels (low, mid, high or a correlation)')
     add_common(t, out_required=False)
     t.set_defaults(handler=cmd_toy)
+    add_text_toy(sub)
 
     r = sub.add_parser('reward', help='train the K-head proxy reward model (one backbone, one head per aspect)')
     add_data(r)

@@ -4,31 +4,38 @@
 
 # %% ../nbs/08_text_toy.ipynb #c002
 from __future__ import annotations
-import copy, io, math, random, re, time
-from dataclasses import dataclass, asdict, fields
+import copy, io, json, math, os, random, re, time
+from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 import numpy as np
 import pandas
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .data import (from_records, aggregate, scores_matrix, aspect_index, atomic_write_json, atomic_write_text,
-                           atomic_write_bytes)
+from .data import from_records, aggregate, scores_matrix, aspect_index
 from .divergence import preference_divergence, conflict_rate, spearman
-from .selection import select_by_pd, select_highest_pd, select_random, select_full
+from .selection import select_by_pd, select_highest_pd, select_random, select_full, select_by_margin
 from .tiny import train_tokenizer, tiny_causal_lm
-from .reward import AspectRewardModel, train_reward_models, score_dataset
-from .train import DPOConfig, train_dpo, sample_responses
-from .toy import mean_ci, json_records
+from .reward import AspectRewardModel, train_reward_models, score_dataset, fit_length_penalty, pair_scores
+from .train import (DPOConfig, train_dpo, sample_responses, evaluate_dpo, tokenize_pairs, collate_pairs,
+                            _eval_mode)
+from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
+                                  torch_threads, mean_ci, plot_against, legend_outside)
 
 # %% auto #0
 __all__ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPENERS', 'CLOSERS', 'SENTENCES', 'POLITE_WORDS',
-           'ASPECTS', 'TARGET_WORDS', 'SIZES', 'METHODS', 'ALL_METHODS', 'make_prompt', 'all_prompts', 'Grammar',
-           'grammar_corpus', 'words', 'topic_of', 'aspect_scores', 'score_matrix', 'gold_weights', 'gold_reward',
-           'is_grammatical', 'TextToyConfig', 'make_config', 'pretrain_lm', 'pretrained_lm', 'sample_n',
-           'evaluate_policy', 'preference_pairs', 'build_dataset', 'true_pd', 'subset_conflict', 'estimate_pd',
-           'seed_data', 'select_indices', 'dpo_config', 'train_policy', 'torch_threads', 'TextToyResults',
-           'simulate_text_toy', 'summarize', 'format_table', 'plot_results', 'write_results', 'run_text_toy']
+           'ASPECTS', 'TARGET_WORDS', 'SIZES', 'DEFAULT_METHODS', 'ALL_METHODS', 'CONFIRMATORY_METHODS', 'make_prompt',
+           'all_prompts', 'Grammar', 'grammar_corpus', 'words', 'topic_of', 'aspect_scores', 'score_matrix',
+           'gold_weights', 'gold_reward', 'is_grammatical', 'TextToyConfig', 'make_config', 'pretrain_lm',
+           'pretrained_lm', 'sample_n', 'evaluate_policy', 'preference_pairs', 'build_dataset', 'true_pd',
+           'subset_conflict', 'estimate_pd', 'seed_data', 'select_indices', 'dpo_config', 'train_policy',
+           'TextToyResults', 'simulate_text_toy', 'text_toy_summary', 'text_toy_table', 'plot_results', 'run_text_toy',
+           'split_topics', 'topic_prompts', 'labelled_pool', 'mix_conflicts', 'train_proxy', 'estimated_pd',
+           'unified_margin', 'relabel', 'holistic_labels', 'likert', 'average_rating_labels', 'needed_scores',
+           'dpo_steps', 'method_data', 'kl_to_reference', 'gold_ordered_pairs', 'evaluate_heldout', 'Protocol',
+           'smoke_protocol', 'protocol_dict', 'load_protocol', 'seed_setup', 'run_share', 'confirm_seed',
+           'run_confirmatory', 'confirmatory_summary', 'hypothesis_tests', 'confirmatory_table', 'plot_confirmatory',
+           'plot_diagnostics', 'side_by_side', 'write_confirmatory', 'run_text_toy_confirmatory']
 
 # %% ../nbs/08_text_toy.ipynb #c005
 TOPICS = ('cats', 'dogs', 'birds', 'trees', 'rivers', 'trains', 'books', 'songs')
@@ -338,8 +345,8 @@ def seed_data(config:TextToyConfig, # sizes and settings
     return _DATA_CACHE[key]
 
 # %% ../nbs/08_text_toy.ipynb #c033
-METHODS = ('full', 'random', 'pd_oracle', 'pd')
-ALL_METHODS = METHODS + ('pd_high',)
+DEFAULT_METHODS = ('full', 'random', 'pd_oracle', 'pd') # run by default; names as in `pd_align.experiments.METHODS`
+ALL_METHODS = DEFAULT_METHODS + ('pd_high',) # every method this world implements
 
 def select_indices(method:str, # 'full', 'random', 'pd_oracle', 'pd' (estimated) or 'pd_high' (oracle, highest first)
                    n:int, # dataset size
@@ -366,26 +373,17 @@ def train_policy(model, tokenizer, dataset, config:TextToyConfig, seed:int=0):
     "LoRA-DPO on `dataset`, starting from a deep copy of `model`: a `pd_align.train.DPOResult`."
     return train_dpo(copy.deepcopy(model), dataset, dpo_config(config, seed), tokenizer=tokenizer)
 
-# %% ../nbs/08_text_toy.ipynb #c038
-class torch_threads:
-    "Run torch with `n` intra-op threads inside the block (`None`: leave the setting alone); restores the old value."
-    def __init__(self, n:int|None): self.n = n
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        if self.n: torch.set_num_threads(self.n)
-        return self
-    def __exit__(self, *exc): torch.set_num_threads(self.old)
-
-# %% ../nbs/08_text_toy.ipynb #c040
+# %% ../nbs/08_text_toy.ipynb #c039
 @dataclass
-class TextToyResults:
-    "Everything one text-toy experiment produced."
-    summary:pandas.DataFrame # one row per method (and 'sft'): means and 95% CI half-widths
-    runs:pandas.DataFrame # one row per (seed, method)
-    data:pandas.DataFrame # one row per seed: pairs, conflict rates, PD-estimate quality, reward-model accuracy
-    samples:dict # method -> a few responses of the first seed's policy
-    example:dict # first seed: pd_true, pd_est, selected (oracle PD-`ratio`)
-    config:dict # the settings of the run
+class TextToyResults(Results):
+    "`pd_align.experiments.Results` (summary: one row per method and 'sft'; runs: one per (seed, method)) plus the plot data."
+    example:dict = field(default_factory=dict) # first seed: pd_true, pd_est, selected (oracle PD-`ratio`); not written
+    @property
+    def data(self) -> pandas.DataFrame: # one row per seed: pairs, conflict rates, PD-estimate quality, reward-model accuracy
+        return self.tables['data']
+    @property
+    def samples(self) -> dict: # method -> a few responses of the first seed's policy
+        return self.extra['samples']
 
 def _run_row(seed, method, ratio, n_train, ev, extra) -> dict:
     return dict(seed=seed, method=method, ratio=ratio, n_train=n_train, gold=ev['gold'], **{a: ev[a] for a in ASPECTS},
@@ -394,7 +392,7 @@ def _run_row(seed, method, ratio, n_train, ev, extra) -> dict:
 def simulate_text_toy(seeds:int=3, # repetitions (data, labels, reward model, LoRA init, sampling)
                       ratio:float=0.3, # budget of the subset methods
                       size:str='default', # 'default' or 'smoke' (see `SIZES`)
-                      methods=METHODS, # any of `ALL_METHODS`
+                      methods=DEFAULT_METHODS, # any of `ALL_METHODS`
                       seed:int=0, # first seed
                       progress:bool=True,
                       threads:int|None=1, # torch intra-op threads during the run (None: unchanged)
@@ -405,9 +403,7 @@ def simulate_text_toy(seeds:int=3, # repetitions (data, labels, reward model, Lo
     with torch_threads(threads): return _simulate(seeds, ratio, size, methods, seed, progress, **overrides)
 
 def _simulate(seeds, ratio, size, methods, seed, progress, **overrides) -> TextToyResults:
-    methods = tuple(methods)
-    bad = [m for m in methods if m not in ALL_METHODS]
-    if bad or not methods: raise ValueError(f"methods: unknown {bad}; expected a non-empty subset of {ALL_METHODS}")
+    methods = check_methods(methods, ALL_METHODS)
     select_random(10, ratio) # validates ratio early
     c = make_config(size, **overrides)
     t0 = time.time()
@@ -439,43 +435,20 @@ def _simulate(seeds, ratio, size, methods, seed, progress, **overrides) -> TextT
     runs, data = pandas.DataFrame(runs), pandas.DataFrame(data)
     config = dict(seeds=seeds, ratio=ratio, size=size, methods=list(methods), seed=seed, **asdict(c),
                   pretrain_seconds=round(t_pre, 2), pretrain_final_loss=float(np.mean(pre_losses[-50:])))
-    return TextToyResults(summarize(runs, ('sft',) + methods), runs, data, samples, example, config)
+    return TextToyResults(runs, text_toy_summary(runs, ('sft',) + methods), config, dict(data=data), dict(samples=samples), example)
 
-# %% ../nbs/08_text_toy.ipynb #c041
-def summarize(runs:pandas.DataFrame, # per-run rows of `simulate_text_toy`
-              methods=None, # row order (default: as they appear)
-             ) -> pandas.DataFrame: # one row per method
-    "Mean and 95% t-interval half-width of the gold reward, the aspects, and the paired gold differences to sft/full/random."
-    methods = list(dict.fromkeys(runs['method'])) if methods is None else [m for m in methods if m in set(runs['method'])]
-    gold = {m: runs[runs['method'] == m].set_index('seed')['gold'] for m in methods}
-    out = []
-    for m in methods:
-        g = runs[runs['method'] == m].sort_values('seed')
-        row = dict(method=m, ratio=float(g['ratio'].iloc[0]), n_seeds=len(g), n_train=float(g['n_train'].mean()))
-        row['gold'], row['gold_ci'] = mean_ci(g['gold'])
-        for a in ASPECTS: row[a] = float(g[a].mean())
-        for b in ('sft', 'full', 'random'):
-            if b in gold:
-                row[f'd_{b}'], row[f'd_{b}_ci'] = (0.0, 0.0) if m == b else mean_ci((gold[m] - gold[b]).dropna())
-        row['grammatical'] = float(g['grammatical'].mean())
-        row['conflict'] = float(g['conflict'].mean())
-        row['loss'] = float(g['loss'].mean())
-        row['seconds'] = float(g['seconds'].mean())
-        out.append(row)
-    return pandas.DataFrame(out)
+# %% ../nbs/08_text_toy.ipynb #c040
+def text_toy_summary(runs:pandas.DataFrame, # per-run rows of `simulate_text_toy`
+                     methods=None, # row order (default: as they appear)
+                    ) -> pandas.DataFrame: # one row per method
+    "`pd_align.experiments.summarize` with this world's columns: gold (mean, 95% CI, paired vs sft/full/random), aspect means."
+    return summarize(runs, metrics=('gold',), baselines=('sft', 'full', 'random'), methods=methods,
+                     means=ASPECTS + ('grammatical', 'conflict', 'loss', 'seconds'))
 
-def format_table(summary:pandas.DataFrame) -> str:
-    "The summary as plain text: mean ± 95% CI half-width."
-    pm = lambda m, h: f'{m:+.3f} ± {h:.3f}' if not math.isnan(h) else f'{m:+.3f}'
-    t = summary[['method']].copy()
-    t['n_train'] = summary['n_train'].round().astype(int)
-    t['gold'] = [pm(a, b) for a, b in zip(summary['gold'], summary['gold_ci'])]
-    for b in ('sft', 'full', 'random'):
-        if f'd_{b}' in summary: t[f'vs_{b}'] = [pm(a, h) for a, h in zip(summary[f'd_{b}'], summary[f'd_{b}_ci'])]
-    for a in ASPECTS: t[a] = summary[a].map('{:+.3f}'.format)
-    t['well_formed'] = summary['grammatical'].map('{:.0%}'.format)
-    t['conflict'] = summary['conflict'].map(lambda x: '' if math.isnan(x) else f'{x:.1%}')
-    return t.to_string(index=False)
+def text_toy_table(summary:pandas.DataFrame) -> str:
+    "The summary as plain text (`pd_align.experiments.format_table`), with the per-aspect means and well-formed share."
+    formats = {**{a: '{:+.3f}' for a in ASPECTS}, 'grammatical': '{:.0%}', 'conflict': '{:.1%}'}
+    return format_table(summary, metrics=('gold',), baselines=('sft', 'full', 'random'), formats=formats)
 
 def plot_results(runs:pandas.DataFrame, # per-run rows
                  summary:pandas.DataFrame, # from `summarize`
@@ -503,30 +476,12 @@ def plot_results(runs:pandas.DataFrame, # per-run rows
     ax.set_ylabel('change vs SFT'); ax.set_title('per-aspect change over the SFT model'); ax.legend(fontsize=8)
     return axes
 
-# %% ../nbs/08_text_toy.ipynb #c042
-def write_results(res:TextToyResults, out:str|Path) -> list[Path]:
-    "results.json, results.csv (summary), runs.csv, data.csv, table.txt and text_toy.png in `out`, each written atomically."
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_json(out / 'results.json', dict(config=res.config, summary=json_records(res.summary), runs=json_records(res.runs),
-                                                           data=json_records(res.data), samples=res.samples)),
-             atomic_write_text(out / 'results.csv', res.summary.to_csv(index=False)),
-             atomic_write_text(out / 'runs.csv', res.runs.to_csv(index=False)),
-             atomic_write_text(out / 'data.csv', res.data.to_csv(index=False)),
-             atomic_write_text(out / 'table.txt', format_table(res.summary) + '\n')]
-    axes = plot_results(res.runs, res.summary)
-    fig = axes[0].figure
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
-    paths.append(atomic_write_bytes(out / 'text_toy.png', buf.getvalue()))
-    return paths
-
+# %% ../nbs/08_text_toy.ipynb #c041
 def run_text_toy(seeds:int=3, # repetitions
                  ratio:float=0.3, # budget of the subset methods
                  size:str='default', # 'default' (< 10 min on 2 CPU cores) or 'smoke' (seconds)
                  out:str|Path|None=None, # folder for results.json/.csv, table.txt and text_toy.png; None writes nothing
-                 methods=METHODS, # any of `ALL_METHODS`
+                 methods=DEFAULT_METHODS, # any of `ALL_METHODS`
                  seed:int=0, # first seed
                  progress:bool=True, # tqdm progress bars
                  threads:int|None=1, # torch intra-op threads during the run (None: unchanged)
@@ -536,5 +491,477 @@ def run_text_toy(seeds:int=3, # repetitions
     t0 = time.time()
     res = simulate_text_toy(seeds, ratio, size, methods, seed, progress, threads, **overrides)
     res.config['seconds'] = round(time.time() - t0, 2)
-    if out is not None: write_results(res, out)
+    if out is not None:
+        table = text_toy_table(res.summary) + '\n' + method_key(res.summary['method']) + '\n'
+        write_results(res, out, figures={'text_toy.png': plot_results(res.runs, res.summary)[0].figure}, texts={'table.txt': table})
     return res.summary
+
+# %% ../nbs/08_text_toy.ipynb #c053
+def split_topics(seed:int, # the experiment seed
+                 n_eval:int=3, # topics held out of preference training
+                ) -> tuple[tuple, tuple]: # (training topics, held-out topics), each in `TOPICS` order
+    "The topics whose prompts may appear in DPO data, and the held-out ones whose prompts are the evaluation prompts."
+    if not 0 < n_eval < len(TOPICS): raise ValueError(f"n_eval must be in 1..{len(TOPICS) - 1}, got {n_eval}")
+    held = set(random.Random(1000 + seed).sample(TOPICS, n_eval))
+    return tuple(t for t in TOPICS if t not in held), tuple(t for t in TOPICS if t in held)
+
+def topic_prompts(topics) -> list[str]:
+    "Every prompt (all templates) about `topics`."
+    return [make_prompt(t, i) for t in topics for i in range(len(PROMPT_TEMPLATES))]
+
+# %% ../nbs/08_text_toy.ipynb #c055
+def labelled_pool(prompts:list[str], # training prompts
+                  responses:list[list[str]], # the SFT samples of each prompt
+                  seed:int=0, # labelling seed
+                  temperature:float=0.1, # BT temperature of the aspect annotators
+                  weights=None, # gold weights (default uniform)
+                 ) -> list[dict]: # records with `conflict` (the gold reward prefers the rejected response)
+    "Every pair of distinct responses of a prompt whose gold rewards differ, labelled by BT on each aspect that separates them."
+    if len(prompts) != len(responses): raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
+    rng, w = random.Random(seed), gold_weights(weights).tolist()
+    rows = []
+    for i, (p, rs) in enumerate(zip(prompts, responses)):
+        uniq = list(dict.fromkeys(r for r in rs if r.strip()))
+        sc = [aspect_scores(p, r) for r in uniq]
+        gold = [sum(wk * s[a] for wk, a in zip(w, ASPECTS)) for s in sc]
+        for x in range(len(uniq)):
+            for y in range(x + 1, len(uniq)):
+                if gold[x] == gold[y]: continue
+                for a in ASPECTS:
+                    if sc[x][a] == sc[y][a]: continue
+                    p_x = 0.5 * (1 + math.tanh((sc[x][a] - sc[y][a]) / (2 * temperature)))
+                    c, r = (x, y) if rng.random() < p_x else (y, x)
+                    rows.append(dict(id=f'{seed}-{i}-{x}-{y}', prompt=p, chosen=uniq[c], rejected=uniq[r], aspect=a,
+                                     source='text_toy', chosen_scores=sc[c], rejected_scores=sc[r],
+                                     conflict=gold[c] < gold[r]))
+    return rows
+
+def mix_conflicts(pool:list[dict], # from `labelled_pool`
+                  n_per_aspect:int, # pairs in each aspect's sub-dataset
+                  share:float, # share of conflicting pairs in each sub-dataset, in [0, 1]
+                  seed:int=0, # the draw order (the same at every share)
+                 ) -> dict: # {aspect: fine-grained Dataset}
+    "Each aspect's sub-dataset: `round(share * n)` conflicting and the rest agreeing pairs of the pool."
+    if not 0 <= share <= 1: raise ValueError(f"share must be in [0, 1], got {share}")
+    out = {}
+    for a in ASPECTS:
+        rng = random.Random(f'{seed}-{a}') # one order per seed and aspect: the shares differ only in the mix
+        conf = [r for r in pool if r['aspect'] == a and r['conflict']]
+        agree = [r for r in pool if r['aspect'] == a and not r['conflict']]
+        rng.shuffle(conf)
+        rng.shuffle(agree)
+        n_c = round(share * n_per_aspect)
+        if n_c > len(conf) or n_per_aspect - n_c > len(agree):
+            raise ValueError(f"aspect {a!r}: the pool has {len(conf)} conflicting and {len(agree)} agreeing pairs; "
+                             f"{n_per_aspect} pairs at share {share} need {n_c} and {n_per_aspect - n_c}")
+        rows = [{k: v for k, v in r.items() if k != 'conflict'} for r in conf[:n_c] + agree[:n_per_aspect - n_c]]
+        out[a] = from_records(rows, aspects=list(ASPECTS), strict=False)
+    return out
+
+# %% ../nbs/08_text_toy.ipynb #c059
+def train_proxy(dataset, model, tokenizer,
+                c:TextToyConfig, # rm_* settings
+                seed:int=0,
+                aspects=ASPECTS, # one head each
+                length:bool=False, # length-balanced training pairs (the paper's recipe)
+                progress:bool=False,
+               ) -> tuple: # (reward model, `train_reward_models` report)
+    "A reward model whose backbone starts from a copy of the SFT model, trained by Bradley-Terry on `dataset`."
+    rm = AspectRewardModel(copy.deepcopy(model), list(aspects), seed=seed)
+    rm.max_length = model.config.max_position_embeddings
+    report = train_reward_models(rm, tokenizer, dataset, epochs=c.rm_epochs, batch_size=c.rm_batch, lr=c.rm_lr,
+                                 head_lr=c.rm_head_lr, heldout=0.2, length_balance=length, seed=seed, progress=progress)
+    return rm, report
+
+def estimated_pd(dataset, model, tokenizer, c:TextToyConfig, seed:int=0,
+                 length:bool=True, # True: length-balanced training + fitted length penalty (PD); False: PD (nl)
+                 progress:bool=False,
+                ) -> tuple[Tensor, dict]: # (estimated PD [N] float64, reward-model report)
+    "PD of every pair from a K-head proxy reward model trained on the sub-datasets."
+    rm, report = train_proxy(dataset, model, tokenizer, c, seed, length=length, progress=progress)
+    if length: report['length_fit'] = fit_length_penalty(rm, tokenizer, dataset.select(report['heldout_index']), progress=False)
+    scored = score_dataset(rm, tokenizer, dataset, batch_size=256, length_correction=length, progress=False)
+    return torch.tensor(scored['pd'], dtype=torch.float64), report
+
+def unified_margin(dataset, model, tokenizer, c:TextToyConfig, seed:int=0, progress:bool=False,
+                  ) -> tuple[Tensor, dict]: # (margin chosen - rejected [N] float64, report)
+    "RAF's score: one reward head trained on every sub-dataset's labels as if they were one preference."
+    uni = dataset.remove_columns('aspect').add_column('aspect', ['unified'] * len(dataset))
+    rm, report = train_proxy(uni, model, tokenizer, c, seed, aspects=('unified',), progress=progress)
+    ch, rj = pair_scores(rm, tokenizer, uni, batch_size=256, progress=False)
+    return (ch - rj)[:, 0].double(), report
+
+def relabel(dataset, # fine-grained pairs
+            keep:list[bool], # per pair: True keeps the label, False swaps chosen and rejected
+           ):
+    "The dataset with chosen/rejected (and their scores) swapped where `keep` is False."
+    if len(keep) != len(dataset): raise ValueError(f"keep has {len(keep)} entries for {len(dataset)} pairs")
+    rows = dataset.to_list()
+    for r, k in zip(rows, keep):
+        if not k:
+            r['chosen'], r['rejected'] = r['rejected'], r['chosen']
+            r['chosen_scores'], r['rejected_scores'] = r['rejected_scores'], r['chosen_scores']
+    return from_records(rows, aspects=list(ASPECTS), strict=False)
+
+def holistic_labels(dataset, seed:int=0, temperature:float=0.1, weights=None) -> list[bool]:
+    "OVA: a holistic annotator, Bradley-Terry on the gold reward at the aspect annotators' temperature."
+    ch, rj = scores_matrix(dataset, list(ASPECTS))
+    d = ((ch - rj).double() @ gold_weights(weights)).tolist()
+    rng = random.Random(f'ova-{seed}')
+    return [rng.random() < 0.5 * (1 + math.tanh(x / (2 * temperature))) for x in d]
+
+def likert(x:Tensor) -> Tensor:
+    "Scores in [-1, 1] as 1..5 ratings (rounded), as a human rater's scale would record them."
+    return torch.round(2 * (x + 1)) + 1
+
+def average_rating_labels(dataset) -> list[bool]:
+    "AVG: keep the label unless the mean of the rejected response's 1-5 aspect ratings is higher (ties keep it)."
+    ch, rj = scores_matrix(dataset, list(ASPECTS))
+    return [x >= 0 for x in (likert(ch.double()) - likert(rj.double())).mean(1).tolist()]
+
+# %% ../nbs/08_text_toy.ipynb #c062
+CONFIRMATORY_METHODS = ('full', 'ova', 'avg', 'dfpo_est', 'random', 'random_steps', 'raf', 'pd_oracle', 'pd', 'pd_high', 'pd_nl')
+
+def needed_scores(methods) -> set:
+    "Which reward models the methods need: 'pd' (K-head, length-handled), 'nl' (K-head, raw), 'raf' (unified)."
+    need = {'dfpo_est': 'pd', 'pd': 'pd', 'pd_high': 'pd', 'pd_nl': 'nl', 'raf': 'raf'}
+    return {need[m] for m in methods if m in need}
+
+def dpo_steps(n_pairs:int, c:TextToyConfig) -> int:
+    "Optimizer steps of `c.dpo_epochs` epochs over `n_pairs` pairs."
+    return c.dpo_epochs * math.ceil(n_pairs / c.dpo_batch)
+
+def method_data(method:str, # a name of `CONFIRMATORY_METHODS`
+                ds, # the aggregated pairs of one seed and share
+                ratio:float, # budget of the subset methods
+                seed:int, # for 'random' and the OVA annotator
+                scores:dict, # 'true' PD and, as `needed_scores` says, 'pd', 'nl', 'raf'
+                c:TextToyConfig,
+               ) -> tuple: # (training pairs, extra `DPOConfig` fields)
+    "The training pairs and loss settings of one method."
+    pick = lambda idx: ds.select(idx.tolist())
+    rand = lambda: pick(select_random(len(ds), ratio, seed))
+    make = {'full': lambda: (ds, {}),
+            'ova': lambda: (relabel(ds, holistic_labels(ds, seed, c.label_temperature)), {}),
+            'avg': lambda: (relabel(ds, average_rating_labels(ds)), {}),
+            'dfpo_est': lambda: (ds.add_column('pd', scores['pd'].tolist()), dict(loss='dfpo')),
+            'random': lambda: (rand(), {}),
+            'random_steps': lambda: (rand(), dict(max_steps=dpo_steps(len(ds), c))),
+            'raf': lambda: (pick(select_by_margin(scores['raf'], ratio)), {}),
+            'pd_oracle': lambda: (pick(select_by_pd(scores['true'], ratio)), {}),
+            'pd': lambda: (pick(select_by_pd(scores['pd'], ratio)), {}),
+            'pd_high': lambda: (pick(select_highest_pd(scores['pd'], ratio)), {}),
+            'pd_nl': lambda: (pick(select_by_pd(scores['nl'], ratio)), {})}
+    if method not in make: raise ValueError(f"method must be one of {CONFIRMATORY_METHODS}, got {method!r}")
+    return make[method]()
+
+@torch.no_grad()
+def kl_to_reference(model, # a peft policy (the reference is the model with its adapters disabled)
+                    tokenizer, prompts:list[str], responses:list[str], # the policy's own samples
+                    config:DPOConfig, # max lengths
+                    batch_size:int=256,
+                   ) -> float: # mean over samples of the summed per-token KL
+    "Monte-Carlo KL(policy || reference): per sample, the exact per-token KL summed over the response (and end) tokens."
+    ex = tokenize_pairs([dict(prompt=p, chosen=r, rejected=r) for p, r in zip(prompts, responses)], tokenizer, config)
+    per_seq = []
+    with _eval_mode(model):
+        for chunk in (ex[i:i + batch_size] for i in range(0, len(ex), batch_size)):
+            b = collate_pairs(chunk, tokenizer.pad_token_id)
+            ids, am, lm = (b[k][:len(chunk)] for k in ('input_ids', 'attention_mask', 'loss_mask'))
+            lp = model(input_ids=ids, attention_mask=am).logits.float().log_softmax(-1)
+            with model.disable_adapter(): lq = model(input_ids=ids, attention_mask=am).logits.float().log_softmax(-1)
+            kl = (lp.exp() * (lp - lq)).sum(-1)[:, :-1] # the logits at t predict token t+1
+            per_seq += (kl * lm[:, 1:]).sum(1).tolist()
+    return float(np.mean(per_seq))
+
+def gold_ordered_pairs(model, tokenizer, prompts:list[str],
+                       n_pairs:int, # at most this many pairs
+                       seed:int=0, max_new_tokens:int=40, weights=None,
+                      ) -> list[dict]: # prompt, chosen (higher gold), rejected
+    "Pairs of SFT samples for `prompts` whose gold rewards differ, ordered by the gold reward: implicit-reward test pairs."
+    rows, w = [], gold_weights(weights)
+    for p, rs in zip(prompts, sample_n(model, tokenizer, prompts, 6, seed, max_new_tokens)):
+        uniq = list(dict.fromkeys(r for r in rs if r.strip()))
+        g = (score_matrix([p] * len(uniq), uniq) @ w).tolist() if uniq else []
+        for x in range(len(uniq)):
+            for y in range(x + 1, len(uniq)):
+                if g[x] == g[y]: continue
+                hi, lo = (x, y) if g[x] > g[y] else (y, x)
+                rows.append(dict(prompt=p, chosen=uniq[hi], rejected=uniq[lo]))
+    random.Random(seed).shuffle(rows)
+    return rows[:n_pairs]
+
+def evaluate_heldout(model, tokenizer,
+                     prompts:list[str], # the held-out prompts
+                     pairs:list[dict], # gold-ordered pairs on them (`gold_ordered_pairs`)
+                     c:TextToyConfig, # max_new_tokens, DPO lengths, beta
+                     n:int, # samples per prompt
+                     seed:int, # sampling seed (the same for every policy of a seed: common random numbers)
+                     trained:bool=True, # False for the SFT model (KL 0, no implicit reward)
+                     weights=None,
+                    ) -> dict: # gold, aspects, grammatical, kl, implicit_acc, prompts, responses
+    "A policy on the held-out prompts: gold and aspect means of its samples, well-formed share, KL, implicit-reward accuracy."
+    outs = sample_n(model, tokenizer, prompts, n, seed, c.max_new_tokens)
+    P = [p for p, o in zip(prompts, outs) for _ in o]
+    R = [r for o in outs for r in o]
+    S = score_matrix(P, R)
+    out = dict(gold=(S @ gold_weights(weights)).mean().item(), **dict(zip(ASPECTS, S.mean(0).tolist())),
+               grammatical=float(np.mean([is_grammatical(r) for r in R])), prompts=P, responses=R, kl=0.0,
+               implicit_acc=float('nan'))
+    if trained:
+        cfg = dpo_config(c).replace(eval_batch_size=256)
+        out['kl'] = kl_to_reference(model, tokenizer, P, R, cfg)
+        out['implicit_acc'] = evaluate_dpo(model, tokenizer, pairs, cfg.replace(rpo_alpha=0.0))['accuracy']
+    return out
+
+# %% ../nbs/08_text_toy.ipynb #c064
+@dataclass
+class Protocol:
+    "The confirmatory design of the text toy (the committed protocol file fixes every field)."
+    seeds:tuple=(100, 101, 102, 103, 104) # fresh seeds, never used for tuning
+    shares:tuple=(0.1, 0.3) # conflict shares of every aspect's sub-dataset
+    primary_share:float=0.3 # every method runs here, and the hypotheses are tested here
+    ratio:float=0.3 # budget of the subset methods
+    n_eval_topics:int=3 # topics held out of preference training; their prompts are the evaluation prompts
+    n_per_aspect:int=100 # pairs in each aspect's sub-dataset
+    eval_samples:int=24 # samples per held-out prompt
+    heldout_pairs:int=200 # gold-ordered pairs on held-out prompts for the implicit-reward accuracy
+    methods:tuple=CONFIRMATORY_METHODS # at the primary share
+    sweep_methods:tuple=('full', 'random', 'pd_oracle', 'pd', 'pd_high') # at the other shares
+    hypotheses:tuple=(('pd', 'full'), ('pd', 'random'), ('pd_high', 'full')) # (treatment, control) at the primary share
+    config:dict=field(default_factory=lambda: dict(n_prompts=128, rpo_alpha=1.0)) # `TextToyConfig` fields of 'default' to change
+
+    def __post_init__(self):
+        for name in ('seeds', 'shares', 'methods', 'sweep_methods'): setattr(self, name, tuple(getattr(self, name)))
+        self.hypotheses = tuple(tuple(h) for h in self.hypotheses)
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds): raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        if self.primary_share not in self.shares: raise ValueError(f"primary_share {self.primary_share} is not in shares {self.shares}")
+        for name in ('methods', 'sweep_methods'): check_methods(getattr(self, name), CONFIRMATORY_METHODS, name)
+        for t, b in self.hypotheses:
+            if t not in self.methods or b not in self.methods: raise ValueError(f"hypothesis {t} vs {b}: both must be in methods")
+        make_config('default', **self.config) # unknown fields raise here
+
+    def text_config(self) -> TextToyConfig: return make_config('default', **self.config)
+
+def smoke_protocol() -> Protocol:
+    "A protocol of the same shape at smoke size (CI, `--quick`): two seeds, tiny data, few samples, two sweep methods."
+    c = asdict(make_config('smoke', n_prompts=48))
+    return Protocol(seeds=(0, 1), n_per_aspect=24, eval_samples=2, heldout_pairs=40, sweep_methods=('full', 'pd'), config=c)
+
+def protocol_dict(p:Protocol, # the design
+                  **text, # prose fields (hypotheses in words, metric, decision rule, ...)
+                 ) -> dict: # JSON-safe; `load_protocol` reads it back
+    "The protocol file's content: the design with the full `TextToyConfig`, plus prose."
+    d = asdict(p)
+    d['config'] = asdict(p.text_config())
+    return dict(text, design=d)
+
+def load_protocol(path:str|Path) -> Protocol:
+    "The `Protocol` in a protocol file (JSON written by `protocol_dict`)."
+    doc = json.loads(Path(path).read_text())
+    if 'design' not in doc: raise ValueError(f"protocol file {path}: no 'design' entry")
+    known = {f.name for f in fields(Protocol)}
+    bad = sorted(set(doc['design']) - known)
+    if bad: raise ValueError(f"protocol file {path}: unknown design fields {bad}; known: {sorted(known)}")
+    return Protocol(**doc['design'])
+
+# %% ../nbs/08_text_toy.ipynb #c065
+def _row(seed, share, method, n_train, steps, ev, **extra) -> dict:
+    return dict(seed=seed, share=share, method=method, n_train=n_train, steps=steps, gold=ev['gold'],
+                **{a: ev[a] for a in ASPECTS}, grammatical=ev['grammatical'], kl=ev['kl'], implicit_acc=ev['implicit_acc'], **extra)
+
+def seed_setup(model, tokenizer, c:TextToyConfig, p:Protocol, seed:int) -> dict:
+    "One seed's held-out split, labelled pool, held-out evaluation pairs and the SFT model's held-out evaluation."
+    train_topics, eval_topics = split_topics(seed, p.n_eval_topics)
+    rng = random.Random(seed)
+    prompts = [make_prompt(rng.choice(train_topics), rng) for _ in range(c.n_prompts)]
+    pool = labelled_pool(prompts, sample_n(model, tokenizer, prompts, c.n_responses, seed, c.max_new_tokens), seed,
+                         c.label_temperature)
+    ev_prompts = topic_prompts(eval_topics)
+    pairs = gold_ordered_pairs(model, tokenizer, ev_prompts, p.heldout_pairs, 20_000 + seed, c.max_new_tokens)
+    sft = evaluate_heldout(model, tokenizer, ev_prompts, pairs, c, p.eval_samples, 10_000 + seed, trained=False)
+    return dict(train_topics=train_topics, eval_topics=eval_topics, pool=pool, prompts=ev_prompts, pairs=pairs, sft=sft)
+
+def run_share(model, tokenizer, c:TextToyConfig, p:Protocol, seed:int, share:float, setup:dict, methods,
+             ) -> tuple[list, dict, dict]: # (rows, data row, {method: held-out samples})
+    "One seed and conflict share: sub-datasets, the reward models the methods need, a LoRA-DPO policy per method."
+    ds = aggregate(mix_conflicts(setup['pool'], p.n_per_aspect, share, seed))
+    scores, info, t0 = dict(true=true_pd(ds)), dict(n_pairs=len(ds), realised_share=subset_conflict(ds)), time.time()
+    need = needed_scores(methods)
+    if 'pd' in need:
+        scores['pd'], rep = estimated_pd(ds, model, tokenizer, c, seed, length=True)
+        info.update(pd_spearman=spearman(scores['pd'], scores['true']),
+                    **{f'rm_acc_{a}': v for a, v in rep['heldout_accuracy'].items()})
+    if 'nl' in need:
+        scores['nl'], rep = estimated_pd(ds, model, tokenizer, c, seed, length=False)
+        info['nl_spearman'] = spearman(scores['nl'], scores['true'])
+    if 'raf' in need:
+        scores['raf'], rep = unified_margin(ds, model, tokenizer, c, seed)
+        info['raf_acc'] = rep['heldout_accuracy'].get('unified', float('nan'))
+    info['rm_seconds'] = time.time() - t0
+    rows, samples = [], {}
+    for m in methods:
+        tm = time.time()
+        train, extra = method_data(m, ds, p.ratio, seed, scores, c)
+        res = train_dpo(copy.deepcopy(model), train, dpo_config(c, seed).replace(**extra), tokenizer=tokenizer)
+        ev = evaluate_heldout(res.model, tokenizer, setup['prompts'], setup['pairs'], c, p.eval_samples, 10_000 + seed)
+        steps = extra.get('max_steps', dpo_steps(len(train), c))
+        rows.append(_row(seed, share, m, len(train), steps, ev, ratio=len(train) / len(ds), train_conflict=subset_conflict(train),
+                         loss=res.final_loss, seconds=time.time() - tm))
+        samples[m] = ev['responses']
+    return rows, info, samples
+
+_SHARED = {} # the SFT model, tokenizer, config and protocol, for the (forked) seed workers
+
+def confirm_seed(seed:int, # one seed of the protocol
+                ) -> tuple[list, list, dict]: # (rows, data rows, samples of the primary share or {})
+    "Every conflict share and method of one seed, from the SFT model in `_SHARED` (set by `run_confirmatory`)."
+    model, tok, c, p = _SHARED['args']
+    ts, rows, data, samples = time.time(), [], [], {}
+    setup = seed_setup(model, tok, c, p, seed)
+    for share in p.shares:
+        methods = p.methods if share == p.primary_share else p.sweep_methods
+        r, info, s = run_share(model, tok, c, p, seed, share, setup, methods)
+        rows += [_row(seed, share, 'sft', 0, 0, setup['sft'], ratio=0.0)] + r
+        data.append(dict(seed=seed, share=share, eval_topics=' '.join(setup['eval_topics']), pool=len(setup['pool']),
+                         pool_conflict=float(np.mean([x['conflict'] for x in setup['pool']])),
+                         heldout_pairs=len(setup['pairs']), **info, seconds=time.time() - ts))
+        if share == p.primary_share: samples = dict(prompts=setup['sft']['prompts'], sft=setup['sft']['responses'], **s)
+    return rows, data, samples
+
+def run_confirmatory(p:Protocol, # the design (`load_protocol`)
+                     progress:bool=True,
+                     threads:int|None=1, # torch intra-op threads (see `torch_threads`)
+                     workers:int=1, # seeds run in parallel by forked processes (the results do not depend on it)
+                    ) -> Results: # runs (seed x share x method, with 'sft'), summary, tables: data; extra: samples
+    "The confirmatory text-toy experiment: every method on held-out prompts, per seed and conflict share."
+    if workers < 1: raise ValueError(f"workers must be >= 1, got {workers}")
+    c, t0 = p.text_config(), time.time()
+    with torch_threads(threads):
+        model, tok, _ = pretrained_lm(c, progress)
+        t_pre = time.time() - t0
+        _SHARED['args'] = (model, tok, c, p)
+        if workers > 1:
+            import multiprocessing
+            os.environ['TOKENIZERS_PARALLELISM'] = 'false' # the tokenizers library's threads do not survive a fork
+            with multiprocessing.get_context('fork').Pool(min(workers, len(p.seeds))) as pool:
+                parts = pool.map(confirm_seed, p.seeds, chunksize=1)
+        else: parts = [confirm_seed(s) for s in tqdm(p.seeds, desc='seeds', leave=False, disable=not progress)]
+    runs = pandas.DataFrame([r for part in parts for r in part[0]])
+    data = pandas.DataFrame([d for part in parts for d in part[1]])
+    config = dict(protocol=asdict(p), text_config=asdict(c), seconds=round(time.time() - t0, 1),
+                  pretrain_seconds=round(t_pre, 1), threads=threads, workers=workers)
+    return Results(runs, confirmatory_summary(runs, p), config, dict(data=data), dict(samples=parts[0][2]))
+
+# %% ../nbs/08_text_toy.ipynb #c066
+def confirmatory_summary(runs:pandas.DataFrame, # rows of `run_confirmatory`
+                         p:Protocol|None=None, # method order (default: as they appear)
+                        ) -> pandas.DataFrame: # one row per (share, method)
+    "Per share and method: gold, KL and implicit-reward accuracy (mean, 95% CI), paired gold differences vs sft/full/random."
+    order = ('sft',) + tuple(p.methods) if p is not None else None
+    return summarize(runs, metrics=('gold', 'kl', 'implicit_acc'), baselines=('sft', 'full', 'random'), by=('share',),
+                     methods=order, means=ASPECTS + ('grammatical', 'train_conflict', 'steps'))
+
+def hypothesis_tests(summary:pandas.DataFrame, p:Protocol) -> pandas.DataFrame:
+    "The pre-registered hypotheses at the primary share: paired difference, 95% CI, n seeds and the decision."
+    at = summary[summary['share'] == p.primary_share].set_index('method')
+    rows = []
+    for t, b in p.hypotheses:
+        d, h, n = (float(at.loc[t, f'd_{b}']), float(at.loc[t, f'd_{b}_ci']), int(at.loc[t, f'd_{b}_n']))
+        lo, hi = d - h, d + h
+        verdict = f'{t} better' if lo > 0 else f'{t} worse' if hi < 0 else 'not resolved (the interval contains 0)'
+        rows.append(dict(hypothesis=f'{t} vs {b}', difference=d, ci_low=lo, ci_high=hi, n_seeds=n, decision=verdict))
+    return pandas.DataFrame(rows)
+
+def confirmatory_table(summary:pandas.DataFrame, share:float|None=None) -> str:
+    "Plain-text table: gold on held-out prompts (mean ± 95% CI), paired differences vs full and random, diagnostics."
+    s = summary if share is None else summary[summary['share'] == share]
+    formats = {'kl': '{:.2f}', 'implicit_acc': '{:.0%}', 'grammatical': '{:.0%}', 'train_conflict': '{:.0%}', 'steps': '{:.0f}'}
+    return format_table(s.reset_index(drop=True), metrics=('gold',), baselines=('full', 'random'), formats=formats)
+
+# %% ../nbs/08_text_toy.ipynb #c067
+def plot_confirmatory(runs:pandas.DataFrame, p:Protocol, axes=None):
+    "Left: held-out gold per method at the primary share (mean ± 95% CI, seeds as dots). Right: gold against conflict share."
+    import matplotlib.pyplot as plt
+    if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw=dict(width_ratios=[2, 1]))
+    at = runs[runs['share'] == p.primary_share]
+    order = ['sft'] + [m for m in p.methods if m in set(at['method'])]
+    ax = axes[0]
+    for i, m in enumerate(order):
+        g = at.loc[at['method'] == m, 'gold']
+        mean, half = mean_ci(g)
+        ax.errorbar(i, mean, yerr=0 if math.isnan(half) else half, fmt='o', color='k', capsize=3, zorder=3)
+        ax.scatter(np.full(len(g), i) + np.linspace(-0.15, 0.15, len(g)), g, s=10, alpha=0.6)
+    full = at.loc[at['method'] == 'full', 'gold'].mean()
+    ax.axhline(full, color='grey', ls='--', lw=0.8)
+    ax.set_xticks(range(len(order)), order, rotation=35, ha='right', fontsize=8)
+    ax.set_ylabel('gold reward, held-out prompts')
+    ax.set_title(f'conflict share {p.primary_share:.0%}: mean ± 95% CI over {at["seed"].nunique()} seeds (dashed: full)')
+    plot_against(runs[runs['method'] != 'sft'], 'share', 'gold', methods=p.sweep_methods, ax=axes[1])
+    axes[1].set_xlabel('conflict share of each sub-dataset'); axes[1].set_ylabel('gold reward, held-out prompts')
+    axes[1].set_title('conflict sweep (95% bands)')
+    legend_outside(axes[1])
+    return axes
+
+def plot_diagnostics(summary:pandas.DataFrame, p:Protocol, axes=None):
+    "Left: per-aspect change over the SFT model per method. Right: gold gain against KL to the reference."
+    import matplotlib.pyplot as plt
+    if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw=dict(width_ratios=[2, 1]))
+    at = summary[summary['share'] == p.primary_share].set_index('method')
+    methods = [m for m in p.methods if m in at.index]
+    w = 0.85 / len(methods)
+    for i, m in enumerate(methods):
+        d = [at.loc[m, a] - at.loc['sft', a] for a in ASPECTS]
+        axes[0].bar(np.arange(len(ASPECTS)) + (i - (len(methods) - 1) / 2) * w, d, w, label=m)
+    axes[0].axhline(0, color='k', lw=0.8)
+    axes[0].set_xticks(range(len(ASPECTS)), ASPECTS)
+    axes[0].set_ylabel('change over SFT'); axes[0].set_title('per-aspect change, held-out prompts')
+    legend_outside(axes[0])
+    for m in methods:
+        axes[1].errorbar(at.loc[m, 'kl'], at.loc[m, 'd_sft'], xerr=at.loc[m, 'kl_ci'], yerr=at.loc[m, 'd_sft_ci'], fmt='o', ms=4,
+                         capsize=2, label=m)
+        axes[1].annotate(m, (at.loc[m, 'kl'], at.loc[m, 'd_sft']), fontsize=7, xytext=(3, 3), textcoords='offset points')
+    axes[1].axhline(0, color='k', lw=0.8)
+    axes[1].set_xlabel('KL(policy || reference) per sample'); axes[1].set_ylabel('gold gain over SFT')
+    axes[1].set_title('what each method pays in KL')
+    return axes
+
+def side_by_side(samples:dict, # `Results.extra['samples']`
+                 methods=('full', 'pd'), # columns
+                 n:int=4, # samples of the first held-out prompt
+                 prompt_index:int=0, # which held-out prompt (in order of `samples['prompts']` deduplicated)
+                ) -> pandas.DataFrame: # one row per sample: the prompt, then each method's response and gold
+    "Samples of several policies for the same held-out prompt and sampling seed, with their gold rewards."
+    prompts = list(dict.fromkeys(samples['prompts']))
+    prompt = prompts[prompt_index]
+    idx = [i for i, q in enumerate(samples['prompts']) if q == prompt][:n]
+    out = pandas.DataFrame({'prompt': [prompt.strip()] * len(idx)})
+    for m in methods:
+        rs = [samples[m][i] for i in idx]
+        out[m] = rs
+        out[f'gold_{m}'] = gold_reward([prompt] * len(rs), rs).numpy().round(3)
+    return out
+
+# %% ../nbs/08_text_toy.ipynb #c068
+def write_confirmatory(res:Results, p:Protocol, out:str|Path) -> list[Path]:
+    "results.json/.csv, runs.csv, data.csv, table.txt, hypotheses.csv and the two figures in `out`."
+    hyp = hypothesis_tests(res.summary, p)
+    table = '\n\n'.join(f'conflict share {s:.0%}\n' + confirmatory_table(res.summary, s) for s in p.shares)
+    text = table + '\n\n' + hyp.to_string(index=False) + '\n' + method_key(('sft',) + tuple(p.methods)) + '\n'
+    res.tables['hypotheses'] = hyp
+    figs = {'text_toy_confirmatory.png': plot_confirmatory(res.runs, p)[0].figure,
+            'text_toy_diagnostics.png': plot_diagnostics(res.summary, p)[0].figure}
+    return write_results(res, out, figures=figs, texts={'table.txt': text})
+
+def run_text_toy_confirmatory(protocol:str|Path|Protocol|None=None, # a protocol file or object (default `Protocol()`)
+                              quick:bool=False, # `smoke_protocol()` instead (seconds; for CI)
+                              out:str|Path|None=None, # results folder; None writes nothing
+                              progress:bool=True,
+                              workers:int=1, # seeds in parallel (forked processes)
+                             ) -> tuple[Results, pandas.DataFrame]: # (results, hypothesis tests)
+    "The confirmatory experiment for the CLI: run, test the hypotheses, optionally write the results."
+    if quick and protocol is not None: raise ValueError("give either a protocol or quick=True, not both")
+    p = smoke_protocol() if quick else protocol if isinstance(protocol, Protocol) else load_protocol(protocol) if protocol else Protocol()
+    res = run_confirmatory(p, progress, workers=workers)
+    if out is not None: write_confirmatory(res, p, out)
+    return res, hypothesis_tests(res.summary, p)

@@ -5,7 +5,7 @@
 # %% ../nbs/05_toy.ipynb #c002
 from __future__ import annotations
 import io, json, math, os, tempfile, time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas
@@ -19,14 +19,16 @@ from .divergence import (preference_divergence, holistic_margin, conflict_rate, 
 from .theory import loss_bounds
 from .selection import (select_by_pd, select_highest_pd, select_by_margin, select_by_holistic_margin, select_random,
                                 select_full)
+from .experiments import (Results, check_methods, method_key, mean_ci, summarize, format_table, write_results,
+                                  torch_threads, save_figure)
 
 # %% auto #0
-__all__ = ['ASPECTS', 'CONFLICT_LEVELS', 'METHODS', 'SELECTIONS', 'SWEEP_METHODS', 'SWEEP_RATIOS', 'NOISE_LEVELS',
+__all__ = ['ASPECTS', 'CONFLICT_LEVELS', 'DEFAULT_METHODS', 'SELECTIONS', 'SWEEP_METHODS', 'SWEEP_RATIOS', 'NOISE_LEVELS',
            'conflict_correlation', 'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets',
            'toy_pairs', 'pair_scores', 'own_margin', 'oracle_pd', 'estimate_aspect_rewards', 'estimated_pd',
-           'TabularRuns', 'tabular_run', 'train_runs', 'train_tabular_dpo', 'evaluate_runs', 'evaluate', 't_quantile',
-           'mean_ci', 'ToyResults', 'simulate', 'summarize', 'run_experiment', 'plot_ratio_sweep',
-           'plot_conflict_rates', 'plot_pd_quality', 'json_records', 'write_results', 'format_table', 'run_toy']
+           'TabularRuns', 'tabular_run', 'train_runs', 'train_tabular_dpo', 'evaluate_runs', 'evaluate', 'ToyResults',
+           'simulate', 'toy_summary', 'run_experiment', 'plot_ratio_sweep', 'plot_conflict_rates', 'plot_pd_quality',
+           'toy_figures', 'toy_table', 'run_toy']
 
 # %% ../nbs/05_toy.ipynb #c005
 ASPECTS = ('helpfulness', 'honesty', 'instruction_following', 'truthfulness')
@@ -197,11 +199,6 @@ def own_margin(world:ToyWorld, data) -> Tensor:
     return (ch - rj).gather(1, toy_pairs(data, world).aspect[:, None]).squeeze(1)
 
 # %% ../nbs/05_toy.ipynb #c019
-class _one_thread:
-    "Run torch on one thread inside the block: these tensors are tiny, and extra threads only add contention."
-    def __enter__(self): self.n = torch.get_num_threads(); torch.set_num_threads(1)
-    def __exit__(self, *exc): torch.set_num_threads(self.n)
-
 def oracle_pd(world:ToyWorld, data) -> Tensor:
     "[N] preference divergence from the true aspect rewards (the `pd_oracle` baseline)."
     ch, rj = pair_scores(world, data)
@@ -238,7 +235,7 @@ def estimate_aspect_rewards(world:ToyWorld, # supplies the response features
     fixed = 0.0 if isinstance(length_penalty, bool) else float(length_penalty)
     design = torch.cat([dx, dlen[:, None]], 1) if length_penalty is True else dx
     ridge = torch.zeros(design.shape[1], dtype=torch.float64); ridge[:dx.shape[1]] = l2  # the length term is not shrunk
-    with _one_thread(): theta = _newton_bt(design, pr.aspect, K, fixed * dlen, ridge, iters)
+    with torch_threads(1): theta = _newton_bt(design, pr.aspect, K, fixed * dlen, ridge, iters)
     return X @ theta[:, :X.shape[-1]].T
 
 def estimated_pd(world:ToyWorld, data,
@@ -318,7 +315,7 @@ def train_runs(runs:TabularRuns,
     logits = runs.ref_logits.clone()
     m, v = torch.zeros_like(logits), torch.zeros_like(logits)
     b1, b2, eps = 0.9, 0.999, 1e-8  # Adam (torch.optim.Adam's defaults), written out: same update, no optimiser import
-    with _one_thread():
+    with torch_threads(1):
         for t in range(1, steps + 1):
             logits.requires_grad_(True)
             lp = logits.log_softmax(-1)
@@ -375,27 +372,11 @@ def evaluate(world:ToyWorld, # the world with the gold rewards
     return {k: v.item() for k, v in evaluate_runs(world, policy).items()}
 
 # %% ../nbs/05_toy.ipynb #c030
-METHODS = ('full', 'random', 'pd_oracle', 'pd', 'holistic_margin', 'margin', 'pd_high', 'holistic', 'dfpo')
-SELECTIONS = ('random', 'pd_oracle', 'pd', 'pd_nolen', 'holistic_margin', 'margin', 'pd_high')
+DEFAULT_METHODS = ('full', 'random', 'pd_oracle', 'pd', 'holistic_margin', 'margin', 'pd_high', 'gold_labels', 'dfpo')
+SELECTIONS = ('random', 'pd_oracle', 'pd', 'pd_nl', 'holistic_margin', 'margin', 'pd_high')
 SWEEP_METHODS = ('random', 'pd_oracle', 'pd', 'holistic_margin', 'pd_high')
 SWEEP_RATIOS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 NOISE_LEVELS = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-# two-sided 95% Student-t quantiles for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-def t_quantile(df:int) -> float:
-    "0.975 quantile of Student's t (table up to 30 df, then 1.96 + 2.4/df, within 0.002)."
-    if df < 1: return float('nan')
-    return _T975[df - 1] if df <= 30 else 1.96 + 2.4 / df
-
-def mean_ci(x) -> tuple[float, float]:
-    "Mean and half-width of the 95% t-interval (NaN half-width for fewer than 2 values)."
-    x = np.asarray(x, dtype=float)
-    if len(x) == 0: return float('nan'), float('nan')
-    if len(x) < 2: return float(x.mean()), float('nan')
-    return float(x.mean()), float(t_quantile(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 # %% ../nbs/05_toy.ipynb #c033
 def _selector(N:int, seed:int, scores:dict):
@@ -403,7 +384,7 @@ def _selector(N:int, seed:int, scores:dict):
     def select(method:str, ratio:float) -> Tensor:
         if method == 'full' or ratio >= 1: return select_full(N)
         if method == 'random': return select_random(N, ratio, seed)
-        if method in ('pd_oracle', 'pd', 'pd_nolen'): return select_by_pd(scores[method], ratio)
+        if method in ('pd_oracle', 'pd', 'pd_nl'): return select_by_pd(scores[method], ratio)
         if method == 'pd_high': return select_highest_pd(scores['pd_oracle'], ratio)
         if method == 'holistic_margin': return select_by_holistic_margin(scores['holistic_margin'], ratio)
         if method == 'margin': return select_by_margin(scores['margin'], ratio)
@@ -420,14 +401,14 @@ def _world_specs(world:ToyWorld, pairs:ToyPairs, seed:int, ratio:float, methods,
     scores = dict(pd_oracle=pd_true, holistic_margin=holistic_margin(ch, rj, world.weights), margin=own)
     if 'pd' in methods or 'pd' in sweep_methods:
         scores['pd'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, length_penalty), gamma)
-    if 'pd_nolen' in methods or 'pd_nolen' in sweep_methods:
-        scores['pd_nolen'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, False), gamma)
-    quality = {m: spearman(scores[m], pd_true) for m in ('pd_oracle', 'pd', 'pd_nolen') if m in scores}
+    if 'pd_nl' in methods or 'pd_nl' in sweep_methods:
+        scores['pd_nl'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, False), gamma)
+    quality = {m: spearman(scores[m], pd_true) for m in ('pd_oracle', 'pd', 'pd_nl') if m in scores}
     select = _selector(N, seed, scores)
     base = dict(pd_true=pd_true, own=own)
     specs = []
     for m in methods:
-        if m == 'holistic': specs.append(dict(base, kind='main', method=m, ratio=1.0, index=select_full(N), flip=scores['holistic_margin'] < 0))
+        if m == 'gold_labels': specs.append(dict(base, kind='main', method=m, ratio=1.0, index=select_full(N), flip=scores['holistic_margin'] < 0))
         elif m == 'dfpo': specs.append(dict(base, kind='main', method=m, ratio=1.0, index=select_full(N), loss='dfpo'))
         else:
             r = 1.0 if m == 'full' else ratio
@@ -461,17 +442,12 @@ def _check_bounds(world:ToyWorld, pairs:ToyPairs, spec:dict, logits:Tensor, beta
 
 # %% ../nbs/05_toy.ipynb #c034
 @dataclass
-class ToyResults:
-    "Everything one toy experiment produced."
-    summary: pandas.DataFrame # one row per (conflict, method): means and 95% t-interval half-widths
-    runs: pandas.DataFrame # one row per trained policy (kind 'main', 'sweep' or 'quality')
-    worlds: pandas.DataFrame # one row per (conflict, seed): rho, conflict rate, PD-estimate quality, ...
-    example: dict # 'conflict', 'seed', 'pd' and 'selected' of one world, for the PD histogram
-    config: dict # the arguments of the run
-
-def _check_methods(methods, allowed, what):
-    bad = [m for m in methods if m not in allowed]
-    if bad: raise ValueError(f"{what}: unknown method(s) {bad}; expected some of {list(allowed)}")
+class ToyResults(Results):
+    "`pd_align.experiments.Results` (summary per (conflict, method); runs: kind 'main', 'sweep' or 'quality') + plot data."
+    example: dict = field(default_factory=dict) # 'conflict', 'seed', 'pd' and 'selected' of one world (PD histogram)
+    @property
+    def worlds(self) -> pandas.DataFrame: # one row per (conflict, seed): rho, conflict rate, PD-estimate quality, ...
+        return self.tables['worlds']
 
 def simulate(conflicts=('low', 'mid', 'high'), # conflict levels ('low', 'mid', 'high' or correlations)
              seeds:int=5, # seeds per level (worlds seed, seed+1, ...)
@@ -480,7 +456,7 @@ def simulate(conflicts=('low', 'mid', 'high'), # conflict levels ('low', 'mid', 
              n_prompts:int=100, n_responses:int=6, pairs_per_aspect:int=500, aspects=ASPECTS,
              weights=None, # aspect weights (default uniform)
              world_kw:dict|None=None, # more `make_world` arguments (length_bias, feature_noise, ...)
-             methods=METHODS, # main-table methods (also 'pd_nolen': estimated PD without the length penalty)
+             methods=DEFAULT_METHODS, # main-table methods (also 'pd_nl': estimated PD without the length penalty)
              sweep:bool=True, # also run the budget sweep
              sweep_ratios=SWEEP_RATIOS, sweep_methods=SWEEP_METHODS,
              quality:bool=True, # also run PD-30% from noised rewards (gain vs PD quality)
@@ -499,9 +475,10 @@ def simulate(conflicts=('low', 'mid', 'high'), # conflict levels ('low', 'mid', 
     if seeds < 1: raise ValueError(f"seeds: need >= 1, got {seeds}")
     if not len(conflicts): raise ValueError("conflicts: give at least one level")
     if len({str(c) for c in conflicts}) != len(conflicts): raise ValueError(f"conflicts: levels repeat in {list(conflicts)}")
-    _check_methods(methods, METHODS + ('pd_nolen',), 'methods'); _check_methods(sweep_methods, SELECTIONS, 'sweep_methods')
+    check_methods(methods, DEFAULT_METHODS + ('pd_nl',), 'methods')
+    check_methods(sweep_methods, SELECTIONS, 'sweep_methods')
     if not 0 < ratio <= 1: raise ValueError(f"ratio: must be in (0, 1], got {ratio}")
-    with _one_thread(): return _simulate(config, conflicts, seeds, ratio, seed, n_prompts, n_responses, pairs_per_aspect, aspects,
+    with torch_threads(1): return _simulate(config, conflicts, seeds, ratio, seed, n_prompts, n_responses, pairs_per_aspect, aspects,
                                          weights, world_kw, methods, sweep, sweep_ratios, sweep_methods, quality, noise_levels,
                                          length_penalty, gamma, beta, steps, lr, progress)
 
@@ -535,41 +512,29 @@ def _simulate(config, conflicts, seeds, ratio, seed, n_prompts, n_responses, pai
     ex = next(s for s in specs if s['conflict'] == hi and s['method'] == 'pd_oracle' and s['kind'] == 'main') if 'pd_oracle' in methods else None
     example = dict(conflict=hi, seed=seed, pd=specs[[s['conflict'] for s in specs].index(hi)]['pd_true'].numpy(),
                    selected=None if ex is None else ex['index'].numpy())
-    return ToyResults(summarize(runs_df, worlds_df, methods, [str(c) for c in conflicts]), runs_df, worlds_df, example, config)
+    summary = toy_summary(runs_df, worlds_df, methods, [str(c) for c in conflicts])
+    return ToyResults(runs_df, summary, config, dict(worlds=worlds_df), example=example)
 
 # %% ../nbs/05_toy.ipynb #c035
-def summarize(runs:pandas.DataFrame, # per-run rows from `simulate`
-              worlds:pandas.DataFrame|None=None, # per-world rows (adds the mean conflict rate)
-              methods=None, # row order (default: as they appear)
-              conflicts=None, # level order (default: as they appear)
-             ) -> pandas.DataFrame: # one row per (conflict, method)
-    "Mean and 95% t-interval half-width of every metric, and of the paired gold differences to `full` and `random`."
+def toy_summary(runs:pandas.DataFrame, # per-run rows from `simulate`
+                worlds:pandas.DataFrame|None=None, # per-world rows (adds the mean conflict rate)
+                methods=None, # row order (default: as they appear)
+                conflicts=None, # level order (default: as they appear)
+               ) -> pandas.DataFrame: # one row per (conflict, method)
+    "`pd_align.experiments.summarize` of the main runs per conflict level, plus conflict rate and the bounds check."
     main = runs[runs['kind'] == 'main']
-    methods = list(dict.fromkeys(main['method'])) if methods is None else [m for m in methods if m in set(main['method'])]
-    conflicts = list(dict.fromkeys(main['conflict'])) if conflicts is None else list(conflicts)
-    out = []
-    for c in conflicts:
-        at = main[main['conflict'] == c]
-        gold_of = {m: at[at['method'] == m].set_index('seed')['gold'] for m in methods}
-        for m in methods:
-            g = at[at['method'] == m].sort_values('seed')
-            row = dict(conflict=c, method=m, ratio=float(g['ratio'].iloc[0]), n_seeds=len(g), n_train=float(g['n_train'].mean()))
-            for k in ('gold', 'gold_norm', 'win_rate', 'kl'): row[k], row[k + '_ci'] = mean_ci(g[k])
-            for b in ('full', 'random'):
-                if b in gold_of:
-                    d = (gold_of[m] - gold_of[b]).dropna()
-                    row['d_' + b], row['d_' + b + '_ci'] = mean_ci(d) if m != b else (0.0, 0.0)
-            if worlds is not None: row['conflict_rate'] = float(worlds.loc[worlds['conflict'] == c, 'conflict_rate'].mean())
-            row['holistic_loss'] = float(g['holistic_loss'].mean())
-            row['bounds_ok'] = bool(g['bounds_ok'].all())
-            out.append(row)
-    return pandas.DataFrame(out)
+    if conflicts is not None: main = main.assign(_o=main['conflict'].map({c: i for i, c in enumerate(conflicts)})).sort_values('_o', kind='stable')
+    out = summarize(main, metrics=('gold', 'gold_norm', 'win_rate', 'kl'), by=['conflict'], methods=methods, means=('holistic_loss',))
+    if worlds is not None: out['conflict_rate'] = out['conflict'].map(worlds.groupby('conflict')['conflict_rate'].mean())
+    out['bounds_ok'] = [bool(main.loc[(main['conflict'] == c) & (main['method'] == m), 'bounds_ok'].all())
+                        for c, m in zip(out['conflict'], out['method'])]
+    return out
 
 def run_experiment(conflicts=('low', 'mid', 'high'), # conflict levels
                    seeds:int=5, # seeds per level
                    ratio:float=0.3, # selection budget
                    **kwargs, # anything `simulate` takes (sizes, methods, sweep=False, ...)
-                  ) -> pandas.DataFrame: # the summary table (see `summarize`)
+                  ) -> pandas.DataFrame: # the summary table (see `toy_summary`)
     "The main comparison: mean and 95% CI of every method per conflict level (`simulate(...).summary`)."
     return simulate(conflicts, seeds, ratio, **kwargs).summary
 
@@ -596,8 +561,8 @@ def plot_ratio_sweep(runs:pandas.DataFrame, # per-run rows of `simulate`
             rows = pandas.concat([at[(at['method'] == m) & (at['kind'] != 'quality')], full.assign(method=m)])
             if (rows['method'] == m).any() and len(rows) > len(full): _band(ax, sorted(set(rows['ratio'])), rows, metric, label=m)
         if len(full): ax.axhline(full[metric].mean(), color='k', ls='--', lw=1, label='full')
-        ceil = at[(at['method'] == 'holistic') & (at['kind'] == 'main')]
-        if len(ceil): ax.axhline(ceil[metric].mean(), color='k', ls=':', lw=1, label='holistic labels')
+        ceil = at[(at['method'] == 'gold_labels') & (at['kind'] == 'main')]
+        if len(ceil): ax.axhline(ceil[metric].mean(), color='k', ls=':', lw=1, label='gold labels')
         ax.set_title(f'conflict: {c}'); ax.set_xlabel('selection budget (share of pairs kept)'); ax.set_ylabel(metric)
     axes[0][-1].legend(fontsize=7, loc='lower right')
     fig.tight_layout()
@@ -634,26 +599,8 @@ def plot_pd_quality(runs:pandas.DataFrame, ax=None):
     return ax
 
 # %% ../nbs/05_toy.ipynb #c038
-def _save_png(fig, path:Path):
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-def json_records(df:pandas.DataFrame) -> list:
-    "DataFrame rows as JSON-safe dicts (NaN -> None)."
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in df.to_dict('records')]
-
-def write_results(res:ToyResults, out:str|Path) -> list[Path]:
-    "Write results.json, results.csv, runs.csv, worlds.csv and the PNG plots into `out`, each atomically."
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_json(out / 'results.json', dict(config=res.config, summary=json_records(res.summary), worlds=json_records(res.worlds),
-                                                           runs=json_records(res.runs))),
-             atomic_write_text(out / 'results.csv', res.summary.to_csv(index=False)),
-             atomic_write_text(out / 'runs.csv', res.runs.to_csv(index=False)),
-             atomic_write_text(out / 'worlds.csv', res.worlds.to_csv(index=False))]
+def toy_figures(res:ToyResults) -> dict:
+    "The PNG figures of a toy run: {file name: figure}."
     figs = {}
     if (res.runs['kind'] == 'sweep').any(): figs['ratio_sweep.png'] = plot_ratio_sweep(res.runs)
     if res.example.get('selected') is not None:
@@ -662,22 +609,12 @@ def write_results(res:ToyResults, out:str|Path) -> list[Path]:
         figs['pd_histogram.png'] = ax.figure
     figs['conflict_rate.png'] = plot_conflict_rates(res.worlds).figure
     if (res.runs['kind'] == 'quality').any(): figs['pd_quality.png'] = plot_pd_quality(res.runs).figure
-    for name, fig in figs.items():
-        _save_png(fig, out / name); paths.append(out / name)
-    return paths
+    return figs
 
-def format_table(summary:pandas.DataFrame) -> str:
-    "The summary as a plain-text table: mean ± 95% CI half-width."
-    pm = lambda m, h: f'{m:+.3f} ± {h:.3f}' if not math.isnan(h) else f'{m:+.3f}'
-    cols = dict(gold=('gold', 'gold_ci'), gold_norm=('gold_norm', 'gold_norm_ci'), win_rate=('win_rate', 'win_rate_ci'),
-                d_full=('d_full', 'd_full_ci'), d_random=('d_random', 'd_random_ci'))
-    t = summary[['conflict', 'method', 'n_train']].copy(); t['n_train'] = t['n_train'].round().astype(int)
-    for name, (m, h) in cols.items():
-        if m in summary: t[name] = [pm(a, b) for a, b in zip(summary[m], summary[h])]
-    t['kl'] = summary['kl'].map('{:.2f}'.format)
-    if 'conflict_rate' in summary: t['conflict_rate'] = summary['conflict_rate'].map('{:.1%}'.format)
-    t['bounds_ok'] = summary['bounds_ok']
-    return t.to_string(index=False)
+def toy_table(summary:pandas.DataFrame) -> str:
+    "The summary as plain text (`pd_align.experiments.format_table`): mean ± 95% CI half-width, paired differences."
+    return format_table(summary, metrics=('gold', 'gold_norm', 'win_rate'), baselines=('full', 'random'),
+                        formats=dict(kl='{:.2f}', conflict_rate='{:.1%}', bounds_ok='{}'))
 
 def _parse_conflicts(conflicts) -> tuple:
     "'low,mid,high' or a sequence -> tuple of levels (names kept, numbers as floats)."
@@ -704,5 +641,9 @@ def run_toy(seeds:int=5, # seeds per conflict level
     t0 = time.time()
     res = simulate(_parse_conflicts(conflicts), seeds, ratio, seed, progress=progress, **kwargs)
     res.config['seconds'] = round(time.time() - t0, 2)
-    if out is not None: write_results(res, out)
+    if out is not None:
+        import matplotlib
+        if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
+        table = toy_table(res.summary) + '\n' + method_key(res.summary['method']) + '\n'
+        write_results(res, out, figures=toy_figures(res), texts={'table.txt': table})
     return res.summary

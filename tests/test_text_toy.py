@@ -3,7 +3,8 @@ import json, math, random
 import pytest
 import torch
 from pd_align.data import get_aspects, scores_matrix, aspect_index
-from pd_align.text_toy import (torch_threads, is_grammatical, ASPECTS, METHODS, TOPICS, Grammar, aspect_scores, gold_reward, grammar_corpus, make_prompt, topic_of,
+from pd_align.experiments import torch_threads
+from pd_align.text_toy import (is_grammatical, ASPECTS, DEFAULT_METHODS as METHODS, TOPICS, Grammar, aspect_scores, gold_reward, grammar_corpus, make_prompt, topic_of,
                                make_config, pretrained_lm, sample_n, evaluate_policy, preference_pairs, build_dataset, true_pd,
                                subset_conflict, select_indices, run_text_toy, simulate_text_toy)
 
@@ -115,6 +116,7 @@ def test_smoke_experiment_end_to_end(tmp_path):
     res = json.loads((tmp_path / 'results.json').read_text())
     assert {r['method'] for r in res['runs']} == {'sft', *METHODS} and len(res['runs']) == 2 * 5
     assert res['data'][0]['pd_spearman'] is not None
+    assert res['provenance']['version'] and res['seeds'] == [0, 1]
     for f in ('results.csv', 'runs.csv', 'data.csv', 'table.txt', 'text_toy.png'): assert (tmp_path / f).stat().st_size > 0
     # the table's SFT gold is the gold of that model's own samples
     model, tok, _ = pretrained_lm(make_config('smoke'))
@@ -135,3 +137,103 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match='methods'): simulate_text_toy(1, 0.3, 'smoke', methods=('dpo',))
     with pytest.raises(ValueError, match='ratio'): simulate_text_toy(1, 1.5, 'smoke')
     with pytest.raises(ValueError, match='seeds'): simulate_text_toy(0, 0.3, 'smoke')
+
+# ---- the confirmatory experiment (issue 14): held-out split, conflict mixing, baselines' labels, protocol, CLI
+from pathlib import Path
+import pandas
+from pd_align.text_toy import (split_topics, topic_prompts, labelled_pool, mix_conflicts, relabel, holistic_labels,
+                               average_rating_labels, likert, Protocol, load_protocol, protocol_dict, smoke_protocol,
+                               hypothesis_tests, confirmatory_summary)
+from pd_align.data import aggregate
+
+PROTOCOL_FILE = Path(__file__).parents[1] / 'nbs' / 'results' / 'text_toy_protocol.json'
+
+def test_heldout_topics_are_disjoint_and_vary():
+    for s in range(100, 105):
+        tr, ev = split_topics(s)
+        assert len(ev) == 3 and not set(tr) & set(ev) and set(tr) | set(ev) == set(TOPICS)
+        assert {topic_of(p) for p in topic_prompts(ev)} == set(ev)
+    assert len({split_topics(s)[1] for s in range(100, 105)}) > 1
+    with pytest.raises(ValueError, match='n_eval'): split_topics(0, 0)
+
+def _pool(n_prompts=40, seed=0):
+    rng = random.Random(seed)
+    g = Grammar()
+    prompts, responses = [], []
+    for _ in range(n_prompts):
+        t = rng.choice(TOPICS)
+        prompts.append(make_prompt(t, rng))
+        responses.append([g.response(t, rng) for _ in range(4)])
+    return labelled_pool(prompts, responses, seed=seed)
+
+def test_conflict_mixing_is_exact_and_nested():
+    pool = _pool()
+    for r in pool[:300]: # the conflict flag is the gold reward's verdict on the label
+        assert r['conflict'] == bool(gold_reward([r['prompt']], [r['chosen']]) < gold_reward([r['prompt']], [r['rejected']]))
+    d = {s: aggregate(mix_conflicts(pool, 20, s, seed=3)) for s in (0.0, 0.1, 0.3)}
+    for s, ds in d.items():
+        assert len(ds) == 80 and subset_conflict(ds) == pytest.approx(round(s * 20) / 20)
+        assert sorted(set(ds["aspect"])) == sorted(ASPECTS)
+    key = lambda ds: {(r['aspect'], r['prompt'], r['chosen'], r['rejected']) for r in ds.to_list()}
+    assert len(key(d[0.1]) & key(d[0.3])) == 4 * (14 + 2) # 30% keeps the first 14 agreeing and first 6 conflicting pairs
+    with pytest.raises(ValueError, match='pool has'): mix_conflicts(pool, 10_000, 0.3)
+    with pytest.raises(ValueError, match='share'): mix_conflicts(pool, 10, 1.5)
+
+def test_relabelling_annotators():
+    ds = aggregate(mix_conflicts(_pool(), 20, 0.3, seed=0))
+    assert subset_conflict(relabel(ds, holistic_labels(ds, temperature=1e-9))) == 0.0 # noise-free holistic annotator
+    assert 0 < subset_conflict(relabel(ds, holistic_labels(ds, temperature=0.1))) < subset_conflict(ds)
+    assert subset_conflict(relabel(ds, average_rating_labels(ds))) < subset_conflict(ds)
+    assert likert(torch.tensor([-1.0, 0.0, 1.0])).tolist() == [1.0, 3.0, 5.0]
+    swapped = relabel(ds, [False] * len(ds))
+    assert swapped['chosen'] == ds['rejected'] and swapped['rejected'] == ds['chosen']
+    with pytest.raises(ValueError, match='keep'): relabel(ds, [True])
+
+def test_protocol_file_is_the_code_default():
+    p = load_protocol(PROTOCOL_FILE)
+    assert p.text_config() == Protocol().text_config()
+    assert {k: v for k, v in vars(p).items() if k != 'config'} == {k: v for k, v in vars(Protocol()).items() if k != 'config'}
+    assert len(p.seeds) >= 5 and not set(p.seeds) & {0, 1, 2} and p.text_config().rpo_alpha == 1.0
+    doc = json.loads(PROTOCOL_FILE.read_text())
+    assert {'hypotheses_text', 'primary_metric', 'decision_rule'} <= set(doc)
+
+def test_protocol_validation(tmp_path):
+    with pytest.raises(ValueError, match='primary_share'): Protocol(shares=(0.1,), primary_share=0.3)
+    with pytest.raises(ValueError, match='methods'): Protocol(methods=('full', 'dpo'))
+    with pytest.raises(ValueError, match='hypothesis'): Protocol(methods=('full', 'random'), sweep_methods=('full',))
+    with pytest.raises(ValueError, match='unknown'): Protocol(config=dict(n_promts=3))
+    with pytest.raises(ValueError, match='seeds'): Protocol(seeds=(1, 1))
+    f = tmp_path / 'p.json'
+    f.write_text(json.dumps(protocol_dict(smoke_protocol(), note='x')))
+    assert load_protocol(f) == Protocol(**{**vars(smoke_protocol()), 'config': vars(smoke_protocol().text_config())})
+    f.write_text(json.dumps({'design': {'seedz': [1]}}))
+    with pytest.raises(ValueError, match='seedz'): load_protocol(f)
+
+def _fake_runs(effect):
+    rows = []
+    for s, noise in zip(range(5), (0.01, -0.02, 0.015, -0.005, 0.0)):
+        for m, g in (('sft', 0.0), ('full', 0.1), ('random', 0.05), ('pd', 0.1 + effect + noise), ('pd_high', 0.1 - 0.2 + noise)):
+            rows.append(dict(seed=s, share=0.3, method=m, gold=g + 0.3 * s, kl=0.1, implicit_acc=0.6, n_train=10, ratio=0.3,
+                             **{a: 0.0 for a in ASPECTS}, grammatical=1.0, train_conflict=0.1, steps=5))
+    return pandas.DataFrame(rows)
+
+@pytest.mark.parametrize('effect,first', [(0.1, 'pd better'), (-0.1, 'pd worse'), (0.0, 'not resolved')])
+def test_hypothesis_decisions(effect, first):
+    p = Protocol(shares=(0.3,), methods=('full', 'random', 'pd', 'pd_high'), sweep_methods=('full',))
+    h = hypothesis_tests(confirmatory_summary(_fake_runs(effect), p), p)
+    assert list(h['hypothesis']) == ['pd vs full', 'pd vs random', 'pd_high vs full']
+    assert h.loc[0, 'decision'].startswith(first) and h.loc[2, 'decision'] == 'pd_high worse'
+    assert (h['n_seeds'] == 5).all() and h.loc[0, 'difference'] == pytest.approx(effect + 0.0)
+
+def test_cli_text_toy_quick(tmp_path, capsys):
+    from pd_align.cli import main
+    assert main(['text-toy', '--quick', '--out', str(tmp_path / 'o')]) == 0
+    out = capsys.readouterr().out
+    assert 'conflict share 30%' in out and 'pd vs full' in out and 'random_steps' in out
+    res = json.loads((tmp_path / 'o' / 'results.json').read_text())
+    assert res['seeds'] == [0, 1] and {r['method'] for r in res['runs']} >= {'full', 'ova', 'avg', 'dfpo_est', 'raf', 'pd_nl'}
+    assert all(r['kl'] >= 0 for r in res['runs'])
+    for f in ('hypotheses.csv', 'data.csv', 'table.txt', 'text_toy_confirmatory.png', 'text_toy_diagnostics.png'):
+        assert (tmp_path / 'o' / f).stat().st_size > 0
+    assert main(['text-toy', '--quick', '--protocol', str(PROTOCOL_FILE)]) == 2 # one or the other
+    assert main(['text-toy', '--quick', '--workers', '0']) == 2

@@ -7,7 +7,8 @@ from pd_align.data import get_aspects
 from pd_align.divergence import conflict_rate, spearman
 from pd_align.toy import (ASPECTS, conflict_correlation, make_world, draw_pairs, sample_subdatasets, toy_pairs, pair_scores,
                           oracle_pd, estimate_aspect_rewards, estimated_pd, train_tabular_dpo, evaluate, simulate,
-                          run_experiment, run_toy, mean_ci)
+                          run_experiment, run_toy)
+from pd_align.experiments import mean_ci
 
 SMALL = dict(n_prompts=30, pairs_per_aspect=150, steps=60)
 
