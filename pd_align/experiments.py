@@ -263,6 +263,6 @@ def plot_against(runs:pandas.DataFrame, # per-seed rows
         xs = sorted(at[x].unique())
         stats = [mean_ci(at.loc[at[x] == v, metric]) for v in xs]
         mean = np.array([s[0] for s in stats]); half = np.nan_to_num(np.array([s[1] for s in stats]))
-        line, = ax.plot(xs, mean, 'o-', ms=3, lw=1.2, label=m, **(styles or {}).get(m, {}))
+        line, = ax.plot(xs, mean, **{'marker': 'o', 'ms': 3, 'lw': 1.2, 'ls': '-', 'label': m, **(styles or {}).get(m, {})})
         ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.12, lw=0)
     return ax

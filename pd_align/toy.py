@@ -4,31 +4,33 @@
 
 # %% ../nbs/05_toy.ipynb #c002
 from __future__ import annotations
-import io, json, math, os, tempfile, time
-from dataclasses import dataclass, field
+import json, math, time
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .data import from_records, aggregate, get_aspects, scores_matrix, aspect_index, atomic_write_text, atomic_write_json, atomic_write_bytes
+from .data import from_records, aggregate, get_aspects, scores_matrix, aspect_index
 from .losses import dpo_loss, dfpo_loss
 from .divergence import (preference_divergence, holistic_margin, conflict_rate, scale_margins, spearman,
                                  plot_pd_histogram)
-from .theory import loss_bounds
+from .theory import label_noise
 from .selection import (select_by_pd, select_highest_pd, select_by_margin, select_by_holistic_margin, select_random,
                                 select_full)
-from .experiments import (Results, check_methods, method_key, mean_ci, summarize, format_table, write_results,
-                                  torch_threads, save_figure)
+from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results, read_results,
+                                  torch_threads, plot_against, legend_outside, caption)
 
 # %% auto #0
-__all__ = ['ASPECTS', 'CONFLICT_LEVELS', 'DEFAULT_METHODS', 'SELECTIONS', 'SWEEP_METHODS', 'SWEEP_RATIOS', 'NOISE_LEVELS',
-           'conflict_correlation', 'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets',
-           'toy_pairs', 'pair_scores', 'own_margin', 'oracle_pd', 'estimate_aspect_rewards', 'estimated_pd',
-           'TabularRuns', 'tabular_run', 'train_runs', 'train_tabular_dpo', 'evaluate_runs', 'evaluate', 'ToyResults',
-           'simulate', 'toy_summary', 'run_experiment', 'plot_ratio_sweep', 'plot_conflict_rates', 'plot_pd_quality',
-           'toy_figures', 'toy_table', 'run_toy']
+__all__ = ['ASPECTS', 'CONFLICT_LEVELS', 'DEFAULT_METHODS', 'TOY_METHODS', 'SELECTIONS', 'SHARES', 'LENGTH_BIAS', 'SWEEP_METHODS',
+           'SWEEP_RATIOS', 'NOISE_LEVELS', 'RATING_NOISE', 'PANELS', 'GOLD_LABEL', 'QUICK', 'conflict_correlation',
+           'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets', 'toy_pairs', 'pair_scores',
+           'own_margin', 'oracle_pd', 'estimate_aspect_rewards', 'estimate_unified_reward', 'estimated_pd',
+           'TabularRuns', 'tabular_run', 'train_runs', 'train_tabular_dpo', 'evaluate_runs', 'evaluate',
+           'holistic_margins', 'mix_conflict', 'relabel_flips', 'identity_gap', 'ToyResults', 'simulate', 'toy_summary',
+           'run_experiment', 'plot_conflict_share', 'plot_pd_quality', 'plot_budget', 'plot_example_pd', 'toy_figures',
+           'toy_table', 'parse_shares', 'run_toy']
 
 # %% ../nbs/05_toy.ipynb #c005
 ASPECTS = ('helpfulness', 'honesty', 'instruction_following', 'truthfulness')
@@ -62,7 +64,7 @@ class ToyWorld:
     aspects: tuple # K aspect names
     correlation: float # off-diagonal correlation of the aspect rewards
     length_aspect: int # index of the aspect the length is correlated with
-    length_bias: float # annotators' extra log-odds per unit of length difference (not part of the gold reward)
+    length_bias: Tensor # [K] annotators' extra log-odds per unit of length difference, per aspect (not in the gold reward)
     seed: int
 
     @property
@@ -77,7 +79,7 @@ class ToyWorld:
     def n_aspects(self) -> int: return self.rewards.shape[2]
     def __repr__(self):
         return (f"ToyWorld(P={self.n_prompts}, M={self.n_responses}, aspects={list(self.aspects)}, "
-                f"rho={self.correlation:+.3f}, length_bias={self.length_bias}, seed={self.seed})")
+                f"rho={self.correlation:+.3f}, length_bias={self.length_bias.tolist()}, seed={self.seed})")
 
 # %% ../nbs/05_toy.ipynb #c008
 def _aspect_weights(weights, K:int) -> Tensor:
@@ -96,7 +98,7 @@ def make_world(n_prompts:int=100, # P prompts
                weights=None, # [K] aspect weights (default uniform), normalised to sum 1
                length_aspect:int|str=0, # aspect (index or name) the length is correlated with
                length_corr:float=0.5, # correlation c of the length with that aspect's reward
-               length_bias:float=0.0, # annotators' extra log-odds per unit of length difference
+               length_bias:float|tuple=0.0, # annotators' extra log-odds per unit of length difference: one value or [K]
                feature_noise:float=0.5, # sigma_f of the noisy reward copy inside the features
                n_nuisance:int=3, # uninformative feature coordinates
                ref_logits:Tensor|None=None, # [P, M] reference policy logits (default uniform)
@@ -109,6 +111,9 @@ def make_world(n_prompts:int=100, # P prompts
     a = list(aspects).index(length_aspect) if isinstance(length_aspect, str) else int(length_aspect)
     if not 0 <= a < K: raise ValueError(f"length_aspect: index {a} out of range for {K} aspects")
     w = _aspect_weights(weights, K)
+    bias = torch.as_tensor(length_bias, dtype=torch.float32).flatten()
+    if bias.numel() not in (1, K): raise ValueError(f"length_bias: expected one value or {K} (one per aspect), got {bias.numel()}")
+    bias = bias.expand(K).clone()
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(P, M, K, generator=g)
     cov = (1 - rho) * torch.eye(K) + rho * torch.ones(K, K)
@@ -120,7 +125,7 @@ def make_world(n_prompts:int=100, # P prompts
     features = torch.cat([torch.cat([noisy, nuisance], -1) @ rotation, lengths[..., None]], -1)
     ref = torch.zeros(P, M) if ref_logits is None else torch.as_tensor(ref_logits, dtype=torch.float32)
     if ref.shape != (P, M): raise ValueError(f"ref_logits: expected shape {(P, M)}, got {tuple(ref.shape)}")
-    return ToyWorld(rewards, lengths, features, w, ref, tuple(aspects), rho, a, float(length_bias), seed)
+    return ToyWorld(rewards, lengths, features, w, ref, tuple(aspects), rho, a, bias, seed)
 
 # %% ../nbs/05_toy.ipynb #c012
 @dataclass
@@ -142,7 +147,7 @@ def _draw_aspect(world:ToyWorld, k:int, n:int, g:torch.Generator):
     a = torch.randint(M, (n,), generator=g)
     b = (a + 1 + torch.randint(M - 1, (n,), generator=g)) % M
     r, ln = world.rewards[..., k], world.lengths
-    logit = r[p, a] - r[p, b] + world.length_bias * (ln[p, a] - ln[p, b])
+    logit = r[p, a] - r[p, b] + world.length_bias[k] * (ln[p, a] - ln[p, b])
     a_wins = torch.rand(n, generator=g) < torch.sigmoid(logit)
     return p, torch.where(a_wins, a, b), torch.where(a_wins, b, a)
 
@@ -204,24 +209,51 @@ def oracle_pd(world:ToyWorld, data) -> Tensor:
     ch, rj = pair_scores(world, data)
     return preference_divergence(ch, rj, toy_pairs(data, world).aspect, world.weights)
 
-def _newton_bt(x:Tensor, group:Tensor, n_groups:int, offset:Tensor, ridge:Tensor, iters:int) -> Tensor:
+def _newton_bt(x:Tensor, group:Tensor, n_groups:int, offset:Tensor, ridge:Tensor, iters:int, weight:Tensor|None=None) -> Tensor:
     "Ridge Bradley-Terry (logistic, no intercept) fits on rows `x` [N, D], one per group, all at once: [G, D]."
     x, offset = x.double(), offset.double()
-    wts = 1 / torch.bincount(group, minlength=n_groups).double()[group]
+    raw = torch.ones(len(group), dtype=torch.float64) if weight is None else weight.double()
+    wts = raw / torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, raw)[group]  # each group's weights sum to 1
     outer = x[:, :, None] * x[:, None, :]
     theta = torch.zeros(n_groups, x.shape[1], dtype=torch.float64)
     for _ in range(iters):
         p = torch.sigmoid((theta[group] * x).sum(-1) + offset)
         grad = torch.zeros_like(theta).index_add_(0, group, ((p - 1) * wts)[:, None] * x) + 2 * ridge * theta
-        hess = torch.zeros(n_groups, *outer.shape[1:], dtype=torch.float64).index_add_(0, group, (p * (1 - p) * wts)[:, None, None] * outer)
+        curv = (p * (1 - p) * wts)[:, None, None] * outer
+        hess = torch.zeros(n_groups, *outer.shape[1:], dtype=torch.float64).index_add_(0, group, curv)
         step = torch.linalg.solve(hess + torch.diag(2 * ridge + 1e-9), grad)
         theta = theta - step
         if step.abs().max() < 1e-9: break
     return theta.float()
 
+def _length_balance_weights(dlen:Tensor, group:Tensor, n_groups:int) -> Tensor:
+    "Weights giving chosen-at-least-as-long and chosen-shorter pairs half of each group's weight each."
+    plus = (dlen >= 0).double()
+    n_plus = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, plus)[group]
+    n_all = torch.bincount(group, minlength=n_groups).double()[group]
+    n_minus = n_all - n_plus
+    w = torch.where(plus > 0, 0.5 / n_plus.clamp(min=1), 0.5 / n_minus.clamp(min=1))
+    one_sided = (n_plus == 0) | (n_minus == 0)
+    return torch.where(one_sided, 1 / n_all, w)
+
+def _fit_linear_bt(world:ToyWorld, pr:ToyPairs, group:Tensor, n_groups:int, length_penalty, length_balance:bool,
+                   l2:float, iters:int) -> Tensor:
+    "[P, M, G] linear Bradley-Terry rewards, one model per group of pairs."
+    X = world.features if length_penalty is False else world.features[..., :-1]
+    dx = X[pr.prompt, pr.chosen] - X[pr.prompt, pr.rejected]
+    dlen = world.lengths[pr.prompt, pr.chosen] - world.lengths[pr.prompt, pr.rejected]
+    fixed = 0.0 if isinstance(length_penalty, bool) else float(length_penalty)
+    design = torch.cat([dx, dlen[:, None]], 1) if length_penalty is True else dx
+    ridge = torch.zeros(design.shape[1], dtype=torch.float64)
+    ridge[:dx.shape[1]] = l2  # the length term is not shrunk
+    weight = _length_balance_weights(dlen, group, n_groups) if length_balance else None
+    with torch_threads(1): theta = _newton_bt(design, group, n_groups, fixed * dlen, ridge, iters, weight)
+    return X @ theta[:, :X.shape[-1]].T
+
 def estimate_aspect_rewards(world:ToyWorld, # supplies the response features
                             data, # toy `Dataset` or `ToyPairs`; aspect k's model sees only its own pairs
                             length_penalty:bool|float=True, # True: fit and drop a length term; float: fixed rho; False: length is a feature
+                            length_balance:bool=False, # weight each D_k to 50% chosen-longer pairs
                             l2:float=1e-3, # ridge strength lambda on theta
                             iters:int=25, # Newton iterations (the ridge logistic loss is strictly convex)
                            ) -> Tensor: # [P, M, K] estimated aspect rewards (length part removed when penalised)
@@ -229,21 +261,25 @@ def estimate_aspect_rewards(world:ToyWorld, # supplies the response features
     pr, K = toy_pairs(data, world), world.n_aspects
     empty = (torch.bincount(pr.aspect, minlength=K) == 0).nonzero()
     if len(empty): raise ValueError(f"data: aspect {world.aspects[empty[0].item()]!r} has no pairs to fit its reward model on")
-    X = world.features if length_penalty is False else world.features[..., :-1]
-    dx = X[pr.prompt, pr.chosen] - X[pr.prompt, pr.rejected]
-    dlen = world.lengths[pr.prompt, pr.chosen] - world.lengths[pr.prompt, pr.rejected]
-    fixed = 0.0 if isinstance(length_penalty, bool) else float(length_penalty)
-    design = torch.cat([dx, dlen[:, None]], 1) if length_penalty is True else dx
-    ridge = torch.zeros(design.shape[1], dtype=torch.float64); ridge[:dx.shape[1]] = l2  # the length term is not shrunk
-    with torch_threads(1): theta = _newton_bt(design, pr.aspect, K, fixed * dlen, ridge, iters)
-    return X @ theta[:, :X.shape[-1]].T
+    return _fit_linear_bt(world, pr, pr.aspect, K, length_penalty, length_balance, l2, iters)
+
+def estimate_unified_reward(world:ToyWorld, # supplies the response features
+                            data, # toy `Dataset` or `ToyPairs`: every label, whatever its aspect
+                            length_penalty:bool|float=True, # as in `estimate_aspect_rewards`
+                            length_balance:bool=True, # weight the pairs to 50% chosen-longer
+                            l2:float=1e-3, iters:int=25,
+                           ) -> Tensor: # [P, M] one estimated reward
+    "One linear Bradley-Terry reward model fit on all sub-datasets' labels as if they were one preference (RAF)."
+    pr = toy_pairs(data, world)
+    if len(pr) == 0: raise ValueError("data: no pairs to fit the unified reward model on")
+    return _fit_linear_bt(world, pr, torch.zeros(len(pr), dtype=torch.long), 1, length_penalty, length_balance, l2, iters)[..., 0]
 
 def estimated_pd(world:ToyWorld, data,
                  rewards_hat:Tensor|None=None, # [P, M, K] estimated rewards; default `estimate_aspect_rewards(world, data)`
                  gamma:float=0.9, # quantile used to scale each aspect's margins
                  method:str='quantile', # or 'zscore' (see `scale_margins`)
                 ) -> Tensor: # [N] estimated PD
-    "PD from estimated rewards, margins scaled per aspect as in the paper (DESIGN.md §4.5)."
+    "PD from estimated rewards, margins scaled per aspect as in the paper (quantile scaling, clipped to [-1, 1])."
     if rewards_hat is None: rewards_hat = estimate_aspect_rewards(world, data)
     pr = toy_pairs(data, world)
     deltas = rewards_hat[pr.prompt, pr.chosen] - rewards_hat[pr.prompt, pr.rejected]
@@ -372,278 +408,399 @@ def evaluate(world:ToyWorld, # the world with the gold rewards
     return {k: v.item() for k, v in evaluate_runs(world, policy).items()}
 
 # %% ../nbs/05_toy.ipynb #c030
-DEFAULT_METHODS = ('full', 'random', 'pd_oracle', 'pd', 'holistic_margin', 'margin', 'pd_high', 'gold_labels', 'dfpo')
-SELECTIONS = ('random', 'pd_oracle', 'pd', 'pd_nl', 'holistic_margin', 'margin', 'pd_high')
-SWEEP_METHODS = ('random', 'pd_oracle', 'pd', 'holistic_margin', 'pd_high')
+DEFAULT_METHODS = ('full', 'ova', 'avg', 'dfpo', 'dfpo_est', 'random', 'raf', 'pd_oracle', 'pd', 'pd_high', 'pd_nl',
+                   'holistic_margin', 'gold_labels')
+TOY_METHODS = DEFAULT_METHODS + ('margin',) # every method this world implements (`margin`: largest own-aspect margin)
+SELECTIONS = ('random', 'raf', 'pd_oracle', 'pd', 'pd_high', 'pd_nl', 'holistic_margin', 'margin')
+SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
+LENGTH_BIAS = (1.0, 0.0, 0.5, 0.0) # per-aspect annotator length bias of the experiment's world
+SWEEP_METHODS = ('random', 'pd_oracle', 'pd', 'holistic_margin')
 SWEEP_RATIOS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 NOISE_LEVELS = (0.25, 0.5, 1.0, 2.0, 4.0)
+RATING_NOISE = math.pi / math.sqrt(6) # per-response rating noise of `avg`: differences have the logistic label noise's sd
 
-# %% ../nbs/05_toy.ipynb #c033
+def holistic_margins(world:ToyWorld, data) -> Tensor:
+    "[N] float64 gold holistic margin r(chosen) - r(rejected) of each pair, in the label's orientation."
+    pr = toy_pairs(data, world)
+    r = world.rewards.double() @ world.weights.double()
+    return r[pr.prompt, pr.chosen] - r[pr.prompt, pr.rejected]
+
+def mix_conflict(world:ToyWorld, # the world
+                 pool:ToyPairs, # labelled pairs to draw from (e.g. `draw_pairs` with a large `pairs_per_aspect`)
+                 share:float, # wanted share of conflicting pairs in every aspect's sub-dataset, in [0, 1]
+                 pairs_per_aspect:int=500, # n: pairs per aspect in the result
+                ) -> Tensor: # indices into `pool`, aspect by aspect
+    "Per aspect, round(share*n) pairs whose label disagrees with the gold holistic preference and the rest agreeing."
+    if not 0 <= share <= 1: raise ValueError(f"share: must be in [0, 1], got {share}")
+    conflicting = holistic_margins(world, pool) < 0
+    n_conf = round(share * pairs_per_aspect)
+    out = []
+    for k, name in enumerate(world.aspects):
+        ck = ((pool.aspect == k) & conflicting).nonzero().squeeze(1)
+        ak = ((pool.aspect == k) & ~conflicting).nonzero().squeeze(1)
+        if len(ck) < n_conf or len(ak) < pairs_per_aspect - n_conf:
+            raise ValueError(f"share: aspect {name!r}: the pool has {len(ck)} conflicting and {len(ak)} agreeing pairs, "
+                             f"share {share} needs {n_conf} and {pairs_per_aspect - n_conf}; draw a larger pool")
+        out.append(torch.cat([ck[:n_conf], ak[:pairs_per_aspect - n_conf]]).sort().values)
+    return torch.cat(out)
+
+def relabel_flips(world:ToyWorld, # the world
+                  pairs:ToyPairs, # labelled pairs
+                  seed:int=0, # seeds the annotators' noise
+                 ) -> dict: # {'ova', 'avg', 'gold_labels'}: [N] bool, True where the relabel swaps chosen and rejected
+    "Holistic relabellings of every pair: one noisy holistic annotator (OVA), noisy per-aspect ratings averaged (AVG), gold."
+    g = torch.Generator().manual_seed(7_919 * (seed + 1))
+    dr = holistic_margins(world, pairs)
+    dlen = (world.lengths[pairs.prompt, pairs.chosen] - world.lengths[pairs.prompt, pairs.rejected]).double()
+    bias = world.length_bias.double()
+    ova_logit = dr / (world.rewards.double() @ world.weights.double()).std() + bias.mean() * dlen
+    ova_keeps = torch.rand(len(pairs), generator=g, dtype=torch.float64) < torch.sigmoid(ova_logit)
+    ch, rj = pair_scores(world, pairs)
+    noise = RATING_NOISE * (torch.randn(len(pairs), world.n_aspects, generator=g, dtype=torch.float64)
+                            - torch.randn(len(pairs), world.n_aspects, generator=g, dtype=torch.float64))
+    avg = ((ch - rj).double() + bias * dlen[:, None] + noise) @ world.weights.double()
+    return dict(ova=~ova_keeps, avg=avg < 0, gold_labels=dr < 0)
+
+# %% ../nbs/05_toy.ipynb #c034
 def _selector(N:int, seed:int, scores:dict):
     "method, ratio -> indices of the training pairs."
     def select(method:str, ratio:float) -> Tensor:
-        if method == 'full' or ratio >= 1: return select_full(N)
+        if ratio >= 1: return select_full(N)
         if method == 'random': return select_random(N, ratio, seed)
         if method in ('pd_oracle', 'pd', 'pd_nl'): return select_by_pd(scores[method], ratio)
         if method == 'pd_high': return select_highest_pd(scores['pd_oracle'], ratio)
         if method == 'holistic_margin': return select_by_holistic_margin(scores['holistic_margin'], ratio)
-        if method == 'margin': return select_by_margin(scores['margin'], ratio)
+        if method in ('margin', 'raf'): return select_by_margin(scores[method], ratio)
         raise ValueError(f"method: unknown selection {method!r}; expected one of {SELECTIONS}")
     return select
 
-def _world_specs(world:ToyWorld, pairs:ToyPairs, seed:int, ratio:float, methods, sweep_ratios, sweep_methods,
-                 noise_levels, length_penalty, gamma) -> tuple[list, dict]:
-    "The run specifications of one world, and the world's statistics."
+def identity_gap(world:ToyWorld, # the world (gold rewards, reference policy)
+                 pairs:ToyPairs, # the dataset
+                 index:Tensor, # the run's training pairs
+                 logits:Tensor, # [P, M] trained policy logits
+                 beta:float=0.1, # DPO beta
+                 pd:Tensor|None=None, # [N] PD of the dataset (default: the library's PD of the true scores)
+                ) -> tuple[float, float]: # (L_H from the gold rewards, |L_H - (L_DPO + mean(q h))|)
+    "The holistic loss of a policy on its training pairs, and the gap of the exact identity L_H = L_DPO + mean(q h)."
+    sub = pairs.subset(index)
+    lp, ref = logits.double().log_softmax(-1), world.ref_logits.double().log_softmax(-1)
+    pc, pr_, rc, rr = lp[sub.prompt, sub.chosen], lp[sub.prompt, sub.rejected], ref[sub.prompt, sub.chosen], ref[sub.prompt, sub.rejected]
+    h = beta * ((pc - rc) - (pr_ - rr))
+    dr = holistic_margins(world, sub)
+    direct = (torch.sigmoid(dr) * -torch.nn.functional.logsigmoid(h) + torch.sigmoid(-dr) * -torch.nn.functional.logsigmoid(-h)).mean()
+    ch, rj = pair_scores(world, sub)
+    d = ch.double() - rj.double()  # the difference in float64: in float32 it would already miss the identity by ~1e-8
+    pd_sub = preference_divergence(ch.double(), rj.double(), sub.aspect, world.weights.double()) if pd is None else pd[index].double()
+    q = label_noise(pd_sub, d.gather(1, sub.aspect[:, None]).squeeze(1), world.weights.double()[sub.aspect])
+    l_dpo = dpo_loss(pc, pr_, rc, rr, beta=beta)[0].mean()
+    return direct.item(), abs(direct - (l_dpo + (q * h).mean())).item()
+
+def _world_specs(world:ToyWorld, pairs:ToyPairs, flips:dict, seed:int, ratio:float, methods, sweep_ratios, sweep_methods,
+                 noise_levels, gamma) -> tuple[list, dict]:
+    "The run specifications of one dataset, and its statistics."
     N = len(pairs)
     ch, rj = pair_scores(world, pairs)
     pd_true = preference_divergence(ch, rj, pairs.aspect, world.weights)
     own = (ch - rj).gather(1, pairs.aspect[:, None]).squeeze(1)
     scores = dict(pd_oracle=pd_true, holistic_margin=holistic_margin(ch, rj, world.weights), margin=own)
-    if 'pd' in methods or 'pd' in sweep_methods:
-        scores['pd'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, length_penalty), gamma)
-    if 'pd_nl' in methods or 'pd_nl' in sweep_methods:
-        scores['pd_nl'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, False), gamma)
+    wanted = set(methods) | set(sweep_methods)
+    if wanted & {'pd', 'dfpo_est'}:
+        scores['pd'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, True, True), gamma)
+    if 'pd_nl' in wanted:
+        scores['pd_nl'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, False, False), gamma)
+    if 'raf' in wanted:
+        unified = estimate_unified_reward(world, pairs)
+        scores['raf'] = unified[pairs.prompt, pairs.chosen] - unified[pairs.prompt, pairs.rejected]
     quality = {m: spearman(scores[m], pd_true) for m in ('pd_oracle', 'pd', 'pd_nl') if m in scores}
     select = _selector(N, seed, scores)
-    base = dict(pd_true=pd_true, own=own)
     specs = []
     for m in methods:
-        if m == 'gold_labels': specs.append(dict(base, kind='main', method=m, ratio=1.0, index=select_full(N), flip=scores['holistic_margin'] < 0))
-        elif m == 'dfpo': specs.append(dict(base, kind='main', method=m, ratio=1.0, index=select_full(N), loss='dfpo'))
+        if m in ('ova', 'avg', 'gold_labels'): specs.append(dict(kind='main', method=m, ratio=1.0, index=select_full(N), flip=flips[m]))
+        elif m in ('dfpo', 'dfpo_est'):
+            pd_used = pd_true if m == 'dfpo' else scores['pd']
+            specs.append(dict(kind='main', method=m, ratio=1.0, index=select_full(N), loss='dfpo', pd=pd_used))
         else:
             r = 1.0 if m == 'full' else ratio
-            specs.append(dict(base, kind='main', method=m, ratio=r, index=select(m, r), pd_spearman=quality.get(m, float('nan'))))
+            specs.append(dict(kind='main', method=m, ratio=r, index=select(m, r), pd_spearman=quality.get(m, float('nan'))))
     done = {(s['method'], s['ratio']) for s in specs}
     for m in sweep_methods:
         for r in sweep_ratios:
             if (m, r) in done or r >= 1: continue  # budget 1 is the `full` run
-            specs.append(dict(base, kind='sweep', method=m, ratio=r, index=select(m, r)))
+            specs.append(dict(kind='sweep', method=m, ratio=r, index=select(m, r)))
     g = torch.Generator().manual_seed(10_007 * (seed + 1))
     for sigma in noise_levels:
         noisy = world.rewards + sigma * torch.randn(world.rewards.shape, generator=g)
         pd_noisy = preference_divergence(noisy[pairs.prompt, pairs.chosen], noisy[pairs.prompt, pairs.rejected], pairs.aspect, world.weights)
-        specs.append(dict(base, kind='quality', method='pd_noisy', ratio=ratio, index=select_by_pd(pd_noisy, ratio),
+        specs.append(dict(kind='quality', method='pd_noisy', ratio=ratio, index=select_by_pd(pd_noisy, ratio),
                           noise=sigma, pd_spearman=spearman(pd_noisy, pd_true)))
-    info = dict(rho=world.correlation, conflict_rate=conflict_rate(ch, rj, world.weights), holistic_sd=world.holistic.std().item(),
-                own_agreement=(own > 0).double().mean().item(), pd_spearman_est=quality.get('pd', float('nan')), n_pairs=N)
+    wrong = holistic_margins(world, pairs) < 0
+    for s in specs:
+        f = s.get('flip')
+        s['label_conflict'] = (wrong[s['index']] ^ (f[s['index']] if f is not None else False)).double().mean().item()
+    info = dict(realised_share=wrong.double().mean().item(), own_agreement=(own > 0).double().mean().item(),
+                pd_spearman_est=quality.get('pd', float('nan')), pd_spearman_nl=quality.get('pd_nl', float('nan')), n_pairs=N)
     return specs, info
 
-def _check_bounds(world:ToyWorld, pairs:ToyPairs, spec:dict, logits:Tensor, beta:float) -> dict:
-    "The theorem's bounds for one trained policy on its training pairs (dataset orientation)."
-    idx = spec['index']
-    sub = pairs.subset(idx)
-    lp, ref = logits.double().log_softmax(-1), world.ref_logits.double().log_softmax(-1)
-    ratio_ = lambda y: lp[sub.prompt, y] - ref[sub.prompt, y]
-    h = beta * (ratio_(sub.chosen) - ratio_(sub.rejected))
-    lo, exact, up = loss_bounds(h, spec['pd_true'][idx].double(), spec['own'][idx].double(), world.weights[sub.aspect].double())
-    lo, exact, up = lo.item(), exact.item(), up.item()
-    tol = 1e-9 * max(1.0, abs(exact))
-    return dict(holistic_loss=exact, bound_lower=lo, bound_upper=up, bounds_ok=bool(lo <= exact + tol and exact <= up + tol))
-
-# %% ../nbs/05_toy.ipynb #c034
+# %% ../nbs/05_toy.ipynb #c035
 @dataclass
 class ToyResults(Results):
-    "`pd_align.experiments.Results` (summary per (conflict, method); runs: kind 'main', 'sweep' or 'quality') + plot data."
-    example: dict = field(default_factory=dict) # 'conflict', 'seed', 'pd' and 'selected' of one world (PD histogram)
+    "`pd_align.experiments.Results` (summary per (share, method); runs: kind 'main', 'sweep' or 'quality') + plot data."
     @property
-    def worlds(self) -> pandas.DataFrame: # one row per (conflict, seed): rho, conflict rate, PD-estimate quality, ...
+    def worlds(self) -> pandas.DataFrame: # one row per (share, seed): realised share, own-label agreement, PD quality
         return self.tables['worlds']
+    @property
+    def example(self) -> dict: # one dataset's oracle PD and PD-30% selection, for the histogram
+        return self.extra['example']
 
-def simulate(conflicts=('low', 'mid', 'high'), # conflict levels ('low', 'mid', 'high' or correlations)
-             seeds:int=5, # seeds per level (worlds seed, seed+1, ...)
+def _check_shares(shares) -> tuple:
+    shares = tuple(float(s) for s in shares)
+    if not shares: raise ValueError("shares: give at least one conflict share")
+    if len(set(shares)) != len(shares): raise ValueError(f"shares: values repeat in {list(shares)}")
+    bad = [s for s in shares if not 0 <= s <= 1]
+    if bad: raise ValueError(f"shares: must be in [0, 1], got {bad}")
+    return shares
+
+def simulate(shares=SHARES, # conflict shares of every aspect's sub-dataset
+             seeds:int=10, # seeds (worlds seed, seed+1, ...); every share uses the same worlds and pools
              ratio:float=0.3, # selection budget lambda of the main comparison
              seed:int=0, # first seed
-             n_prompts:int=100, n_responses:int=6, pairs_per_aspect:int=500, aspects=ASPECTS,
+             n_prompts:int=100, n_responses:int=6, pairs_per_aspect:int=500,
+             pool_factor:int=4, # pool size per aspect, in units of pairs_per_aspect
+             aspects=ASPECTS,
              weights=None, # aspect weights (default uniform)
-             world_kw:dict|None=None, # more `make_world` arguments (length_bias, feature_noise, ...)
-             methods=DEFAULT_METHODS, # main-table methods (also 'pd_nl': estimated PD without the length penalty)
-             sweep:bool=True, # also run the budget sweep
+             world_conflict:str|float='mid', # the world's aspect correlation (see `conflict_correlation`)
+             length_bias=LENGTH_BIAS, # per-aspect annotator length bias
+             world_kw:dict|None=None, # more `make_world` arguments (feature_noise, length_corr, ...)
+             methods=DEFAULT_METHODS, # main-table methods, any of `TOY_METHODS`
+             sweep_share:float|str|None='middle', # share of the budget sweep: a share, 'middle' (of `shares`) or None (none)
              sweep_ratios=SWEEP_RATIOS, sweep_methods=SWEEP_METHODS,
              quality:bool=True, # also run PD-30% from noised rewards (gain vs PD quality)
              noise_levels=NOISE_LEVELS, # sigma of the reward noise for the quality curve
-             length_penalty:bool|float=True, # for the estimated reward models
              gamma:float=0.9, # margin-scaling quantile of the estimated PD
              beta:float=0.1, steps:int=150, lr:float=0.1, # DPO
              progress:bool=True, # tqdm bars
             ) -> ToyResults:
-    "Run every method on every (conflict, seed) world; per-run rows, per-world rows and the summary table."
-    config = dict(conflicts=list(conflicts), seeds=seeds, ratio=ratio, seed=seed, n_prompts=n_prompts, n_responses=n_responses,
-                  pairs_per_aspect=pairs_per_aspect, aspects=list(aspects), weights=None if weights is None else list(map(float, weights)),
-                  world_kw=dict(world_kw or {}), methods=list(methods), sweep=sweep, sweep_ratios=list(sweep_ratios),
-                  sweep_methods=list(sweep_methods), quality=quality, noise_levels=list(noise_levels),
-                  length_penalty=length_penalty, gamma=gamma, beta=beta, steps=steps, lr=lr)
+    "Run every method on every (share, seed) dataset; per-run rows, per-dataset rows and the summary table."
+    shares = _check_shares(shares)
     if seeds < 1: raise ValueError(f"seeds: need >= 1, got {seeds}")
-    if not len(conflicts): raise ValueError("conflicts: give at least one level")
-    if len({str(c) for c in conflicts}) != len(conflicts): raise ValueError(f"conflicts: levels repeat in {list(conflicts)}")
-    check_methods(methods, DEFAULT_METHODS + ('pd_nl',), 'methods')
-    check_methods(sweep_methods, SELECTIONS, 'sweep_methods')
     if not 0 < ratio <= 1: raise ValueError(f"ratio: must be in (0, 1], got {ratio}")
-    with torch_threads(1): return _simulate(config, conflicts, seeds, ratio, seed, n_prompts, n_responses, pairs_per_aspect, aspects,
-                                         weights, world_kw, methods, sweep, sweep_ratios, sweep_methods, quality, noise_levels,
-                                         length_penalty, gamma, beta, steps, lr, progress)
+    if pool_factor < 1: raise ValueError(f"pool_factor: need >= 1, got {pool_factor}")
+    methods = check_methods(methods, TOY_METHODS, 'methods')
+    sweep_methods = check_methods(sweep_methods, SELECTIONS, 'sweep_methods')
+    if sweep_share == 'middle': sweep_share = shares[len(shares) // 2]
+    if sweep_share is not None and float(sweep_share) not in shares:
+        raise ValueError(f"sweep_share: {sweep_share} is not one of the shares {list(shares)}")
+    config = dict(shares=list(shares), seeds=seeds, ratio=ratio, seed=seed, n_prompts=n_prompts, n_responses=n_responses,
+                  pairs_per_aspect=pairs_per_aspect, pool_factor=pool_factor, aspects=list(aspects),
+                  weights=None if weights is None else list(map(float, weights)), world_conflict=world_conflict,
+                  length_bias=list(map(float, torch.as_tensor(length_bias).flatten().tolist())), world_kw=dict(world_kw or {}),
+                  methods=list(methods), sweep_share=sweep_share, sweep_ratios=list(sweep_ratios), sweep_methods=list(sweep_methods),
+                  quality=quality, noise_levels=list(noise_levels), gamma=gamma, beta=beta, steps=steps, lr=lr)
+    with torch_threads(1):
+        return _simulate(config, shares, seeds, ratio, seed, methods, sweep_methods, progress)
 
-def _simulate(config, conflicts, seeds, ratio, seed, n_prompts, n_responses, pairs_per_aspect, aspects, weights, world_kw, methods,
-              sweep, sweep_ratios, sweep_methods, quality, noise_levels, length_penalty, gamma, beta, steps, lr, progress):
-    worlds, specs, pairs_of = [], [], {}
-    combos = [(c, seed + s) for c in conflicts for s in range(seeds)]
-    for wid, (conflict, ws) in enumerate(tqdm(combos, desc='worlds', disable=not progress, leave=False)):
-        world = make_world(n_prompts, n_responses, aspects, conflict, ws, weights, **(world_kw or {}))
-        pairs = draw_pairs(world, pairs_per_aspect, ws)
-        sp, info = _world_specs(world, pairs, ws, ratio, methods, sweep_ratios if sweep else (), sweep_methods if sweep else (),
-                                noise_levels if quality else (), length_penalty, gamma)
-        pairs_of[wid] = (world, pairs)
-        worlds.append(dict(conflict=str(conflict), seed=ws, **info))
-        specs += [dict(s, world=wid, conflict=str(conflict), seed=ws) for s in sp]
+def _simulate(config, shares, seeds, ratio, seed, methods, sweep_methods, progress) -> ToyResults:
+    c = config
+    worlds, specs, data_of = [], [], {}
+    for ws in tqdm(range(seed, seed + seeds), desc='worlds', disable=not progress, leave=False):
+        world = make_world(c['n_prompts'], c['n_responses'], tuple(c['aspects']), c['world_conflict'], ws, c['weights'],
+                           length_bias=c['length_bias'], **c['world_kw'])
+        pool = draw_pairs(world, c['pool_factor'] * c['pairs_per_aspect'], ws)
+        pool_flips, pool_conflict = relabel_flips(world, pool, ws), (holistic_margins(world, pool) < 0).double().mean().item()
+        for share in shares:
+            idx = mix_conflict(world, pool, share, c['pairs_per_aspect'])
+            pairs = pool.subset(idx)
+            sweep = share == c['sweep_share']
+            sp, info = _world_specs(world, pairs, {k: v[idx] for k, v in pool_flips.items()}, ws, ratio, methods,
+                                    c['sweep_ratios'] if sweep else (), sweep_methods if sweep else (),
+                                    c['noise_levels'] if c['quality'] else (), c['gamma'])
+            did = len(data_of)
+            data_of[did] = (world, pairs)
+            worlds.append(dict(share=share, seed=ws, rho=world.correlation, pool_conflict=pool_conflict, **info))
+            specs += [dict(s, data=did, share=share, seed=ws) for s in sp]
+    rows = _train_and_evaluate(specs, data_of, c['beta'], c['steps'], c['lr'], progress)
+    runs_df, worlds_df = pandas.DataFrame(rows), pandas.DataFrame(worlds)
+    summary = toy_summary(runs_df, worlds_df, methods)
+    ex_share = c['sweep_share'] if c['sweep_share'] is not None else shares[-1]
+    ex = next(i for i, s in enumerate(specs) if s['share'] == ex_share and s['seed'] == seed and s['kind'] == 'main')
+    world, pairs = data_of[specs[ex]['data']]
+    pd_ex = oracle_pd(world, pairs)
+    example = dict(share=ex_share, seed=seed, pd=[round(v, 5) for v in pd_ex.tolist()],
+                   selected=select_by_pd(pd_ex, ratio).tolist(), ratio=ratio)
+    return ToyResults(runs_df, summary, config, dict(worlds=worlds_df), dict(example=example))
+
+def _train_and_evaluate(specs:list, data_of:dict, beta:float, steps:int, lr:float, progress:bool) -> list:
+    "Train every run (grouped by size, one vectorised call per group) and evaluate it: one row per spec."
     groups = {}
     for i, s in enumerate(specs): groups.setdefault(len(s['index']), []).append(i)
     rows = [None] * len(specs)
     for n, members in tqdm(sorted(groups.items()), desc='training', disable=not progress, leave=False):
-        runs = TabularRuns.cat([tabular_run(*pairs_of[specs[i]['world']], specs[i]['index'], specs[i].get('flip'),
-                                            specs[i].get('loss', 'dpo'), specs[i]['pd_true']) for i in members])
+        runs = TabularRuns.cat([tabular_run(*data_of[specs[i]['data']], specs[i]['index'], specs[i].get('flip'),
+                                            specs[i].get('loss', 'dpo'), specs[i].get('pd')) for i in members])
         logits = train_runs(runs, beta=beta, steps=steps, lr=lr)
         for j, i in enumerate(members):
-            s, (world, pairs) = specs[i], pairs_of[specs[i]['world']]
+            s, (world, pairs) = specs[i], data_of[specs[i]['data']]
             ev = {k: v.item() for k, v in evaluate_runs(world, logits[j]).items()}
-            rows[i] = dict(conflict=s['conflict'], seed=s['seed'], kind=s['kind'], method=s['method'], ratio=s['ratio'], n_train=n,
-                           noise=s.get('noise', float('nan')), pd_spearman=s.get('pd_spearman', float('nan')), **ev,
-                           **_check_bounds(world, pairs, s, logits[j], beta))
-    runs_df, worlds_df = pandas.DataFrame(rows), pandas.DataFrame(worlds)
-    hi = str(conflicts[-1])
-    ex = next(s for s in specs if s['conflict'] == hi and s['method'] == 'pd_oracle' and s['kind'] == 'main') if 'pd_oracle' in methods else None
-    example = dict(conflict=hi, seed=seed, pd=specs[[s['conflict'] for s in specs].index(hi)]['pd_true'].numpy(),
-                   selected=None if ex is None else ex['index'].numpy())
-    summary = toy_summary(runs_df, worlds_df, methods, [str(c) for c in conflicts])
-    return ToyResults(runs_df, summary, config, dict(worlds=worlds_df), example=example)
+            l_h, gap = identity_gap(world, pairs, s['index'], logits[j], beta)
+            rows[i] = dict(share=s['share'], seed=s['seed'], kind=s['kind'], method=s['method'], ratio=s['ratio'], n_train=n,
+                           noise=s.get('noise', float('nan')), pd_spearman=s.get('pd_spearman', float('nan')),
+                           label_conflict=s['label_conflict'], **ev, holistic_loss=l_h, identity_gap=gap)
+    return rows
 
-# %% ../nbs/05_toy.ipynb #c035
 def toy_summary(runs:pandas.DataFrame, # per-run rows from `simulate`
-                worlds:pandas.DataFrame|None=None, # per-world rows (adds the mean conflict rate)
+                worlds:pandas.DataFrame|None=None, # per-dataset rows (adds the realised conflict share)
                 methods=None, # row order (default: as they appear)
-                conflicts=None, # level order (default: as they appear)
-               ) -> pandas.DataFrame: # one row per (conflict, method)
-    "`pd_align.experiments.summarize` of the main runs per conflict level, plus conflict rate and the bounds check."
+               ) -> pandas.DataFrame: # one row per (share, method)
+    "`pd_align.experiments.summarize` of the main runs per conflict share, plus realised share and the identity check."
     main = runs[runs['kind'] == 'main']
-    if conflicts is not None: main = main.assign(_o=main['conflict'].map({c: i for i, c in enumerate(conflicts)})).sort_values('_o', kind='stable')
-    out = summarize(main, metrics=('gold', 'gold_norm', 'win_rate', 'kl'), by=['conflict'], methods=methods, means=('holistic_loss',))
-    if worlds is not None: out['conflict_rate'] = out['conflict'].map(worlds.groupby('conflict')['conflict_rate'].mean())
-    out['bounds_ok'] = [bool(main.loc[(main['conflict'] == c) & (main['method'] == m), 'bounds_ok'].all())
-                        for c, m in zip(out['conflict'], out['method'])]
+    out = summarize(main, metrics=('gold', 'gold_norm', 'win_rate', 'kl'), by=['share'], methods=methods,
+                    means=('label_conflict', 'holistic_loss'))
+    if worlds is not None: out['realised_share'] = out['share'].map(worlds.groupby('share')['realised_share'].mean())
+    gap = main.groupby(['share', 'method'])['identity_gap'].max()
+    out['identity_gap'] = [float(gap[(s, m)]) for s, m in zip(out['share'], out['method'])]
     return out
 
-def run_experiment(conflicts=('low', 'mid', 'high'), # conflict levels
-                   seeds:int=5, # seeds per level
+def run_experiment(shares=SHARES, # conflict shares
+                   seeds:int=10, # seeds per share
                    ratio:float=0.3, # selection budget
-                   **kwargs, # anything `simulate` takes (sizes, methods, sweep=False, ...)
+                   **kwargs, # anything `simulate` takes (sizes, methods, sweep_share=None, quality=False, ...)
                   ) -> pandas.DataFrame: # the summary table (see `toy_summary`)
-    "The main comparison: mean and 95% CI of every method per conflict level (`simulate(...).summary`)."
-    return simulate(conflicts, seeds, ratio, **kwargs).summary
+    "The main comparison: mean and 95% CI of every method per conflict share (`simulate(...).summary`)."
+    return simulate(shares, seeds, ratio, **kwargs).summary
 
-# %% ../nbs/05_toy.ipynb #c037
-def _band(ax, x, runs:pandas.DataFrame, metric:str, **kw):
-    "Plot mean and 95% CI band of `metric` over seeds at each x."
-    stats = [mean_ci(runs.loc[runs['ratio'] == r, metric]) for r in x]
-    m = np.array([s[0] for s in stats]); h = np.nan_to_num(np.array([s[1] for s in stats]))
-    line, = ax.plot(x, m, 'o-', ms=3, **kw)
-    ax.fill_between(x, m - h, m + h, color=line.get_color(), alpha=0.15)
+# %% ../nbs/05_toy.ipynb #c039
+PANELS = {'relabelling and loss baselines (all pairs)': ('full', 'ova', 'avg', 'dfpo', 'dfpo_est', 'gold_labels'),
+          'selections (30% of the pairs)': ('full', 'random', 'raf', 'pd_oracle', 'pd', 'pd_nl', 'pd_high', 'holistic_margin',
+                                            'margin')}
+GOLD_LABEL = 'gold reward E[r] of the policy (reward units)'
+_FULL_STYLE = dict(color='k', ls='--')
 
-def plot_ratio_sweep(runs:pandas.DataFrame, # per-run rows of `simulate`
-                     metric:str='gold', # any metric column
-                     methods=SWEEP_METHODS, # curves
-                    ):
-    "Gold reward against the selection budget, one panel per conflict level; returns the figure."
+def plot_conflict_share(runs:pandas.DataFrame, # per-run rows of `simulate`
+                        metric:str='gold', # any metric column
+                        panels:dict=PANELS, # {panel title: methods}
+                       ):
+    "Gold reward against the conflict share, one line per method (mean, 95% t-band over seeds); returns the figure."
     import matplotlib.pyplot as plt
-    conflicts = list(dict.fromkeys(runs['conflict']))
-    fig, axes = plt.subplots(1, len(conflicts), figsize=(4.3 * len(conflicts), 3.4), squeeze=False)
-    for ax, c in zip(axes[0], conflicts):
-        at = runs[runs['conflict'] == c]
-        full = at[(at['method'] == 'full') & (at['kind'] == 'main')]
-        for m in methods:
-            rows = pandas.concat([at[(at['method'] == m) & (at['kind'] != 'quality')], full.assign(method=m)])
-            if (rows['method'] == m).any() and len(rows) > len(full): _band(ax, sorted(set(rows['ratio'])), rows, metric, label=m)
-        if len(full): ax.axhline(full[metric].mean(), color='k', ls='--', lw=1, label='full')
-        ceil = at[(at['method'] == 'gold_labels') & (at['kind'] == 'main')]
-        if len(ceil): ax.axhline(ceil[metric].mean(), color='k', ls=':', lw=1, label='gold labels')
-        ax.set_title(f'conflict: {c}'); ax.set_xlabel('selection budget (share of pairs kept)'); ax.set_ylabel(metric)
-    axes[0][-1].legend(fontsize=7, loc='lower right')
+    main = runs[runs['kind'] == 'main']
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 3.0 * len(panels)), squeeze=False)
+    for ax, (title, ms) in zip(axes[:, 0], panels.items()):
+        plot_against(main, 'share', metric, [m for m in ms if m in set(main['method'])], ax=ax, styles={'full': _FULL_STYLE})
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel('conflict share of every aspect sub-dataset (fraction of pairs)')
+        ax.set_ylabel(GOLD_LABEL if metric == 'gold' else metric, fontsize=8)
+        legend_outside(ax)
+    fig.suptitle('Toy world: gold reward against the conflict share (fixed worlds)', fontsize=10)
     fig.tight_layout()
+    caption(fig, f"Lines: mean over {main['seed'].nunique()} seeds (the same worlds and pools at every share); shaded bands: "
+                 "95% Student-t interval over seeds, not paired (the table gives the paired differences). Dashed black: ALL.")
     return fig
 
-def plot_conflict_rates(worlds:pandas.DataFrame, ax=None):
-    "Mean conflict rate (95% CI over seeds) of each level; returns the axes."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(4, 3))
-    levels = list(dict.fromkeys(worlds['conflict']))
-    stats = [mean_ci(worlds.loc[worlds['conflict'] == c, 'conflict_rate']) for c in levels]
-    ax.bar(levels, [s[0] for s in stats], yerr=np.nan_to_num([s[1] for s in stats]), color='tab:orange', capsize=4)
-    for i, (c, s) in enumerate(zip(levels, stats)):
-        rho = worlds.loc[worlds['conflict'] == c, 'rho'].iloc[0]
-        ax.text(i, s[0] / 2, f'{s[0]:.0%}\nρ={rho:+.2f}', ha='center', va='center', fontsize=8)
-    ax.set_ylabel('conflict rate (label vs holistic)'); ax.set_ylim(0, 0.6)
-    return ax
-
 def plot_pd_quality(runs:pandas.DataFrame, ax=None):
-    "Gold gain of PD-selected data over full data against Spearman(PD used, true PD); returns the axes."
+    "Gold gain of PD-30% over full data against Spearman(PD used, true PD), coloured by conflict share; returns the axes."
     import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(4.5, 3.2))
-    full = runs[(runs['kind'] == 'main') & (runs['method'] == 'full')].set_index(['conflict', 'seed'])['gold_norm']
-    for i, c in enumerate(dict.fromkeys(runs['conflict'])):
-        for kind, method, marker in (('quality', 'pd_noisy', 'o'), ('main', 'pd', '*'), ('main', 'pd_oracle', 's')):
-            r = runs[(runs['conflict'] == c) & (runs['kind'] == kind) & (runs['method'] == method)]
+    from matplotlib.lines import Line2D
+    if ax is None: _, ax = plt.subplots(figsize=(6.5, 3.6))
+    main = runs[runs['kind'] == 'main']
+    full = main[main['method'] == 'full'].set_index(['share', 'seed'])['gold']
+    shares = sorted(runs['share'].unique())
+    kinds = (('quality', 'pd_noisy', 'o', 12), ('main', 'pd', '*', 50), ('main', 'pd_nl', 'x', 25), ('main', 'pd_oracle', 's', 18))
+    for i, sh in enumerate(shares):
+        for kind, method, marker, size in kinds:
+            r = runs[(runs['share'] == sh) & (runs['kind'] == kind) & (runs['method'] == method)]
             if not len(r): continue
-            gain = r['gold_norm'].values - full.loc[list(zip(r['conflict'], r['seed']))].values
-            ax.scatter(r['pd_spearman'], gain, marker=marker, s=40 if marker == '*' else 14, color=f'C{i}', alpha=0.7,
-                       label=c if method == 'pd_noisy' else None)
+            gain = r['gold'].values - full.loc[list(zip(r['share'], r['seed']))].values
+            ax.scatter(r['pd_spearman'], gain, marker=marker, s=size, color=f'C{i}', alpha=0.55, lw=0.8)
+            if method == 'pd_noisy':
+                by = r.assign(gain=gain).groupby('noise')[['pd_spearman', 'gain']].mean()
+                ax.plot(by['pd_spearman'], by['gain'], '-', color=f'C{i}', lw=1)
     ax.axhline(0, color='k', lw=0.8)
-    ax.set_xlabel('Spearman(PD used, true PD)'); ax.set_ylabel('gold_norm gain over full data')
-    ax.legend(fontsize=7, title='o noised  * estimated  ■ oracle', title_fontsize=7)
+    ax.set_xlabel('Spearman(PD used, true PD)'); ax.set_ylabel('gold gain of PD-30% over ALL\n(reward units)', fontsize=8)
+    ax.set_title('PD quality against the gain of PD selection', fontsize=10)
+    handles = [Line2D([], [], color=f'C{i}', marker='o', ls='-', label=f'share {sh:.1f}') for i, sh in enumerate(shares)]
+    handles += [Line2D([], [], color='0.3', marker=mk, ls='', label=lab) for mk, lab in
+                (('o', 'true PD + noise'), ('*', 'estimated PD'), ('x', 'estimated, no length fix'), ('s', 'true PD'))]
+    legend_outside(ax, handles=handles)
+    caption(ax.figure, "Each marker is one (share, seed) dataset: gold of PD-30% minus gold of ALL on the same data. "
+                       "o: PD from true rewards plus Gaussian noise (sd 0.25-4), lines join their means per noise level; "
+                       "no bands (every run is shown).")
     return ax
 
-# %% ../nbs/05_toy.ipynb #c038
+def plot_budget(runs:pandas.DataFrame, # per-run rows of `simulate` (with the sweep)
+                share:float, # the conflict share of the sweep
+                methods=SWEEP_METHODS, ax=None):
+    "Gold reward against the selection budget at one conflict share (mean, 95% t-band); returns the axes."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(6.5, 3.4))
+    at = runs[(runs['share'] == share) & (runs['kind'] != 'quality')]
+    full = at[(at['method'] == 'full') & (at['kind'] == 'main')]
+    curves = pandas.concat([at[at['method'].isin(methods)]] + [full.assign(method=m) for m in methods])
+    plot_against(curves, 'ratio', 'gold', methods, ax=ax)
+    if len(full): ax.axhline(full['gold'].mean(), **_FULL_STYLE, lw=1, label='ALL (budget 1)')
+    ceil = at[at['method'] == 'gold_labels']
+    if len(ceil): ax.axhline(ceil['gold'].mean(), color='k', ls=':', lw=1, label='gold labels (ceiling)')
+    ax.set_xlabel('selection budget (fraction of pairs kept)'); ax.set_ylabel(GOLD_LABEL, fontsize=8)
+    ax.set_title(f'Gold reward against the budget at conflict share {share:.1f}', fontsize=10)
+    legend_outside(ax)
+    caption(ax.figure, f"Lines: mean over {at['seed'].nunique()} seeds; shaded bands: 95% Student-t interval over seeds. "
+                       "Budget 1 is ALL for every rule; horizontal lines are means.")
+    return ax
+
+def plot_example_pd(example:dict, ax=None):
+    "Histogram of one dataset's true PD with the PD-30% selection shaded; returns the axes."
+    ax = plot_pd_histogram(example['pd'], example['selected'], ax=ax)
+    ax.set_title(f"True PD of one dataset (share {example['share']:.1f}, seed {example['seed']}), "
+                 f"PD-{example['ratio']:.0%} in green", fontsize=10)
+    ax.set_ylabel('pairs (count)')
+    caption(ax.figure, "Grey: all pairs; green: the pairs PD selection keeps (shaded: their PD range); dashed: PD = 0.")
+    return ax
+
+# %% ../nbs/05_toy.ipynb #c040
+QUICK = dict(seeds=3, shares=(0.1, 0.3), n_prompts=40, pairs_per_aspect=200, sweep_share=None, noise_levels=(0.5, 2.0))
+
 def toy_figures(res:ToyResults) -> dict:
     "The PNG figures of a toy run: {file name: figure}."
-    figs = {}
-    if (res.runs['kind'] == 'sweep').any(): figs['ratio_sweep.png'] = plot_ratio_sweep(res.runs)
-    if res.example.get('selected') is not None:
-        ax = plot_pd_histogram(res.example['pd'], res.example['selected'])
-        ax.set_title(f"oracle PD, conflict {res.example['conflict']}, seed {res.example['seed']}: PD-{res.config['ratio']:.0%} shaded")
-        figs['pd_histogram.png'] = ax.figure
-    figs['conflict_rate.png'] = plot_conflict_rates(res.worlds).figure
+    figs = {'conflict_share.png': plot_conflict_share(res.runs)}
     if (res.runs['kind'] == 'quality').any(): figs['pd_quality.png'] = plot_pd_quality(res.runs).figure
+    if (res.runs['kind'] == 'sweep').any(): figs['budget_sweep.png'] = plot_budget(res.runs, res.config['sweep_share']).figure
+    figs['pd_histogram.png'] = plot_example_pd(res.example).figure
     return figs
 
-def toy_table(summary:pandas.DataFrame) -> str:
-    "The summary as plain text (`pd_align.experiments.format_table`): mean ± 95% CI half-width, paired differences."
-    return format_table(summary, metrics=('gold', 'gold_norm', 'win_rate'), baselines=('full', 'random'),
-                        formats=dict(kl='{:.2f}', conflict_rate='{:.1%}', bounds_ok='{}'))
+def toy_table(summary:pandas.DataFrame, # from `toy_summary` (or read back from results.csv)
+              shares=None, # the shares to show (default all)
+             ) -> str:
+    "The summary as plain text: gold mean ± 95% CI, paired differences vs ALL and RAND, win rate, label conflict."
+    if shares is not None: summary = summary[summary['share'].isin([float(s) for s in shares])]
+    return format_table(summary, metrics=('gold',), baselines=('full', 'random'),
+                        formats=dict(win_rate='{:.3f}', label_conflict='{:.1%}', realised_share='{:.1%}'))
 
-def _parse_conflicts(conflicts) -> tuple:
-    "'low,mid,high' or a sequence -> tuple of levels (names kept, numbers as floats)."
-    items = conflicts.split(',') if isinstance(conflicts, str) else list(conflicts)
+def parse_shares(shares) -> tuple:
+    "'0,0.1,0.2' or a sequence -> tuple of floats in [0, 1]."
+    items = shares.split(',') if isinstance(shares, str) else list(shares)
     out = []
-    for c in items:
-        c = c.strip() if isinstance(c, str) else c
-        if isinstance(c, str) and c not in CONFLICT_LEVELS:
-            try: c = float(c)
-            except ValueError: raise ValueError(f"conflict: {c!r} is neither one of {list(CONFLICT_LEVELS)} nor a number") from None
-        out.append(c)
-    if not out: raise ValueError("conflict: give at least one level")
-    return tuple(out)
+    for s in items:
+        try: out.append(float(s))
+        except (TypeError, ValueError): raise ValueError(f"shares: {s!r} is not a number") from None
+    return _check_shares(out)
 
-def run_toy(seeds:int=5, # seeds per conflict level
+def run_toy(seeds:int|None=None, # seeds (every share uses the same worlds); default 10, or 3 with `quick`
             ratio:float=0.3, # selection budget of the main table
-            conflicts='low,mid,high', # levels: 'low,mid,high' (a comma string or a sequence; numbers are correlations)
-            out:str|Path|None=None, # folder for results.json/.csv and the PNG plots; None writes nothing
+            shares=None, # conflict shares: a comma string '0,0.1' or a sequence; default `SHARES`, or (0.1, 0.3) with `quick`
+            out:str|Path|None=None, # folder for results.json/.csv, table.txt and the PNG plots; None writes nothing
             seed:int=0, # first seed
+            quick:bool=False, # the small `QUICK` setting (3 seeds, 2 shares, smaller worlds): seconds, for CI
             progress:bool=True, # tqdm progress bars
-            **kwargs, # anything `simulate` takes (n_prompts, pairs_per_aspect, world_kw, sweep, quality, ...)
-           ) -> pandas.DataFrame: # the summary table
-    "`pd-align toy`: the toy-world experiment with the default sizes (< 60 s on 2 CPU cores), optionally written to `out`."
+            **kwargs, # anything `simulate` takes (n_prompts, pairs_per_aspect, methods, ...)
+           ) -> ToyResults:
+    "`pd-align toy`: the conflict-share sweep with every baseline (< 60 s on 2 CPU cores), optionally written to `out`."
     t0 = time.time()
-    res = simulate(_parse_conflicts(conflicts), seeds, ratio, seed, progress=progress, **kwargs)
-    res.config['seconds'] = round(time.time() - t0, 2)
+    setting = dict(QUICK) if quick else dict(seeds=10, shares=SHARES)
+    if seeds is not None: setting['seeds'] = seeds
+    if shares is not None: setting['shares'] = parse_shares(shares)
+    res = simulate(ratio=ratio, seed=seed, progress=progress, **{**setting, **kwargs})
+    res.config.update(seconds=round(time.time() - t0, 2), quick=quick)
     if out is not None:
         import matplotlib
         if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
         table = toy_table(res.summary) + '\n' + method_key(res.summary['method']) + '\n'
         write_results(res, out, figures=toy_figures(res), texts={'table.txt': table})
-    return res.summary
+    return res
