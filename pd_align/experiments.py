@@ -254,7 +254,8 @@ def legend_outside(ax, **kw):
 def caption(fig, text:str, width:int=110):
     "A caption line (wrapped) under the figure: what the bands, bars and markers are."
     import textwrap
-    fig.text(0.0, -0.01, textwrap.fill(text, width), ha='left', va='top', fontsize=7.5)
+    bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight() # below every label already drawn
+    fig.text(0.0, min(bottom, 0.0) - 0.02, textwrap.fill(text, width), ha='left', va='top', fontsize=7.5)
     return fig
 
 def plot_against(runs:pandas.DataFrame, # per-seed rows

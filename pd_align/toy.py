@@ -771,6 +771,7 @@ def plot_example_pd(example:dict, ax=None):
     ax.set_title(f"True PD of one dataset (share {example['share']:.1f}, seed {example['seed']}), "
                  f"PD-{example['ratio']:.0%} in green", fontsize=10)
     ax.set_ylabel('pairs (count)')
+    legend_outside(ax)
     caption(ax.figure, "Grey: all pairs; green: the pairs PD selection keeps (shaded: their PD range); dashed: PD = 0.")
     return ax
 
