@@ -98,15 +98,17 @@ def load_data(specs:list[str], # `--data` values
 
 # %% ../nbs/11_cli.ipynb #c012
 def cmd_toy(args) -> int:
-    "Run the synthetic-aspect experiment and print its table."
-    from pd_align.toy import run_toy
+    "Run the conflict-share sweep with every baseline; print the table with 95% intervals and a key of the method names."
+    from pd_align.toy import run_toy, toy_table
+    from pd_align.experiments import method_key
     out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
-    table = run_toy(seeds=args.seeds, ratio=args.ratio, conflicts=tuple(args.conflict.split(',')), out=out, seed=args.seed)
-    cols = [c for c in ('conflict', 'method', 'ratio', 'n_train', 'gold', 'gold_ci', 'win_rate', 'd_full', 'd_random',
-                        'conflict_rate', 'bounds_ok') if c in table.columns]
-    print(table[cols].to_string(index=False, float_format=lambda v: f'{v:.3f}'))
-    if out: print('(all columns in results.csv)')
-    if out: print(f'\nwrote results.json, results.csv and plots to {out}')
+    res = run_toy(seeds=args.seeds, ratio=args.ratio, shares=args.shares, out=out, seed=args.seed, quick=args.quick)
+    print(toy_table(res.summary))
+    print(method_key(res.summary['method'].unique()))
+    print(f"gold: expected gold reward of the policy (reward units), mean ± 95% t-interval over {res.config['seeds']} seeds; "
+          "vs_full / vs_random: paired difference to ALL / RAND on the same data, ± 95% t-interval")
+    print(f"{len(res.runs)} policies trained in {res.config['seconds']:.1f} s")
+    if out: print(f'wrote results.json, results.csv, runs.csv, worlds.csv, table.txt and the plots to {out}')
     return 0
 
 # %% ../nbs/11_cli.ipynb #c901
@@ -288,10 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--quiet', action='store_true', help='no progress bars (also accepted after the command)')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
 
-    t = sub.add_parser('toy', help='synthetic-aspect experiment: PD selection vs baselines (default < 60 s on a CPU)')
-    t.add_argument('--seeds', type=int, default=5, help='seeds per conflict level')
+    t = sub.add_parser('toy', help='toy world: conflict-share sweep, every baseline of the paper (default < 60 s on 2 CPU cores)')
+    t.add_argument('--seeds', type=int, default=None, help='seeds (default 10; 3 with --quick)')
     t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
-    t.add_argument('--conflict', default='low,mid,high', help='comma-separated conflict levels (low, mid, high or a correlation)')
+    t.add_argument('--shares', default=None, help="comma-separated conflict shares in [0, 1] (default '0,0.1,0.2,0.3,0.4'; "
+                                                  "'0.1,0.3' with --quick)")
+    t.add_argument('--quick', action='store_true', help='small setting for CI: 3 seeds, 2 shares, smaller worlds (seconds)')
     add_common(t, out_required=False)
     t.set_defaults(handler=cmd_toy)
     add_text_toy(sub)

@@ -56,7 +56,8 @@ def check_methods(methods, # method names to run
     methods = tuple(methods)
     allowed = tuple(METHODS) if allowed is None else tuple(allowed)
     bad = [m for m in methods if m not in allowed or m not in METHODS]
-    if bad or not methods: raise ValueError(f"{what}: unknown method(s) {bad}; expected a non-empty subset of {list(allowed)}")
+    if bad or not methods:
+        raise ValueError(f"{what}: unknown method(s) {bad}; expected a non-empty subset of {list(allowed)}")
     return methods
 
 def method_key(methods, # names in table order
@@ -115,7 +116,7 @@ def summarize(runs:pandas.DataFrame, # one row per (setting, seed, method)
             if 'n_train' in g: row['n_train'] = int(round(float(g['n_train'].mean())))
             for k in metrics: row[k], row[k + '_ci'] = mean_ci(g[k])
             for b in baselines:
-                if b in first: row['d_' + b], row['d_' + b + '_ci'], row['d_' + b + '_n'] = paired_ci(first[m], first[b])
+                if b in first: row[f'd_{b}'], row[f'd_{b}_ci'], row[f'd_{b}_n'] = paired_ci(first[m], first[b])
             for k in means: row[k] = float(g[k].mean())
             out.append(row)
     return pandas.DataFrame(out)
@@ -137,9 +138,11 @@ def format_table(summary:pandas.DataFrame, # from `summarize`
     if 'n_train' in summary: t['n_train'] = summary['n_train'].astype(int)
     for k in metrics: t[k] = [_pm(a, b, digits) for a, b in zip(summary[k], summary[k + '_ci'])]
     for b in baselines:
-        if 'd_' + b in summary: t['vs_' + b] = [_pm(a, h, digits) for a, h in zip(summary['d_' + b], summary['d_' + b + '_ci'])]
+        if f'd_{b}' in summary:
+            t[f'vs_{b}'] = [_pm(a, h, digits) for a, h in zip(summary[f'd_{b}'], summary[f'd_{b}_ci'])]
     for col, fmt in (formats or {}).items():
-        if col in summary: t[col] = [fmt.format(v) if not (isinstance(v, float) and math.isnan(v)) else '' for v in summary[col]]
+        if col in summary:
+            t[col] = ['' if isinstance(v, float) and math.isnan(v) else fmt.format(v) for v in summary[col]]
     return t.to_string(index=False)
 
 # %% ../nbs/04a_experiments.ipynb #c014
@@ -185,7 +188,8 @@ def run_seeds(one_seed:Callable, # seed -> list of row dicts (one per method), e
 # %% ../nbs/04a_experiments.ipynb #c017
 def _git(*args) -> str|None:
     try:
-        out = subprocess.run(['git', *args], cwd=Path(pd_align.__file__).parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(['git', *args], cwd=Path(pd_align.__file__).parent, capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.SubprocessError): return None
     return out.stdout.strip() if out.returncode == 0 else None
 
@@ -194,19 +198,25 @@ def provenance() -> dict:
     status = _git('status', '--porcelain', '--untracked-files=no')
     return dict(package='pd_align', version=pd_align.__version__, git_commit=_git('rev-parse', 'HEAD'),
                 git_dirty=None if status is None else bool(status), python=platform.python_version(),
-                torch=torch.__version__, numpy=np.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+                torch=torch.__version__, numpy=np.__version__,
+                created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
 
-def json_records(df:pandas.DataFrame) -> list:
-    "DataFrame rows as JSON-safe dicts (NaN -> None, numpy scalars -> Python)."
+def json_records(df:pandas.DataFrame, # a table
+                 digits:int|None=7, # significant digits kept for floats (None: all); keeps results files small
+                ) -> list:
+    "DataFrame rows as JSON-safe dicts (NaN -> None, numpy scalars -> Python, floats to `digits` significant digits)."
     def clean(v):
         if isinstance(v, np.generic): v = v.item()
-        return None if isinstance(v, float) and math.isnan(v) else v
+        if isinstance(v, float) and math.isnan(v): return None
+        return float(f'{v:.{digits}g}') if isinstance(v, float) and digits else v
     return [{k: clean(v) for k, v in r.items()} for r in df.to_dict('records')]
 
 def save_figure(fig, path:str|Path, dpi:int=80) -> Path:
     "Write `fig` as a PNG atomically (modest dpi keeps committed files small) and close it."
     import matplotlib.pyplot as plt
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight'); plt.close(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
+    plt.close(fig)
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 def write_results(res:Results, # what to write
@@ -215,7 +225,8 @@ def write_results(res:Results, # what to write
                   texts:dict|None=None, # {file name: text}, e.g. the printed table
                  ) -> list[Path]:
     "results.json, results.csv (summary), runs.csv, <table>.csv, texts and PNG figures in `out`, each atomically."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     seeds = sorted(int(s) for s in res.runs['seed'].unique()) if 'seed' in res.runs else []
     doc = dict(config=res.config, provenance=provenance(), seeds=seeds, summary=json_records(res.summary),
                runs=json_records(res.runs), **{k: json_records(v) for k, v in res.tables.items()}, **res.extra)
@@ -244,7 +255,8 @@ def legend_outside(ax, **kw):
 def caption(fig, text:str, width:int=110):
     "A caption line (wrapped) under the figure: what the bands, bars and markers are."
     import textwrap
-    fig.text(0.0, -0.01, textwrap.fill(text, width), ha='left', va='top', fontsize=7.5)
+    bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight() # below every label already drawn
+    fig.text(0.0, min(bottom, 0.0) - 0.02, textwrap.fill(text, width), ha='left', va='top', fontsize=7.5)
     return fig
 
 def plot_against(runs:pandas.DataFrame, # per-seed rows
@@ -263,7 +275,9 @@ def plot_against(runs:pandas.DataFrame, # per-seed rows
         if not len(at): continue
         xs = sorted(at[x].unique())
         stats = [mean_ci(at.loc[at[x] == v, metric]) for v in xs]
-        mean = np.array([s[0] for s in stats]); half = np.nan_to_num(np.array([s[1] for s in stats]))
-        line, = ax.plot(xs, mean, 'o-', ms=3, lw=1.2, label=m, **(styles or {}).get(m, {}))
+        mean = np.array([s[0] for s in stats])
+        half = np.nan_to_num(np.array([s[1] for s in stats]))
+        style = {'marker': 'o', 'ms': 3, 'lw': 1.2, 'ls': '-', 'label': m, **(styles or {}).get(m, {})}
+        line, = ax.plot(xs, mean, **style)
         ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.12, lw=0)
     return ax

@@ -96,6 +96,7 @@ def test_bad_inputs_in_process(scored, tmp_path):
         (['toy', '--out', tmp_path / 'full'], ['not empty']),
         (['toy', '--ratio', '0'], ['ratio']),
         (['toy', '--seeds', 'two'], ['--seeds']),
+        (['toy', '--shares', 'low'], ['shares']),
     ]
     for args, words in cases:
         rc, out, err = cli_inproc(*args)
@@ -201,7 +202,7 @@ def test_select_per_aspect(scored, tmp_path):
 
 def test_toy_subprocess(tmp_path):
     "`pd-align toy` with a small setting writes results.json, results.csv and the PNG plots."
-    rc, out, err = cli('toy', '--seeds', '1', '--conflict', 'low', '--out', tmp_path / 'toy', cwd=tmp_path)
+    rc, out, err = cli('toy', '--quick', '--seeds', '2', '--out', tmp_path / 'toy', cwd=tmp_path)
     assert rc == 0, err
     files = set(os.listdir(tmp_path / 'toy'))
     assert {'results.json', 'results.csv'} <= files and any(f.endswith('.png') for f in files), files
@@ -210,5 +211,6 @@ def test_toy_subprocess(tmp_path):
     import pandas as pd
     table = pd.read_csv(tmp_path / 'toy' / 'results.csv')
     assert len(table) and {'method', 'gold'} <= set(table.columns)
-    assert 'pd' in set(table['method']) and 'low' in out
+    assert 'pd' in set(table['method']) and sorted(table['share'].unique()) == [0.1, 0.3]
+    assert 'key: full = ALL' in out and ' ± ' in out and ' 800 ' in out and '800.0' not in out  # counts are integers
     assert not [f for f in files if f.startswith('.')], files  # no temp files left
