@@ -15,8 +15,11 @@ from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'load_backbone', 'forward_features', 'FeatureCacheMismatch', 'text_key', 'model_fingerprint',
-           'build_features', 'load_features']
+__all__ = ['CACHE_VERSION', 'L2_GRID', 'METRICS', 'load_backbone', 'forward_features', 'FeatureCacheMismatch', 'text_key',
+           'model_fingerprint', 'build_features', 'load_features', 'pair_items', 'pair_deltas', 'fit_heads',
+           'head_margins', 'prompt_folds', 'crossfit_margins', 'pd_from_margins', 'sign_agreement', 'paired_bootstrap',
+           'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features', 'train_feature_heads_cli',
+           'is_feature_heads', 'score_feature_heads_cli']
 
 # %% ../nbs/06a_features.ipynb #c005
 def load_backbone(name:str='smollm2', # 'smollm2', a hub name or a local folder of a causal LM
@@ -197,7 +200,6 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    batch_size:int=16, # texts per forward pass
                    rebuild:bool=False, # delete a cache built with another fingerprint instead of raising
                    max_shards:int|None=None, # stop after computing this many new shards (simulates a killed run)
-                   seed:int=0, # order in which missing texts are computed
                    progress:bool=True,
                   ) -> dict: # feats {name: [N, d]}, response_tokens, response_chars [N], fingerprint, stats
     "Pooled backbone features for `items`, read from `cache` or computed once per unique text and cached in shards."
@@ -212,7 +214,6 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
     index = _read_shards(cache)
     missing = [k for k in dict.fromkeys(keys) if k not in index]
     first = {k: i for i, k in reversed(list(enumerate(keys)))}
-    missing = [missing[i] for i in np.random.default_rng(seed).permutation(len(missing))]
     chunks = [missing[s:s + shard_size] for s in range(0, len(missing), shard_size)][:max_shards]
     n0, t = len(_shards(cache)), time.time()
     device = next(model.parameters()).device
@@ -252,3 +253,291 @@ def load_features(cache:str|Path, # cache folder
             feats.setdefault(name, torch.full((len(keys), v.shape[1]), float('nan')))[dst] = v[src]
         lens[dst], chars[dst], found[dst] = s['response_tokens'][src], s['response_chars'][src], True
     return dict(feats=feats, response_tokens=lens, response_chars=chars, found=found)
+
+# %% ../nbs/06a_features.ipynb #c020
+def pair_items(dataset) -> list[tuple[str, str]]:
+    "(prompt, response) of every pair's chosen and rejected response, in that order."
+    return [(p, y) for p, c, r in zip(dataset['prompt'], dataset['chosen'], dataset['rejected']) for y in (c, r)]
+
+def pair_deltas(features:dict, # output of `build_features` for `pair_items(dataset)`
+                name:str='mean16', # feature set: '{pool}{layer}', or several joined by '+'
+               ) -> tuple[Tensor, Tensor]: # ([N, d] feature differences, [N] length differences in 100 tokens)
+    "Chosen-minus-rejected features and lengths of every pair."
+    missing = [n for n in name.split('+') if n not in features['feats']]
+    if missing:
+        raise ValueError(f"feature set {name!r}: {missing} not in the cache (it has {sorted(features['feats'])})")
+    if not bool(features['found'].all()):
+        raise ValueError(f"{int((~features['found']).sum())} texts have no cached features: build the cache first")
+    x = torch.cat([features['feats'][n] for n in name.split('+')], 1).double()
+    ell = features['response_tokens'].double() / 100
+    return x[0::2] - x[1::2], ell[0::2] - ell[1::2]
+
+# %% ../nbs/06a_features.ipynb #c022
+def _fit_logistic(x:Tensor, # [n, d] signed inputs (label 1 for all rows)
+                  l2:float, # penalty on all but the last column
+                  max_iter:int=100,
+                 ) -> Tensor: # [d] weights
+    "Logistic regression without intercept, L-BFGS."
+    w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=max_iter, line_search_fn='strong_wolfe', tolerance_grad=1e-7)
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.softplus(-(x @ w)).mean() + 0.5 * l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return w.detach()
+
+def _balanced(dlen:Tensor, rng:np.random.Generator) -> np.ndarray:
+    "Indices of a subsample with as many chosen-longer as chosen-shorter pairs (equal lengths kept)."
+    longer, shorter = np.nonzero((dlen > 0).numpy())[0], np.nonzero((dlen < 0).numpy())[0]
+    n = min(len(longer), len(shorter))
+    keep = [np.nonzero((dlen == 0).numpy())[0], rng.permutation(longer)[:n], rng.permutation(shorter)[:n]]
+    return np.sort(np.concatenate(keep))
+
+def _inner_split(groups:np.ndarray, rng:np.random.Generator, share:float=0.25) -> np.ndarray:
+    "Boolean mask of the rows whose group falls in a random `share` of the groups."
+    g = np.unique(groups)
+    held = set(rng.permutation(g)[:max(1, int(round(len(g) * share)))].tolist())
+    return np.array([x in held for x in groups])
+
+# %% ../nbs/06a_features.ipynb #c023
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+
+def fit_heads(dx:Tensor, # [N, d] feature differences (`pair_deltas`)
+              dlen:Tensor, # [N] length differences
+              aspect:Tensor, # [N] aspect index of each pair's label
+              K:int, # number of aspects
+              groups:np.ndarray, # [N] prompt of each pair (the inner validation split is by prompt)
+              use_features:bool=True, # False: a length-only head (the baseline)
+              length_balance:bool=False, # train each head on a length-balanced subsample
+              l2_grid=L2_GRID, # penalties tried per aspect
+              seed:int=0,
+             ) -> dict: # scale, w [K, d], a [K], beta [K], l2 [K], n [K]
+    "K linear Bradley-Terry heads on feature differences with an explicit length input, and their length slopes."
+    rng = np.random.default_rng(seed)
+    scale = dx.std(0).clamp(min=1e-6)
+    x = torch.cat([dx / scale if use_features else dx[:, :0], dlen[:, None]], 1)
+    W, L2s, ns = torch.zeros(K, x.shape[1], dtype=x.dtype), [], []
+    for j in range(K):
+        idx = np.nonzero((aspect == j).numpy())[0]
+        if length_balance:
+            idx = idx[_balanced(dlen[idx], rng)]
+        if len(idx) == 0:
+            raise ValueError(f"fit_heads: no training pairs for aspect {j}")
+        xj, gj = x[idx], np.asarray(groups)[idx]
+        best = l2_grid[0]
+        if use_features and len(l2_grid) > 1 and len(np.unique(gj)) >= 4:
+            val = _inner_split(gj, rng)
+            loss = lambda l2: torch.nn.functional.softplus(-(xj[val] @ _fit_logistic(xj[~val], l2))).mean().item()
+            best = min(l2_grid, key=loss)
+        W[j], L2s, ns = _fit_logistic(xj, best), L2s + [best], ns + [len(idx)]
+    margins = x @ W.T
+    beta = (margins * dlen[:, None]).sum(0) / (dlen ** 2).sum().clamp(min=1e-12)
+    return dict(scale=scale, w=W[:, :-1], a=W[:, -1], beta=beta, l2=L2s, n=ns, use_features=use_features)
+
+def head_margins(heads:dict, # from `fit_heads`
+                 dx:Tensor, dlen:Tensor, # pairs to score
+                 remove_length:bool=False, # subtract beta * dlen (the length-free margin)
+                ) -> Tensor: # [N, K]
+    "Margins of every head on every pair."
+    m = (dx / heads['scale']) @ heads['w'].T if heads['use_features'] else torch.zeros(len(dlen), len(heads['a']), dtype=dlen.dtype)
+    m = m + dlen[:, None] * heads['a'][None]
+    return m - dlen[:, None] * heads['beta'][None] if remove_length else m
+
+# %% ../nbs/06a_features.ipynb #c025
+def prompt_folds(prompts:list[str], # prompt of each pair
+                 k:int=5, # number of folds
+                 seed:int=0,
+                ) -> np.ndarray: # [N] fold of each pair
+    "A fold per pair, all pairs of one prompt in the same fold."
+    uniq = list(dict.fromkeys(prompts))
+    fold_of = dict(zip(uniq, np.random.default_rng(seed).permutation(len(uniq)) % k))
+    return np.array([fold_of[p] for p in prompts])
+
+def crossfit_margins(dx:Tensor, dlen:Tensor, aspect:Tensor, K:int,
+                     prompts:list[str], # prompt of each pair (folds are grouped by prompt)
+                     k:int=5, # folds; 1 = in-sample (train and score on the same pairs)
+                     seed:int=0,
+                     **fit_kw, # passed to `fit_heads` (use_features, length_balance, l2_grid)
+                    ) -> dict: # margins, margins_nl [N, K], fold [N], folds (per fold: trained_on, n_pairs, n_prompts), heads
+    "Margins of every pair from K heads that never trained on its prompt (k folds grouped by prompt)."
+    groups = np.asarray(prompts)
+    fold = prompt_folds(list(prompts), k, seed) if k > 1 else np.zeros(len(prompts), dtype=int)
+    m, m_nl = torch.full((len(dlen), K), float('nan'), dtype=dlen.dtype), None
+    m_nl, folds, heads = m.clone(), [], []
+    for f in range(k):
+        test = fold == f
+        train = ~test if k > 1 else test
+        h = fit_heads(dx[train], dlen[train], aspect[train], K, groups[train], seed=seed + f, **fit_kw)
+        m[test] = head_margins(h, dx[test], dlen[test])
+        m_nl[test] = head_margins(h, dx[test], dlen[test], remove_length=True)
+        folds.append(dict(fold=f, trained_on=[g for g in range(k) if g != f] if k > 1 else [0], n_pairs=int(test.sum()),
+                          n_prompts=len(set(groups[test])), n_train=int(train.sum()), l2=h['l2']))
+        heads.append(h)
+    return dict(margins=m, margins_nl=m_nl, fold=fold, folds=folds, heads=heads, k=k)
+
+def pd_from_margins(margins:Tensor, # [N, K] estimated margins
+                    aspect:Tensor, # [N] label aspect
+                    gamma:float=0.9, # scaling quantile (as `score_dataset`)
+                   ) -> Tensor: # [N] PD
+    "PD of every pair from its K margins, scaled like `score_dataset` and `rating_pd`."
+    s = scale_margins(margins, gamma=gamma)
+    return preference_divergence(s, torch.zeros_like(s), aspect)
+
+# %% ../nbs/06a_features.ipynb #c029
+def sign_agreement(est, true) -> float:
+    "Share of pairs with a non-zero true value whose estimate has the same sign."
+    est, true = np.asarray(est, dtype=float), np.asarray(true, dtype=float)
+    m = true != 0
+    return float((np.sign(est[m]) == np.sign(true[m])).mean())
+
+def _spearman_np(a:np.ndarray, b:np.ndarray) -> float:
+    from pd_align.divergence import spearman
+    return float(spearman(a, b))
+
+METRICS = dict(spearman=_spearman_np, sign_agreement=sign_agreement)
+
+def paired_bootstrap(estimates:dict, # {name: [N] estimated PD}
+                     true, # [N] true PD
+                     groups, # [N] cluster of each pair (its prompt)
+                     baseline:str|None=None, # report each estimate's difference to this one
+                     metrics:dict=METRICS, # {name: fn(est, true) -> float}
+                     B:int=1000, seed:int=0, level:float=0.95,
+                    ) -> list[dict]: # one row per estimate: metric, [lo, hi], and the difference to `baseline` with its CI
+    "Point values and prompt-clustered paired bootstrap intervals of each metric (and of differences to a baseline)."
+    true, groups = np.asarray(true, dtype=float), np.asarray(groups)
+    est = {k: np.asarray(v, dtype=float) for k, v in estimates.items()}
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.nonzero(inv == g)[0] for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    draws = {(k, m): [] for k in est for m in metrics}
+    for _ in range(B):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        for k, e in est.items():
+            for m, fn in metrics.items():
+                draws[k, m].append(fn(e[idx], true[idx]))
+    q = [(1 - level) / 2, (1 + level) / 2]
+    rows = []
+    for k, e in est.items():
+        row = dict(estimate=k, n_pairs=len(true), n_prompts=len(uniq))
+        for m, fn in metrics.items():
+            d = np.asarray(draws[k, m])
+            row[m], row[f'{m}_ci'] = fn(e, true), np.nanquantile(d, q).tolist()
+            if baseline is not None and k != baseline:
+                diff = d - np.asarray(draws[baseline, m])
+                row[f'{m}_diff'] = row[m] - fn(est[baseline], true)
+                row[f'{m}_diff_ci'] = np.nanquantile(diff, q).tolist()
+        rows.append(row)
+    return rows
+
+def accuracy_by_aspect(margins:Tensor, # [N, K] estimated margins
+                       aspect:Tensor, # [N] label aspect
+                       aspects:list[str], groups=None, # [N] prompt of each pair (bootstrap clusters; default: pairs)
+                       B:int=1000, seed:int=0,
+                      ) -> dict: # {aspect: dict(accuracy, ci, n)}
+    "Own-aspect accuracy of each head (ties count half) with a prompt-clustered bootstrap 95% interval."
+    own = margins[torch.arange(len(aspect)), aspect].numpy()
+    hit = (own > 0) + 0.5 * (own == 0)
+    groups = np.arange(len(hit)) if groups is None else np.asarray(groups)
+    rng, out = np.random.default_rng(seed), {}
+    for j, a in enumerate(aspects):
+        m = (aspect == j).numpy()
+        _, inv = np.unique(groups[m], return_inverse=True)
+        sums, counts = np.bincount(inv, hit[m]), np.bincount(inv)
+        boot = [sums[s].sum() / counts[s].sum() for s in (rng.integers(0, len(sums), len(sums)) for _ in range(B))]
+        out[a] = dict(accuracy=float(hit[m].mean()), ci=np.quantile(boot, [0.025, 0.975]).tolist(), n=int(m.sum()))
+    return out
+
+# %% ../nbs/06a_features.ipynb #c032
+def default_layers(n_blocks:int) -> list[int]:
+    "Two blocks at about a quarter and a half of the depth (8 and 16 for SmolLM2's 30)."
+    return sorted({max(1, round(n_blocks * 0.27)), max(1, round(n_blocks * 0.53))})
+
+def default_cache(base:str) -> Path:
+    "Feature cache folder of a backbone: `$PD_ALIGN_CACHE/features/<base>` (default `~/.cache/pd_align`)."
+    root = Path(os.environ.get('PD_ALIGN_CACHE', Path.home()/'.cache'/'pd_align')).expanduser()
+    return root/'features'/''.join(c if c.isalnum() or c in '-_.' else '_' for c in str(base))
+
+def dataset_features(model, tokenizer, dataset, cache, settings:dict, rebuild:bool=False, progress:bool=True):
+    "`build_features` for every response of `dataset`'s pairs with the stored settings."
+    return build_features(model, tokenizer, pair_items(dataset), cache, layers=settings['layers'], pools=settings['pools'],
+                          max_length=settings['max_length'], batch_size=settings.get('batch_size', 16), rebuild=rebuild,
+                          progress=progress)
+
+def _prompt_keys(prompts) -> list[str]: return sorted({hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts})
+
+# %% ../nbs/06a_features.ipynb #c033
+def train_feature_heads_cli(data, # aggregated fine-grained pairs
+                            base:str, # backbone name ('smollm2', hub name, path)
+                            out:str|Path, # output folder
+                            cache:str|Path|None=None, # feature cache (default `default_cache(base)`)
+                            feature:str|None=None, # feature set (default 'mean{deepest layer}')
+                            layers:list[int]|None=None, pools=('last', 'mean'), max_length:int=256,
+                            k:int=5, length_balance:bool=False, rebuild:bool=False, seed:int=0, progress:bool=True,
+                           ) -> dict: # report: heldout accuracy per aspect (cross-fitted), features stats
+    "Cache features, cross-validate and fit K linear Bradley-Terry heads; save them to `out`."
+    model, tok = load_backbone(base)
+    layers = layers or default_layers(len(_blocks(model)))
+    settings = dict(layers=layers, pools=list(pools), max_length=max_length)
+    feats = dataset_features(model, tok, data, cache or default_cache(base), settings, rebuild, progress)
+    feature = feature or f'mean{max(layers)}'
+    aspects = get_aspects(data)
+    dx, dlen = pair_deltas(feats, feature)
+    asp = aspect_index(data, aspects)
+    cf = crossfit_margins(dx, dlen, asp, len(aspects), list(data['prompt']), k=k, seed=seed, length_balance=length_balance)
+    acc = accuracy_by_aspect(cf['margins'], asp, aspects, list(data['prompt']), seed=seed)
+    heads = fit_heads(dx, dlen, asp, len(aspects), np.asarray(data['prompt']), length_balance=length_balance, seed=seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({k_: v for k_, v in heads.items()}, out/'heads.pt')
+    report = dict(kind='feature_heads', base=base, cache=str(cache or default_cache(base)), feature=feature,
+                  settings=settings, aspects=aspects, k=k, length_balance=length_balance, seed=seed,
+                  heldout_accuracy=acc, features=feats['stats'], features_fingerprint=feats['fingerprint'],
+                  n_train=len(data), train_prompts=_prompt_keys(data['prompt']))
+    atomic_write_json(out/'feature_heads.json', report)
+    return report
+
+# %% ../nbs/06a_features.ipynb #c034
+def is_feature_heads(path) -> bool:
+    "Whether `path` is a folder written by `train_feature_heads_cli`."
+    return (Path(path)/'feature_heads.json').exists()
+
+def score_feature_heads_cli(data, # fine-grained pairs to score
+                            reward_model:str|Path, # folder written by `train_feature_heads_cli`
+                            out:str|Path, # output folder: `dataset/` and `score.json`
+                            keep_length:bool=False, # PD from margins with the length contribution (default: removed)
+                            rebuild:bool=False, progress:bool=True,
+                           ) -> dict: # score.json content
+    "Score every pair with feature heads (cross-fitted where they saw its prompt) and add PD."
+    from pd_align.data import save_dataset_atomic
+    if len(data) == 0:
+        raise ValueError('score: the dataset has no pairs')
+    cfg = json.loads((Path(reward_model)/'feature_heads.json').read_text())
+    heads = torch.load(Path(reward_model)/'heads.pt', weights_only=False)
+    aspects = cfg['aspects']
+    model, tok = load_backbone(cfg['base'])
+    feats = dataset_features(model, tok, data, cfg['cache'], cfg['settings'], rebuild, progress)
+    dx, dlen = pair_deltas(feats, cfg['feature'])
+    asp = aspect_index(data, aspects)
+    seen = np.isin(_prompt_keys_each(data['prompt']), cfg['train_prompts'])
+    margins = head_margins(heads, dx, dlen, remove_length=not keep_length)
+    fold = np.full(len(data), -1)
+    folds = []
+    if seen.any():
+        prompts = [p for p, s in zip(data['prompt'], seen) if s]
+        cf = crossfit_margins(dx[seen], dlen[seen], asp[seen], len(aspects), prompts, k=cfg['k'], seed=cfg['seed'],
+                              length_balance=cfg['length_balance'])
+        margins[seen] = cf['margins'] if keep_length else cf['margins_nl']
+        fold[seen], folds = cf['fold'], [{k_: v for k_, v in f.items()} for f in cf['folds']]
+    pdv = pd_from_margins(margins, asp)
+    ds = data.add_column('pd', pdv.tolist()).add_column('fold', fold.tolist())
+    save_dataset_atomic(ds, Path(out)/'dataset')
+    info = dict(reward_model=str(reward_model), kind='feature_heads', n=len(ds), aspects=aspects, feature=cfg['feature'],
+                keep_length=keep_length, crossfit=dict(k=cfg['k'], n_pairs=int(seen.sum()), folds=folds),
+                external=dict(n_pairs=int((~seen).sum()), note='scored by the saved heads (their prompts were not in training)'),
+                pd_mean=float(pdv.mean()), pd_negative_share=float((pdv < 0).double().mean()), features=feats['stats'])
+    atomic_write_json(Path(out)/'score.json', info)
+    return info
+
+def _prompt_keys_each(prompts) -> list[str]: return [hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts]
