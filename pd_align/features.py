@@ -268,8 +268,8 @@ def pair_deltas(features:dict, # output of `build_features` for `pair_items(data
         raise ValueError(f"feature set {name!r}: {missing} not in the cache (it has {sorted(features['feats'])})")
     if not bool(features['found'].all()):
         raise ValueError(f"{int((~features['found']).sum())} texts have no cached features: build the cache first")
-    x = torch.cat([features['feats'][n] for n in name.split('+')], 1).double()
-    ell = features['response_tokens'].double() / 100
+    x = torch.cat([features['feats'][n] for n in name.split('+')], 1)
+    ell = features['response_tokens'].float() / 100
     return x[0::2] - x[1::2], ell[0::2] - ell[1::2]
 
 # %% ../nbs/06a_features.ipynb #c022
@@ -302,7 +302,7 @@ def _inner_split(groups:np.ndarray, rng:np.random.Generator, share:float=0.25) -
     return np.array([x in held for x in groups])
 
 # %% ../nbs/06a_features.ipynb #c023
-L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+L2_GRID = (0.1, 1.0, 10.0, 100.0)
 
 def fit_heads(dx:Tensor, # [N, d] feature differences (`pair_deltas`)
               dlen:Tensor, # [N] length differences
