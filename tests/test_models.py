@@ -57,7 +57,7 @@ def test_unreachable_hub_fails_at_once(monkeypatch):
 def test_cli_unknown_model_is_one_line_in_seconds(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     data = FIXTURES / 'trl_plain.jsonl'
-    for argv in (['train', '--data', str(data), '--model', 'gpt9', '--out', str(tmp_path / 'a')],
+    for argv in (['train', '--data', str(data), '--model', 'gpt9', '--set', 'batch_size=1', '--out', str(tmp_path / 'a')],
                  ['reward', '--data', str(FIXTURES / 'ultrafeedback.jsonl'), '--base', 'gpt9', '--out', str(tmp_path / 'b')]):
         t0 = time.perf_counter()
         assert main(argv) == 2
