@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
+from conftest import run_cli
 from pd_align.cli import main
 from pd_align.data import from_records, save_dataset_atomic, read_jsonl
 
@@ -31,13 +32,7 @@ def cli(*args, cwd):
     r = subprocess.run(['pd-align', *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=300)
     return r.returncode, r.stdout, r.stderr
 
-def cli_inproc(*args):
-    "Run `pd_align.cli.main` in-process: (exit code, stdout, stderr); argparse's SystemExit becomes the code."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: rc = main([str(a) for a in args])
-        except SystemExit as e: rc = e.code
-    return rc, out.getvalue(), err.getvalue()
+cli_inproc = run_cli
 
 def assert_one_line_error(rc, stderr, *words):
     "Non-zero exit, exactly one non-empty stderr line, no traceback, the line mentions `words`."

