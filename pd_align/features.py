@@ -26,13 +26,8 @@ def load_backbone(name:str='smollm2', # 'smollm2', a hub name or a local folder 
                   dtype=torch.float32, # weights' dtype
                  ) -> tuple: # (model in eval mode, tokenizer)
     "A frozen causal LM and its tokenizer by name (the one model lookup of the feature path)."
-    if name == 'smollm2':
-        from pd_align.tiny import load_smollm2
-        model, tok = load_smollm2(dtype)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    from pd_align.tiny import load_model   # the project's one lookup: fails at once on an unknown name
+    model, tok = load_model(name, dtype=dtype)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.name_or_path = name
