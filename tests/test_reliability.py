@@ -2,25 +2,27 @@
 
 Property-based tests (tests/test_properties.py; hypothesis, derandomised, no example database, `EXAMPLES` below):
 
-| property (generated cases)             | mutation of the library it catches (test_property_catches_mutation)        |
-|----------------------------------------|-----------------------------------------------------------------------------|
-| PD antisymmetry (200)                  | `delta = c - r` -> `delta = c` (rejected scores dropped)                    |
-| PD ignores the labelling aspect (200)  | drop `other[..., a] = False` (PD becomes minus the holistic margin)         |
-| PD shift invariance per aspect (200)   | `delta = c - r` -> `log1p|c| - log1p|r|`                                    |
-| PD weight-scale invariance (200)       | `_weights`: `return w / w.sum()` -> `return w` (weights not normalised)     |
-| PD sign: consensus < 0 (200)           | `pd = -(known` -> `pd = (known` (sign convention flipped)                   |
-| losses finite, fp32/bf16, 1e4 (150)    | `neg_logsigmoid(x)` -> `-torch.log(torch.sigmoid(x))` in dpo_loss, dfpo_loss |
-| sequence_logps finite, <= 0 (100)      | `torch.logsumexp(z, -1)` -> `z.exp().sum(-1).log()`                         |
-| DFPO == DPO at pd=0, w=1 (200)         | `t = beta * margin` -> `t = margin`                                         |
-| DPO loss decreasing in margin (200)    | `neg_logsigmoid(beta * margin)` -> `neg_logsigmoid(-beta * margin)`         |
-| DFPO loss decreasing in PD (200)       | `t = t + pd` -> `t = t - pd`                                                |
-| exact count ceil(p/q N) (200 + 2)      | `math.ceil(` -> `math.floor(`; the Fraction guard -> `math.ceil(ratio * n)` |
-| deterministic (100)                    | `select_random` ignores its seed (`g = None`)                               |
-| ties: lowest index first (200)         | `_top` breaks ties by the highest index                                     |
-| never duplicates (200)                 | `select_random` samples with replacement (`torch.randint`)                  |
-| select_by_pd max <= min of rest (200)  | `largest=False` -> `largest=True`                                           |
-| `select` on a Dataset (25)             | `return sub[k.numpy()]` -> `return sub[k.numpy()[:-1]]` (one pair lost)     |
-| theory bounds lower<=exact<=upper (200)| `q.mean(-1)` -> `(1 - q).mean(-1)` in `loss_bounds`                         |
+| property (`EXAMPLES` key, generated cases)                      | mutation of the library it catches (test_property_catches_mutation)          |
+|-----------------------------------------------------------------|------------------------------------------------------------------------------|
+| PD antisymmetry (`pd_antisymmetry`, 200)                        | `delta = c - r` -> `delta = c` (rejected scores dropped)                     |
+| PD ignores the labelling aspect (`pd_ignores_own_aspect`, 200)  | drop `other[..., a] = False` (PD becomes minus the holistic margin)          |
+| PD shift invariance per aspect (`pd_shift_invariance`, 200)     | `delta = c - r` -> `log1p|c| - log1p|r|`                                     |
+| PD weight-scale invariance (`pd_weight_scale`, 200)             | `_weights`: `return w / w.sum()` -> `return w` (weights not normalised)      |
+| PD sign: consensus < 0 (`pd_sign`, 200)                         | `pd = -(known` -> `pd = (known` (sign convention flipped)                    |
+| losses finite, fp32/bf16, 1e4 (`loss_finite`, 150)              | `neg_logsigmoid(x)` -> `-torch.log(torch.sigmoid(x))` in dpo_loss, dfpo_loss |
+| sequence_logps finite, <= 0 (`seq_logps_finite`, 100)           | `torch.logsumexp(z, -1)` -> `z.exp().sum(-1).log()`                          |
+| DFPO == DPO at pd=0, w=1 (`dfpo_reduces_to_dpo`, 200)           | `t = beta * margin` -> `t = margin`                                          |
+| DPO loss decreasing in margin (`dpo_decreasing`, 200)           | `neg_logsigmoid(beta * margin)` -> `neg_logsigmoid(-beta * margin)`          |
+| DFPO loss decreasing in PD (`dfpo_decreasing_in_pd`, 200)       | `t = t + pd` -> `t = t - pd`                                                 |
+| exact count ceil(p/q N) (`select_count`, 200)                   | `math.ceil(` -> `math.floor(`; the Fraction guard -> `math.ceil(ratio * n)`  |
+| deterministic (`select_deterministic`, 100)                     | `select_random` ignores its seed (`g = None`)                                |
+| ties, seed=None: lowest index first (`select_ties`, 200)        | `_ranked` breaks ties by the highest index                                   |
+| ties, seeded: order from the seed only (`select_tie_seed`, 150) | `_top` ignores the seed (`tie = None`)                                       |
+| never duplicates (`select_no_duplicates`, 200)                  | `select_random` samples with replacement (`torch.randint`)                   |
+| select_by_pd max <= min of rest (`select_by_pd_split`, 200)     | `largest=False` -> `largest=True`                                            |
+| `select` on a Dataset (`select_dataset`, 25)                    | `return sub[k.numpy()]` -> one pair lost per group                           |
+| exact budget, global and per aspect (`select_budget`, 40)       | `per_aspect_budget` rounds up in every group                                 |
+| theory bounds lower<=exact<=upper (`loss_bounds`, 200)          | `q.mean(-1)` -> `(1 - q).mean(-1)` in `loss_bounds`                          |
 
 Fuzzing (tests/test_loaders_fuzz.py, `FUZZ` below): fine-grained records with 14 kinds of corruption (missing or None
 fields, wrong types, blank and unicode-blank texts, lone surrogates, identical responses, unknown aspects, bad ids/sources,
@@ -94,8 +96,6 @@ def test_own_files_exist_and_cover_the_issue():
     assert "'pd-align'" in cli and 'Traceback' in cli
 
 def test_summary_table_matches_the_code():
-    "The counts in this module's docstring are the ones the property tests use."
-    doc = __doc__
-    for name, n in [('PD antisymmetry', P.EXAMPLES['pd_antisymmetry']), ('`select` on a Dataset', P.EXAMPLES['select_dataset']),
-                    ('theory bounds lower<=exact<=upper', P.EXAMPLES['loss_bounds'])]:
-        assert re.search(re.escape(name) + r'[^|]*\(' + str(n), doc), name
+    "Every property of `EXAMPLES` has a row in this module's docstring, with the number of cases it really runs."
+    rows = dict(re.findall(r'\(`(\w+)`, (\d+)\)', __doc__))
+    assert {k: int(v) for k, v in rows.items()} == P.EXAMPLES, 'the summary table and EXAMPLES disagree'
