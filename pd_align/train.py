@@ -609,18 +609,32 @@ def plot_history(history:list[dict], # `DPOResult.history`
     axes[0].axhline(math.log(2), color='grey', lw=0.5, ls='--')
     return axes
 
-# %% ../nbs/07_train.ipynb #c037
-def _schedule(optimizer, config:DPOConfig, total:int):
-    from transformers import get_scheduler
-    name = {'constant': 'constant_with_warmup'}.get(config.lr_scheduler, config.lr_scheduler)
-    return get_scheduler(name, optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
-
-def _epoch_order(n:int, seed:int, epoch:int) -> Tensor:
-    "The permutation of pair indices visited in `epoch` (independent of the global RNG)."
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-def _texts(dataset) -> list[str]:
-    return [t if isinstance(t, str) else json.dumps(t) for c in ('prompt', 'chosen', 'rejected') for t in _column(dataset, c)]
+# %% ../nbs/07_train.ipynb #c036a
+@dataclass
+class _Run:
+    "What one `train_dpo` run holds: built by `_setup`, read and updated by the steps of the loop."
+    config:DPOConfig
+    accelerator:Accelerator
+    model:Any # the policy (prepared by accelerate)
+    tokenizer:Any
+    examples:list[dict] # tokenised training pairs
+    eval_examples:list[dict]|None
+    ref_model:Any # frozen reference (None: disabled adapters or a precomputed cache)
+    ref_cache:Tensor|None # [N, 2] precomputed reference log-probs of `examples`
+    eval_cache:Tensor|None # the same for `eval_examples`
+    params:list # the trainable parameters (clipped together)
+    optimizer:Any
+    scheduler:Any
+    steps_per_epoch:int
+    total:int # optimizer steps of the whole run
+    out_dir:Path|None
+    base_name:str|None # how `load_run` finds the starting model again
+    base_fingerprint:str|None
+    peft:bool
+    start:int=0 # first optimizer step to run (> 0 after a resume)
+    history:list=dataclasses.field(default_factory=list) # log entries so far
+    window:list=dataclasses.field(default_factory=list) # per-step metrics not logged yet
+    t0:float=0.0 # when the current logging window started
 
 def train_dpo(model_or_name, # a causal LM, a hub name / path, 'tiny' or 'smollm2'
               dataset, # pairs: prompt/chosen/rejected (+ pd, aspect for dfpo); Dataset or list of dicts
@@ -634,14 +648,56 @@ def train_dpo(model_or_name, # a causal LM, a hub name / path, 'tiny' or 'smollm
              ) -> DPOResult:
     "Train a policy with DPO (or DFPO) on preference pairs; LoRA by default, reference from disabled adapters."
     config = config or DPOConfig()
+    run = _setup(model_or_name, dataset, config, tokenizer, eval_dataset, ref_model, resume_from_checkpoint)
+    _maybe_resume(run, resume_from_checkpoint)
+    bar = tqdm(total=run.total, initial=run.start, desc=config.loss, leave=False,
+               disable=not run.accelerator.is_main_process)
+    run.t0 = time.perf_counter()
+    for step in range(run.start, run.total):
+        run.window.append(_train_step(run, step))
+        bar.update(1)
+        entry = _maybe_log(run, step + 1, bar)
+        _maybe_evaluate(run, step + 1)
+        _maybe_checkpoint(run, step + 1)
+        if callback: callback(step + 1, entry)
+    bar.close()
+    return _finish(run, dataset, run_notes)
+
+# %% ../nbs/07_train.ipynb #c036c
+def _setup(model_or_name, dataset, config:DPOConfig, tokenizer, eval_dataset, ref_model,
+           resume_from_checkpoint) -> _Run:
+    "Accelerator and seed, the policy, the tokenised pairs, the reference, AdamW and its schedule."
     accelerator = make_accelerator(config)
     set_seed(config.seed)
     out_dir = Path(config.output_dir) if config.output_dir else None
     if (config.save_steps or resume_from_checkpoint is True) and out_dir is None:
         raise ValueError("save_steps and resume_from_checkpoint=True need config.output_dir")
-    lora_bf16 = config.bf16 and config.lora_r is not None and torch.cuda.is_available() # frozen base in bf16: half the memory
-    model, tokenizer = load_policy(model_or_name, tokenizer, texts=_texts(dataset) if model_or_name == 'tiny' else None,
-                                   dtype=torch.bfloat16 if lora_bf16 else None)
+    model, tokenizer, base_name, base_fingerprint = _setup_policy(model_or_name, dataset, config, tokenizer, out_dir,
+                                                                  accelerator)
+    examples = tokenize_pairs(dataset, tokenizer, config)
+    eval_examples = tokenize_pairs(eval_dataset, tokenizer, config) if eval_dataset is not None else None
+    peft = is_peft(model)
+    ref_model, ref_cache, eval_cache = _setup_reference(model, tokenizer, examples, eval_examples, config, ref_model,
+                                                        accelerator, out_dir)
+    steps_per_epoch, total = _step_counts(len(examples), config, accelerator.num_processes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _schedule(optimizer, config, total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return _Run(config, accelerator, model, tokenizer, examples, eval_examples, ref_model, ref_cache, eval_cache,
+                params, optimizer, scheduler, steps_per_epoch, total, out_dir, base_name, base_fingerprint, peft)
+
+def _texts(dataset) -> list[str]:
+    "Every prompt and response as a string (conversations as json), to train the 'tiny' tokenizer on."
+    columns = [_column(dataset, c) for c in ('prompt', 'chosen', 'rejected')]
+    return [t if isinstance(t, str) else json.dumps(t) for column in columns for t in column]
+
+def _setup_policy(model_or_name, dataset, config:DPOConfig, tokenizer, out_dir:Path|None, accelerator:Accelerator):
+    "`(model, tokenizer, base_name, base_fingerprint)`: the policy loaded, its start kept, dropout off, LoRA added."
+    # LoRA in bf16 on a GPU: the frozen base is loaded in bf16 (half the memory)
+    lora_bf16 = config.bf16 and config.lora_r is not None and torch.cuda.is_available()
+    texts = _texts(dataset) if model_or_name == 'tiny' else None
+    model, tokenizer = load_policy(model_or_name, tokenizer, texts=texts, dtype=torch.bfloat16 if lora_bf16 else None)
     base_name = _base_name(model_or_name, model)
     base_fingerprint = None if is_peft(model) else weights_fingerprint(model)
     if out_dir and accelerator.is_main_process:
@@ -649,103 +705,145 @@ def train_dpo(model_or_name, # a causal LM, a hub name / path, 'tiny' or 'smollm
         if base_name is None and not is_peft(model) and not (out_dir / 'base').exists(): # no name to find it by again
             _save_pretrained_atomic(out_dir / 'base', model, tokenizer) # the starting point (= reference)
     if config.disable_dropout: _disable_dropout(model)
-    if config.gradient_checkpointing: # transformers 5 renamed it activation checkpointing
-        if hasattr(model, 'activation_checkpointing_enable'): model.activation_checkpointing_enable({'use_reentrant': False})
-        else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    if config.gradient_checkpointing: _enable_checkpointing(model)
     model = add_lora(model, config)
     model.train()
-    examples = tokenize_pairs(dataset, tokenizer, config)
-    eval_examples = tokenize_pairs(eval_dataset, tokenizer, config) if eval_dataset is not None else None
+    return model, tokenizer, base_name, base_fingerprint
 
-    # the reference
-    peft = is_peft(model)
-    ref_cache = eval_cache = None
+def _enable_checkpointing(model):
+    "Gradient (activation) checkpointing, non-reentrant; transformers 5 renamed it activation checkpointing."
+    if hasattr(model, 'activation_checkpointing_enable'):
+        model.activation_checkpointing_enable({'use_reentrant': False})
+    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+
+def _setup_reference(model, tokenizer, examples:list[dict], eval_examples:list[dict]|None, config:DPOConfig, ref_model,
+                     accelerator:Accelerator, out_dir:Path|None) -> tuple:
+    "`(ref_model, ref_cache, eval_cache)`: precomputed log-probs if asked; else disabled adapters or a frozen copy."
     if ref_model is not None: ref_model.requires_grad_(False).eval().to(accelerator.device)
-    if config.precompute_ref_logps:
-        model.to(accelerator.device)
-        pre = lambda exs, name: precompute_reference(model, exs, tokenizer.pad_token_id, ref_model, config.eval_batch_size or 2 * config.batch_size,
-                                                     accelerator, cache=out_dir / name if out_dir else None)
-        ref_cache = pre(examples, 'ref_logps.pt')
-        if eval_examples: eval_cache = pre(eval_examples, 'ref_logps_eval.pt')
-    elif ref_model is None and not peft:
-        ref_model = copy.deepcopy(model).requires_grad_(False).eval().to(accelerator.device)
+    if not config.precompute_ref_logps:
+        if ref_model is None and not is_peft(model): # full fine-tune: the reference is the starting model
+            ref_model = copy.deepcopy(model).requires_grad_(False).eval().to(accelerator.device)
+        return ref_model, None, None
+    model.to(accelerator.device)
+    def precompute(exs, name):
+        return precompute_reference(model, exs, tokenizer.pad_token_id, ref_model,
+                                    config.eval_batch_size or 2 * config.batch_size, accelerator,
+                                    cache=out_dir / name if out_dir else None)
+    ref_cache = precompute(examples, 'ref_logps.pt')
+    eval_cache = precompute(eval_examples, 'ref_logps_eval.pt') if eval_examples else None
+    return ref_model, ref_cache, eval_cache
 
-    # schedule of steps
-    world = accelerator.num_processes
+def _step_counts(n_pairs:int, config:DPOConfig, world:int) -> tuple[int, int]:
+    "`(steps_per_epoch, total)` optimizer steps; an epoch's incomplete last step is dropped."
     per_step = config.batch_size * config.grad_accum * world
-    steps_per_epoch = len(examples) // per_step
-    if steps_per_epoch == 0: raise ValueError(f"{len(examples)} pairs are fewer than one optimizer step needs ({per_step})")
-    total = config.max_steps or config.epochs * steps_per_epoch
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = _schedule(optimizer, config, total)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    steps_per_epoch = n_pairs // per_step
+    if steps_per_epoch == 0: raise ValueError(f"{n_pairs} pairs are fewer than one optimizer step needs ({per_step})")
+    return steps_per_epoch, config.max_steps or config.epochs * steps_per_epoch
 
-    state = dict(step=0, history=[], window=[])
-    if resume_from_checkpoint:
-        folder = latest_checkpoint(out_dir) if resume_from_checkpoint is True else Path(resume_from_checkpoint)
-        if folder is None: raise ValueError(f"resume_from_checkpoint=True but {out_dir} holds no checkpoint-N folder")
-        state = load_checkpoint(folder, model, optimizer, scheduler, accelerator)
-    history, window = state['history'], state['window']
+def _schedule(optimizer, config:DPOConfig, total:int):
+    "Linear warm-up over `warmup_ratio` of the steps, then linear, cosine or constant."
+    from transformers import get_scheduler
+    name = {'constant': 'constant_with_warmup'}.get(config.lr_scheduler, config.lr_scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
 
-    bar = tqdm(total=total, initial=state['step'], desc='dpo' if config.loss == 'dpo' else 'dfpo', leave=False,
-               disable=not accelerator.is_main_process)
-    rank, t0 = accelerator.process_index, time.perf_counter()
-    for step in range(state['step'], total):
-        epoch, pos = divmod(step, steps_per_epoch)
-        mine = _epoch_order(len(examples), config.seed, epoch)[pos * per_step:(pos + 1) * per_step]
-        mine = mine.view(world, config.grad_accum, config.batch_size)[rank]
-        lr, step_stats, grad_norm = scheduler.get_last_lr()[0], [], None
-        for micro in mine:
-            batch = _to(collate_pairs([examples[i] for i in micro.tolist()], tokenizer.pad_token_id), accelerator.device)
-            with accelerator.accumulate(model):
-                loss, stats = _batch_loss(model, batch, config, ref_model, ref_cache)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm:
-                    grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm).item()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_stats.append(stats)
-        scheduler.step()
-        step_stats = {k: accelerator.gather(v) for k, v in _cat(step_stats).items()}
-        window.append({**_summarise(step_stats), 'lr': lr, 'grad_norm': grad_norm})
-        bar.update(1)
-        entry = None
-        if (step + 1) % config.logging_steps == 0 or step + 1 == total:
-            now = time.perf_counter()
-            entry = {'step': step + 1, 'epoch': round((step + 1) / steps_per_epoch, 4),
-                     **{k: float(np.mean([w[k] for w in window if w[k] is not None])) if any(w[k] is not None for w in window) else None
-                        for k in window[0]},
-                     'step_time': (now - t0) / len(window)}
-            t0, window = now, []
-            history.append(entry)
-            bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.2f}", margin=f"{entry['margin']:.3f}")
-        if eval_examples and config.eval_steps and (step + 1) % config.eval_steps == 0 and step + 1 != total:
-            history.append(_eval_entry(model, eval_examples, tokenizer, config, ref_model, eval_cache, accelerator, step + 1))
-        if out_dir and config.save_steps and (step + 1) % config.save_steps == 0:
-            save_checkpoint(out_dir, step + 1, model, optimizer, scheduler, dict(step=step + 1, history=history, window=window),
-                            accelerator, tokenizer, config.save_total_limit)
-        if callback: callback(step + 1, entry)
-    bar.close()
-    if eval_examples: history.append(_eval_entry(model, eval_examples, tokenizer, config, ref_model, eval_cache, accelerator, total))
-    model = accelerator.unwrap_model(model)
-    if out_dir and accelerator.is_main_process:
-        base = base_name or ('base' if (out_dir / 'base').exists() else None)
-        info = {'base_model': base, 'base_fingerprint': base_fingerprint, 'peft': peft, **(run_notes or {})}
-        _save_final(out_dir, model, tokenizer, config, history, info, dataset)
-    accelerator.wait_for_everyone()
-    return DPOResult(model, tokenizer, history, config, out_dir, None if peft else ref_model)
+def _maybe_resume(run:_Run, resume_from_checkpoint):
+    "Restore weights, optimizer, scheduler, RNG states, the step, the log and its open window from a checkpoint."
+    if not resume_from_checkpoint: return
+    if resume_from_checkpoint is True: folder = latest_checkpoint(run.out_dir)
+    else: folder = Path(resume_from_checkpoint)
+    if folder is None:
+        raise ValueError(f"resume_from_checkpoint=True but {run.out_dir} holds no checkpoint-N folder")
+    state = load_checkpoint(folder, run.model, run.optimizer, run.scheduler, run.accelerator)
+    run.start, run.history, run.window = state['step'], state['history'], state['window']
 
-def _eval_entry(model, examples, tokenizer, config, ref_model, ref_cache, accelerator, step):
-    m = _evaluate_examples(model, examples, tokenizer.pad_token_id, config, ref_model, ref_cache, device=accelerator.device,
-                           autocast=accelerator.autocast, accelerator=accelerator)
+# %% ../nbs/07_train.ipynb #c036e
+def _epoch_order(n:int, seed:int, epoch:int) -> Tensor:
+    "The permutation of pair indices visited in `epoch` (independent of the global RNG)."
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+def _step_pairs(run:_Run, step:int) -> Tensor:
+    "[grad_accum, batch_size] indices of the pairs this process trains on at optimizer `step`."
+    cfg, world = run.config, run.accelerator.num_processes
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    epoch, pos = divmod(step, run.steps_per_epoch)
+    order = _epoch_order(len(run.examples), cfg.seed, epoch)[pos * per_step:(pos + 1) * per_step]
+    return order.view(world, cfg.grad_accum, cfg.batch_size)[run.accelerator.process_index]
+
+def _train_step(run:_Run, step:int) -> dict:
+    "One optimizer step over its micro-batches; its metrics (gathered over processes), learning rate and grad norm."
+    cfg, acc = run.config, run.accelerator
+    lr, stats, grad_norm = run.scheduler.get_last_lr()[0], [], None
+    for micro in _step_pairs(run, step):
+        batch = _to(collate_pairs([run.examples[i] for i in micro.tolist()], run.tokenizer.pad_token_id), acc.device)
+        with acc.accumulate(run.model):
+            loss, micro_stats = _batch_loss(run.model, batch, cfg, run.ref_model, run.ref_cache)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm:
+                grad_norm = acc.clip_grad_norm_(run.params, cfg.max_grad_norm).item()
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        stats.append(micro_stats)
+    run.scheduler.step()
+    gathered = {k: acc.gather(v) for k, v in _cat(stats).items()}
+    return {**_summarise(gathered), 'lr': lr, 'grad_norm': grad_norm}
+
+def _mean_or_none(values:list) -> float|None:
+    "The mean of the values that are not None (None when all are, e.g. grad_norm without clipping)."
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+def _maybe_log(run:_Run, done:int, # optimizer steps done
+               bar) -> dict|None: # the progress bar (its postfix shows the entry)
+    "Every `logging_steps` and at the end: the window's means become a history entry (returned), else None."
+    if done % run.config.logging_steps and done != run.total: return None
+    now = time.perf_counter()
+    means = {k: _mean_or_none([w[k] for w in run.window]) for k in run.window[0]}
+    entry = {'step': done, 'epoch': round(done / run.steps_per_epoch, 4), **means,
+             'step_time': (now - run.t0) / len(run.window)}
+    run.t0, run.window = now, []
+    run.history.append(entry)
+    bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.2f}", margin=f"{entry['margin']:.3f}")
+    return entry
+
+# %% ../nbs/07_train.ipynb #c037
+def _maybe_evaluate(run:_Run, done:int): # optimizer steps done
+    "Every `eval_steps` (not at the last step: `_finish` evaluates then): an eval entry in the history."
+    cfg = run.config
+    if not (run.eval_examples and cfg.eval_steps) or done % cfg.eval_steps or done == run.total: return
+    run.history.append(_eval_entry(run, run.eval_examples, run.eval_cache, done))
+
+def _eval_entry(run:_Run, examples:list[dict], ref_cache:Tensor|None, step:int) -> dict:
+    "`{'step', 'eval_loss', 'eval_accuracy', ...}` of the policy on `examples`, shared across processes."
+    acc = run.accelerator
+    m = _evaluate_examples(run.model, examples, run.tokenizer.pad_token_id, run.config, run.ref_model, ref_cache,
+                           device=acc.device, autocast=acc.autocast, accelerator=acc)
     return {'step': step, **{f'eval_{k}': v for k, v in m.items()}}
+
+def _maybe_checkpoint(run:_Run, done:int): # optimizer steps done
+    "Every `save_steps` (with an `output_dir`): `checkpoint-{done}` with all a resume needs."
+    cfg = run.config
+    if not (run.out_dir and cfg.save_steps) or done % cfg.save_steps: return
+    state = dict(step=done, history=run.history, window=run.window)
+    save_checkpoint(run.out_dir, done, run.model, run.optimizer, run.scheduler, state, run.accelerator, run.tokenizer,
+                    cfg.save_total_limit)
+
+def _finish(run:_Run, dataset, run_notes:dict|None) -> DPOResult:
+    "The final evaluation, then (main process, with an `output_dir`) `final/`, config, log and `run_info.json`."
+    if run.eval_examples: run.history.append(_eval_entry(run, run.eval_examples, run.eval_cache, run.total))
+    model = run.accelerator.unwrap_model(run.model)
+    if run.out_dir and run.accelerator.is_main_process:
+        base = run.base_name or ('base' if (run.out_dir / 'base').exists() else None)
+        info = {'base_model': base, 'base_fingerprint': run.base_fingerprint, 'peft': run.peft, **(run_notes or {})}
+        _save_final(run.out_dir, model, run.tokenizer, run.config, run.history, info, dataset)
+    run.accelerator.wait_for_everyone()
+    return DPOResult(model, run.tokenizer, run.history, run.config, run.out_dir, None if run.peft else run.ref_model)
 
 def _save_pretrained_atomic(folder:Path, model, tokenizer):
     "`save_pretrained` model and tokenizer into a temporary sibling, then rename it to `folder`."
     tmp = folder.with_name(f'.{folder.name}.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp); tokenizer.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     if folder.exists(): shutil.rmtree(folder)
     os.replace(tmp, folder)
 
