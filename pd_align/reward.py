@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib, inspect, json, logging, math, os, shutil, time, uuid
 from pathlib import Path
 import numpy as np
+from dataclasses import dataclass, field
+from typing import Any
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
@@ -325,7 +327,8 @@ def pairwise_accuracy(model:AspectRewardModel, tokenizer, dataset, batch_size:in
 # %% ../nbs/06_reward.ipynb #c025
 def _check_aspects(model:AspectRewardModel, dataset) -> Tensor:
     for c in ('prompt', 'chosen', 'rejected', 'aspect'):
-        if c not in dataset.column_names: raise ValueError(f"dataset needs a `{c}` column; it has {dataset.column_names}")
+        if c not in dataset.column_names:
+            raise ValueError(f"dataset needs a `{c}` column; it has {dataset.column_names}")
     return aspect_index(dataset, model.aspects)
 
 def _running_accuracy(margin:Tensor, # [N] own-head margin at the last step that trained on each pair (NaN: never)
@@ -349,7 +352,8 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
                         heldout:float=0.2, # share of each aspect's pairs held out for evaluation
                         length_balance:bool=True, # resample training pairs with `length_balanced` (length mitigation)
                         tau:float=float('inf'), # its temperature (inf = 50/50 chosen-longer)
-                        length_penalty:float|dict=0.0, # rho (per aspect via dict): logit = d_reward + rho * d_len; > 0 removes a preference for longer
+                        # rho (per aspect via dict): logit = d_reward + rho * d_len; > 0 removes a preference for longer
+                        length_penalty:float|dict=0.0,
                         max_length:int|None=None, # token budget per text (default `model.max_length`)
                         dtype:str='fp32', # 'fp32' or 'bf16' autocast
                         device=None, # move the model there first (default: where it is)
@@ -360,83 +364,127 @@ def train_reward_models(model:AspectRewardModel, # K-head reward model (trained 
                         progress:bool=True,
                        ) -> dict: # report: accuracy, rates, loss curve, split indices, ...
     "Bradley-Terry training of the K heads (each pair trains only its aspect's head) on length-balanced pairs."
-    if grad_accum < 1 or batch_size < 1: raise ValueError(f"batch_size and grad_accum must be >= 1, got {batch_size}, {grad_accum}")
+    if grad_accum < 1 or batch_size < 1:
+        raise ValueError(f"batch_size and grad_accum must be >= 1, got {batch_size}, {grad_accum}")
     t0 = time.time()
     if device is not None: model.to(device)
-    dev = model.device
     _check_aspects(model, dataset)
     rho = _per_aspect(length_penalty, model.aspects, 'length_penalty')
     max_length = max_length or model.max_length
     torch.manual_seed(seed)
     ds = add_lengths(dataset, tokenizer)
     tr_idx, ho_idx = split_heldout(ds, heldout, seed)
-    train = ds.select(tr_idx)
-    rates = dict(before=_chosen_longer(train))
-    bal = {}
-    if length_balance: train = length_balanced(train, tau=tau, seed=seed, by='aspect', report=bal)
-    rates['after'] = _chosen_longer(train)
-    if len(train) == 0: raise ValueError("train_reward_models: no training pairs left after the split/balancing")
-    # tokenize once
-    prompts = list(train['prompt'])
-    cids = encode([format_text(p, y, tokenizer) for p, y in zip(prompts, train['chosen'])], tokenizer, max_length)
-    rids = encode([format_text(p, y, tokenizer) for p, y in zip(prompts, train['rejected'])], tokenizer, max_length)
-    a = aspect_index(train, model.aspects)
-    dlen = torch.tensor(train['chosen_len'], dtype=torch.float32) - torch.tensor(train['rejected_len'], dtype=torch.float32)
-    rho_t = torch.tensor(rho)
-    # optimizer
-    head_params = list(model.heads.parameters())
-    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith('heads.')]
-    groups = [dict(params=head_params, lr=head_lr or lr)] + ([dict(params=body, lr=lr)] if body else [])
-    opt = optimizer(groups) if optimizer is not None else torch.optim.AdamW(groups, weight_decay=weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    n_micro = math.ceil(len(train) / batch_size)
-    total_micro = max(1, int(round(epochs * n_micro)))
-    total_steps = math.ceil(total_micro / grad_accum)
-    if max_steps is not None: total_steps = min(total_steps, max_steps)
-    pad, side = _pad_id(tokenizer), tokenizer.padding_side
-    losses, order, micro = [], [], 0
-    last_margin = torch.full((len(train),), float('nan'))      # own-head margin of each pair when last trained on
-    model.train()
-    bar = tqdm(range(total_steps), desc='reward model', leave=False, disable=not progress)
-    for step in bar:
-        opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(grad_accum):
-            if micro >= total_micro: break
-            if len(order) < batch_size: order += torch.randperm(len(train), generator=g).tolist()
-            sel, order = order[:batch_size], order[batch_size:]
-            b = collate([cids[i] for i in sel] + [rids[i] for i in sel], pad, side, dev)
-            with _autocast(dev, dtype):
-                rew = model(**b)
-            B = len(sel)
-            k = a[sel].to(dev)
-            margin = rew[:B].gather(1, k[:, None])[:, 0] - rew[B:].gather(1, k[:, None])[:, 0]
-            last_margin[sel] = margin.detach().float().cpu()
-            logit = margin + rho_t.to(dev)[k] * dlen[sel].to(dev)
-            loss = F.softplus(-logit).mean()
-            (loss / grad_accum).backward()
-            step_loss += loss.item() / grad_accum; micro += 1
-        opt.step()
-        losses.append(step_loss)
-        if progress: bar.set_postfix(loss=f'{step_loss:.3f}')
-    model.eval()
+    train, rates, bal = _training_pairs(ds.select(tr_idx), length_balance, tau, seed)
+    pairs = _encode_pairs(model, tokenizer, train, rho, max_length)
+    opt = _reward_optimizer(model, lr, head_lr, weight_decay, optimizer)
+    steps = _micro_batches(len(train), epochs, batch_size, grad_accum, max_steps, seed)
+    losses, last_margin = _fit_heads(model, pairs, opt, steps, grad_accum, dtype, progress)
     model.length_rho = rho
     held = ds.select(ho_idx)
     held_scores = None
     if len(held): held_scores = pair_scores(model, tokenizer, held, eval_batch_size, max_length, dtype, progress=False)
     acc = pairwise_accuracy(model, tokenizer, held, scores=held_scores)
-    tr_acc = _running_accuracy(last_margin, a, model.aspects)
-    return dict(aspects=model.aspects, heldout_accuracy=acc['accuracy'], heldout_n=acc['n'], heldout_matrix=acc['matrix'],
-                heldout_scores=held_scores, train_accuracy=tr_acc, n_train=len(train), n_heldout=len(held),
-                chosen_longer=rates, balance=bal, length_penalty=dict(zip(model.aspects, rho)), loss=losses,
-                steps=len(losses), train_index=tr_idx, heldout_index=ho_idx, seconds=time.time() - t0)
+    tr_acc = _running_accuracy(last_margin, pairs.aspect, model.aspects)
+    return dict(aspects=model.aspects, heldout_accuracy=acc['accuracy'], heldout_n=acc['n'],
+                heldout_matrix=acc['matrix'], heldout_scores=held_scores, train_accuracy=tr_acc, n_train=len(train),
+                n_heldout=len(held), chosen_longer=rates, balance=bal, length_penalty=dict(zip(model.aspects, rho)),
+                loss=losses, steps=len(losses), train_index=tr_idx, heldout_index=ho_idx, seconds=time.time() - t0)
+
+def _training_pairs(train, length_balance:bool, tau:float, seed:int) -> tuple:
+    "`(train, rates, balance)`: the split's training pairs, length-balanced if asked, and their chosen-longer rates."
+    rates = dict(before=_chosen_longer(train))
+    bal = {}
+    if length_balance: train = length_balanced(train, tau=tau, seed=seed, by='aspect', report=bal)
+    rates['after'] = _chosen_longer(train)
+    if len(train) == 0: raise ValueError("train_reward_models: no training pairs left after the split/balancing")
+    return train, rates, bal
+
+@dataclass
+class _BTPairs:
+    "Training pairs tokenised once, with what their Bradley-Terry logits need."
+    chosen:list[list[int]] # token ids of prompt + chosen
+    rejected:list[list[int]] # token ids of prompt + rejected
+    aspect:Tensor # [N] index of the labelling aspect (the head each pair trains)
+    dlen:Tensor # [N] len(chosen) - len(rejected), in tokens
+    rho:Tensor # [K] length penalty per aspect
+    pad:int # padding token id
+    side:str # padding side
+
+def _encode_pairs(model:AspectRewardModel, tokenizer, train, rho:list[float], max_length:int) -> _BTPairs:
+    "Tokenise the training pairs once (both sides cut to `max_length` from the left)."
+    prompts = list(train['prompt'])
+    cids = encode([format_text(p, y, tokenizer) for p, y in zip(prompts, train['chosen'])], tokenizer, max_length)
+    rids = encode([format_text(p, y, tokenizer) for p, y in zip(prompts, train['rejected'])], tokenizer, max_length)
+    a = aspect_index(train, model.aspects)
+    lengths = {side: torch.tensor(train[f'{side}_len'], dtype=torch.float32) for side in ('chosen', 'rejected')}
+    dlen = lengths['chosen'] - lengths['rejected']
+    return _BTPairs(cids, rids, a, dlen, torch.tensor(rho), _pad_id(tokenizer), tokenizer.padding_side)
+
+def _reward_optimizer(model:AspectRewardModel, lr:float, head_lr:float|None, weight_decay:float, optimizer=None):
+    "AdamW (or `optimizer(groups)`) over two groups: the heads at `head_lr`, the trainable backbone at `lr`."
+    head_params = list(model.heads.parameters())
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith('heads.')]
+    groups = [dict(params=head_params, lr=head_lr or lr)] + ([dict(params=body, lr=lr)] if body else [])
+    return optimizer(groups) if optimizer is not None else torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+def _micro_batches(n:int, # training pairs
+                   epochs:float, batch_size:int, grad_accum:int, max_steps:int|None, seed:int,
+                  ) -> list[list[list[int]]]: # per optimizer step, its micro-batches of pair indices
+    "`epochs` passes over the pairs in `batch_size` micro-batches, reshuffled each pass, `grad_accum` per step."
+    g = torch.Generator().manual_seed(seed)
+    total_micro = max(1, int(round(epochs * math.ceil(n / batch_size))))
+    total_steps = math.ceil(total_micro / grad_accum)
+    if max_steps is not None: total_steps = min(total_steps, max_steps)
+    steps, order, micro = [], [], 0
+    for _ in range(total_steps):
+        step = []
+        while len(step) < grad_accum and micro < total_micro:
+            if len(order) < batch_size: order += torch.randperm(n, generator=g).tolist()
+            step.append(order[:batch_size])
+            order = order[batch_size:]
+            micro += 1
+        steps.append(step)
+    return steps
+
+def _bt_loss(model:AspectRewardModel, pairs:_BTPairs, sel:list[int], dtype:str) -> tuple[Tensor, Tensor]:
+    "Mean Bradley-Terry loss of pairs `sel` on their own heads (logit: margin + rho * length difference); margins."
+    dev = model.device
+    b = collate([pairs.chosen[i] for i in sel] + [pairs.rejected[i] for i in sel], pairs.pad, pairs.side, dev)
+    with _autocast(dev, dtype):
+        rew = model(**b)
+    B = len(sel)
+    k = pairs.aspect[sel].to(dev)
+    margin = rew[:B].gather(1, k[:, None])[:, 0] - rew[B:].gather(1, k[:, None])[:, 0]
+    logit = margin + pairs.rho.to(dev)[k] * pairs.dlen[sel].to(dev)
+    return F.softplus(-logit).mean(), margin
+
+def _fit_heads(model:AspectRewardModel, pairs:_BTPairs, opt, steps:list, grad_accum:int, dtype:str, progress:bool):
+    "The training loop: `(losses per optimizer step, [N] own-head margin of each pair when last trained on)`."
+    losses = []
+    last_margin = torch.full((len(pairs.chosen),), float('nan'))
+    model.train()
+    bar = tqdm(steps, desc='reward model', leave=False, disable=not progress)
+    for step in bar:
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for sel in step:
+            loss, margin = _bt_loss(model, pairs, sel, dtype)
+            last_margin[sel] = margin.detach().float().cpu()
+            (loss / grad_accum).backward()
+            step_loss += loss.item() / grad_accum
+        opt.step()
+        losses.append(step_loss)
+        if progress: bar.set_postfix(loss=f'{step_loss:.3f}')
+    model.eval()
+    return losses, last_margin
 
 def accuracy_table(report:dict): # a `train_reward_models` report
     "Per-aspect table: pairs, held-out accuracy, train accuracy, chosen-longer rate before/after balancing."
     import pandas as pd
     rows = []
     for a in report['aspects']:
-        rows.append(dict(aspect=a, heldout_n=report['heldout_n'].get(a, 0), heldout_acc=report['heldout_accuracy'].get(a, float('nan')),
+        rows.append(dict(aspect=a, heldout_n=report['heldout_n'].get(a, 0),
+                         heldout_acc=report['heldout_accuracy'].get(a, float('nan')),
                          train_acc=report['train_accuracy'].get(a, float('nan')),
                          longer_before=report['chosen_longer']['before'].get(a, float('nan')),
                          longer_after=report['chosen_longer']['after'].get(a, float('nan'))))
@@ -489,13 +537,16 @@ def _digest_model(model:AspectRewardModel) -> str:
         for n, p in model.state_dict().items():
             if n == 'length_alpha': continue
             t = p.detach().double()
-            h.update(n.encode()); h.update(np.asarray([t.sum().item(), (t * t).sum().item(), t.numel()]).tobytes())
+            h.update(n.encode())
+            h.update(np.asarray([t.sum().item(), (t * t).sum().item(), t.numel()]).tobytes())
     return h.hexdigest()[:16]
 
 def _digest_rows(prompts, chosen, rejected, aspects) -> str:
     h = hashlib.sha256()
     for row in zip(prompts, chosen, rejected, aspects):
-        for s in row: h.update(s.encode()); h.update(b'\x00')
+        for s in row:
+            h.update(s.encode())
+            h.update(b'\x00')
     return h.hexdigest()[:16]
 
 def _load_shard(path:Path, fingerprint:str, start:int, end:int) -> dict|None:
@@ -528,64 +579,106 @@ def score_dataset(model:AspectRewardModel, # a trained K-head reward model
     if shard_size < 1: raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if device is not None: model.to(device)
     a = _check_aspects(model, dataset)
-    N = len(dataset)
-    if N == 0: raise ValueError("score_dataset: the dataset is empty")
+    if len(dataset) == 0: raise ValueError("score_dataset: the dataset is empty")
     st = model.pd_settings
     weights = normalise_weights(st.get('weights') if weights is None else weights, model.aspects)
-    scaling, gamma = scaling or st.get('scaling', 'quantile'), gamma if gamma is not None else st.get('gamma', 0.9)
-    max_length = max_length or model.max_length
-    prompts, chosen, rejected = list(dataset['prompt']), list(dataset['chosen']), list(dataset['rejected'])
-    labels = list(dataset['aspect'])
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None: out_dir.mkdir(parents=True, exist_ok=True)
-    settings = dict(max_length=max_length, dtype=dtype, format=format_text('{p}', '{r}', tokenizer))
-    fp_model = _digest_model(model) + hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
-    cache, parts = {}, []
-    n_shards, reused, scored = math.ceil(N / shard_size), 0, 0
-    for s in tqdm(range(n_shards), desc='score shards', leave=False, disable=not progress or n_shards < 2):
-        lo, hi = s * shard_size, min(N, (s + 1) * shard_size)
-        ct = [format_text(p, y, tokenizer) for p, y in zip(prompts[lo:hi], chosen[lo:hi])]
-        rt = [format_text(p, y, tokenizer) for p, y in zip(prompts[lo:hi], rejected[lo:hi])]
-        fp = fp_model + _digest_rows(prompts[lo:hi], chosen[lo:hi], rejected[lo:hi], labels[lo:hi])
-        path = out_dir / f'shard_{s:05d}.json' if out_dir is not None else None
-        done = _load_shard(path, fp, lo, hi) if path is not None and resume and path.exists() else None
-        if done is None:
-            need = [t for t in dict.fromkeys(ct + rt) if t not in cache]
-            if need:
-                sc = score_texts(model, tokenizer, need, batch_size, max_length, dtype, progress=progress)
-                cache.update(zip(need, sc)); scored += len(need)
-            lens = add_lengths(Dataset.from_dict(dict(chosen=chosen[lo:hi], rejected=rejected[lo:hi])), tokenizer)
-            done = dict(fingerprint=fp, start=lo, end=hi, chosen=torch.stack([cache[t] for t in ct]).tolist(),
-                        rejected=torch.stack([cache[t] for t in rt]).tolist(),
-                        chosen_len=list(lens['chosen_len']), rejected_len=list(lens['rejected_len']))
-            if path is not None: atomic_write_json(path, done, indent=None)
-        else:
-            reused += 1
-            for t, v in zip(ct + rt, done['chosen'] + done['rejected']): cache.setdefault(t, torch.tensor(v))
-        parts.append(done)
-    raw_c = torch.tensor([v for d in parts for v in d['chosen']], dtype=torch.float64)
-    raw_r = torch.tensor([v for d in parts for v in d['rejected']], dtype=torch.float64)
-    len_c = torch.tensor([v for d in parts for v in d['chosen_len']], dtype=torch.float64)
-    len_r = torch.tensor([v for d in parts for v in d['rejected_len']], dtype=torch.float64)
-    if length_correction: raw_c, raw_r = corrected_scores(model, raw_c, len_c), corrected_scores(model, raw_r, len_r)
+    scaling = scaling or st.get('scaling', 'quantile')
+    gamma = gamma if gamma is not None else st.get('gamma', 0.9)
+    scores = _TextScores(model, tokenizer, batch_size, max_length or model.max_length, dtype, progress)
+    parts, reused = _score_shards(scores, dataset, out_dir, shard_size, resume)
+    raw_c, raw_r = _raw_scores(model, parts, length_correction)
     scaled, scale = scale_margins(raw_c - raw_r, gamma=gamma, method=scaling, return_scale=True)
     pd = preference_divergence(scaled, torch.zeros_like(scaled), a, weights)
     settings = dict(aspects=list(model.aspects), weights=weights.tolist(), scaling=scaling,
                     gamma=float(gamma) if scaling == 'quantile' else None,
                     scale=dict(zip(model.aspects, scale.tolist())), length_correction=bool(length_correction),
                     pd_units='scaled')
+    ds = _with_scores(dataset, model.aspects, raw_c, raw_r, pd, settings)
+    if stats is not None:
+        stats.update(shards=len(parts), reused_shards=reused, scored_texts=scores.scored, seconds=time.time() - t0)
+    log.info(f"score_dataset: {len(dataset)} pairs, {len(parts)} shard(s) ({reused} reused), "
+             f"{scores.scored} texts scored")
+    return ds
+
+@dataclass
+class _TextScores:
+    "Raw [K] scores of texts, each text through the model once (a cache shared by all shards)."
+    model:AspectRewardModel
+    tokenizer:Any
+    batch_size:int
+    max_length:int
+    dtype:str
+    progress:bool
+    cache:dict=field(default_factory=dict) # text -> [K] raw scores
+    scored:int=0 # texts that went through the model
+
+    def __call__(self, texts:list[str]) -> Tensor:
+        "[len(texts), K] raw scores; only texts not seen before are scored."
+        need = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if need:
+            sc = score_texts(self.model, self.tokenizer, need, self.batch_size, self.max_length, self.dtype,
+                             progress=self.progress)
+            self.cache.update(zip(need, sc))
+            self.scored += len(need)
+        return torch.stack([self.cache[t] for t in texts])
+
+    def remember(self, texts:list[str], values:list): # scores read back from a finished shard
+        for t, v in zip(texts, values): self.cache.setdefault(t, torch.tensor(v))
+
+def _score_shards(scores:_TextScores, dataset, out_dir, shard_size:int, resume:bool) -> tuple[list[dict], int]:
+    "`(parts, reused)`: raw scores and lengths shard by shard; finished shards in `out_dir` are read back."
+    rows = {c: list(dataset[c]) for c in ('prompt', 'chosen', 'rejected', 'aspect')}
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None: out_dir.mkdir(parents=True, exist_ok=True)
+    template = format_text('{p}', '{r}', scores.tokenizer)
+    settings = dict(max_length=scores.max_length, dtype=scores.dtype, format=template)
+    fp_model = _digest_model(scores.model) + hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
+    N, parts, reused = len(dataset), [], 0
+    n_shards = math.ceil(N / shard_size)
+    for s in tqdm(range(n_shards), desc='score shards', leave=False, disable=not scores.progress or n_shards < 2):
+        lo, hi = s * shard_size, min(N, (s + 1) * shard_size)
+        path = out_dir / f'shard_{s:05d}.json' if out_dir is not None else None
+        part, was_reused = _score_shard(scores, rows, lo, hi, fp_model, path, resume)
+        parts.append(part)
+        reused += was_reused
+    return parts, reused
+
+def _score_shard(scores:_TextScores, rows:dict, lo:int, hi:int, fp_model:str, path:Path|None,
+                 resume:bool) -> tuple[dict, bool]:
+    "`(part, reused)` of rows lo:hi: the shard file if its fingerprint matches, else scored (and written to `path`)."
+    sl = {c: v[lo:hi] for c, v in rows.items()}
+    ct = [format_text(p, y, scores.tokenizer) for p, y in zip(sl['prompt'], sl['chosen'])]
+    rt = [format_text(p, y, scores.tokenizer) for p, y in zip(sl['prompt'], sl['rejected'])]
+    fp = fp_model + _digest_rows(sl['prompt'], sl['chosen'], sl['rejected'], sl['aspect'])
+    done = _load_shard(path, fp, lo, hi) if path is not None and resume and path.exists() else None
+    if done is not None:
+        scores.remember(ct + rt, done['chosen'] + done['rejected'])
+        return done, True
+    both = scores(ct + rt)
+    lens = add_lengths(Dataset.from_dict(dict(chosen=sl['chosen'], rejected=sl['rejected'])), scores.tokenizer)
+    done = dict(fingerprint=fp, start=lo, end=hi, chosen=both[:len(ct)].tolist(), rejected=both[len(ct):].tolist(),
+                chosen_len=list(lens['chosen_len']), rejected_len=list(lens['rejected_len']))
+    if path is not None: atomic_write_json(path, done, indent=None)
+    return done, False
+
+def _raw_scores(model:AspectRewardModel, parts:list[dict], length_correction:bool) -> tuple[Tensor, Tensor]:
+    "[N, K] chosen and rejected raw scores of all shards (float64), length-corrected if asked."
+    def column(key): return torch.tensor([v for d in parts for v in d[key]], dtype=torch.float64)
+    raw_c, raw_r = column('chosen'), column('rejected')
+    if not length_correction: return raw_c, raw_r
+    return corrected_scores(model, raw_c, column('chosen_len')), corrected_scores(model, raw_r, column('rejected_len'))
+
+def _with_scores(dataset, aspects:list[str], raw_c:Tensor, raw_r:Tensor, pd:Tensor, settings:dict) -> Dataset:
+    "`dataset` + chosen_scores, rejected_scores (struct columns), pd and the PD settings; known ratings kept as orig_*."
     ds = dataset
-    for f in ('chosen_scores', 'rejected_scores'):             # keep known ratings once: re-scoring keeps the first orig_*
+    for f in ('chosen_scores', 'rejected_scores'): # keep known ratings once: re-scoring keeps the first orig_*
         if f in ds.column_names:
             ds = ds.remove_columns(f) if f'orig_{f}' in ds.column_names else ds.rename_column(f, f'orig_{f}')
     ds = ds.remove_columns([c for c in ('pd',) if c in ds.column_names])
-    struct = {asp: Value('float64') for asp in model.aspects}
-    ds = ds.add_column('chosen_scores', _struct(raw_c, model.aspects), feature=struct)
-    ds = ds.add_column('rejected_scores', _struct(raw_r, model.aspects), feature=struct)
-    ds = with_pd_settings(ds.add_column('pd', pd.double().tolist(), feature=Value('float64')), settings)
-    if stats is not None: stats.update(shards=n_shards, reused_shards=reused, scored_texts=scored, seconds=time.time() - t0)
-    log.info(f"score_dataset: {N} pairs, {n_shards} shard(s) ({reused} reused), {scored} texts scored")
-    return ds
+    struct = {asp: Value('float64') for asp in aspects}
+    ds = ds.add_column('chosen_scores', _struct(raw_c, aspects), feature=struct)
+    ds = ds.add_column('rejected_scores', _struct(raw_r, aspects), feature=struct)
+    return with_pd_settings(ds.add_column('pd', pd.double().tolist(), feature=Value('float64')), settings)
 
 # %% ../nbs/06_reward.ipynb #c041
 def rating_pd(dataset, # a dataset with known per-aspect scores (after `score_dataset`: the `orig_*` columns)
