@@ -343,3 +343,21 @@ def test_score_json_has_one_place_for_pd_settings(world, tmp_path):
     assert st['gamma'] == 0.8 and st['scaling'] == 'quantile' and st['weights'] == pytest.approx([0.25, 0.25, 0.5])
     from pd_align.selection import pd_settings
     assert st == pd_settings(load_from_disk(str(out / 'dataset')))
+
+
+def test_micro_batches_of_each_step():
+    """The training schedule of `train_reward_models`: ceil(n / batch_size) micro-batches per pass, `grad_accum` per
+    optimizer step (the last step may have fewer), every pair once per pass (a fresh shuffle each pass, the next pass
+    filling the last batch of the previous one), `max_steps` cuts it, and the same seed gives the same schedule."""
+    from pd_align.reward import _micro_batches
+    steps = _micro_batches(10, epochs=1, batch_size=4, grad_accum=2, max_steps=None, seed=0)
+    assert [len(s) for s in steps] == [2, 1] and [len(b) for s in steps for b in s] == [4, 4, 4]
+    flat = [i for s in steps for b in s for i in b]
+    assert sorted(flat[:10]) == list(range(10))                              # one pass: each pair once
+    long = _micro_batches(10, epochs=2.5, batch_size=4, grad_accum=3, max_steps=None, seed=0)
+    assert [len(s) for s in long] == [3, 3, 2]                              # round(2.5 * 3) = 8 micro-batches
+    flat = [i for s in long for b in s for i in b]
+    assert sorted(flat[:10]) == sorted(flat[10:20]) == list(range(10)) and flat[:10] != flat[10:20]
+    assert _micro_batches(10, 2.5, 4, 3, max_steps=2, seed=0) == long[:2]
+    assert _micro_batches(10, 2.5, 4, 3, None, seed=0) == long != _micro_batches(10, 2.5, 4, 3, None, seed=1)
+    assert _micro_batches(3, 0.1, 8, 1, None, seed=0) == [[_micro_batches(3, 1, 8, 1, None, seed=0)[0][0]]]  # >= 1

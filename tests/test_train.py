@@ -380,3 +380,25 @@ def test_two_process_ddp_matches_one_process(tiny, tmp_path):
         losses = [h.get('loss', h.get('eval_loss')) for h in got[run]]
         assert len(losses) == len(want) and max(abs(x - y) for x, y in zip(losses, want)) < 1e-5
     assert [h['loss'] for h in got['a'] if 'loss' in h] == [h['loss'] for h in got['b'] if 'loss' in h]
+
+
+def test_loop_cadence_of_log_eval_checkpoint_and_callback(tiny, tmp_path):
+    """The loop's named steps fire when they should: a log entry every `logging_steps` and at the last step (the
+    window's means), an evaluation every `eval_steps` plus one at the end, a checkpoint every `save_steps`, and the
+    callback after every step with the entry or None. Logging changes nothing in the training itself."""
+    model, tok, rows = tiny
+    cfg = DPOConfig(**{**BASE, 'batch_size': 4, 'lora_dropout': 0.1}, max_steps=5, eval_steps=2)
+    calls = []
+    every = train_dpo(copy.deepcopy(model), rows, cfg, tokenizer=tok)                       # logging_steps=1
+    two = train_dpo(copy.deepcopy(model), rows, cfg.replace(logging_steps=2, save_steps=2, output_dir=str(tmp_path)),
+                    tokenizer=tok, eval_dataset=rows[:8], callback=lambda step, entry: calls.append((step, entry)))
+    assert [s for s, _ in calls] == [1, 2, 3, 4, 5]
+    assert [s for s, e in calls if e is not None] == [2, 4, 5] == [h['step'] for h in two.train_log]
+    assert all(e is h for (_, e), h in zip([c for c in calls if c[1] is not None], two.train_log))
+    assert [h['step'] for h in two.eval_log] == [2, 4, 5] and all(h['eval_n'] == 8 for h in two.eval_log)
+    assert [h['step'] for h in two.history] == [2, 2, 4, 4, 5, 5]                       # train entry, then its eval
+    assert sorted(p.name for p in tmp_path.glob('checkpoint-*')) == ['checkpoint-2', 'checkpoint-4']
+    per_step = [h['loss'] for h in every.train_log]
+    want = [np.mean(per_step[0:2]), np.mean(per_step[2:4]), per_step[4]]
+    assert np.allclose([h['loss'] for h in two.train_log], want, rtol=0, atol=1e-7), (want, two.train_log)
+    for (n, p), (_, q) in zip(every.model.named_parameters(), two.model.named_parameters()): assert torch.equal(p, q), n
