@@ -11,15 +11,14 @@ import torch
 from torch import Tensor
 from collections.abc import Mapping
 from .data import scores_matrix, aspect_index, get_aspects
-from .divergence import preference_divergence, holistic_margin, _weights
+from .divergence import preference_divergence, holistic_margin, normalise_weights
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['METHODS', 'n_keep', 'per_aspect_budget', 'select_by_pd', 'select_highest_pd', 'select_by_margin',
            'select_by_holistic_margin', 'select_random', 'select_full', 'tempered_share', 'length_balanced',
-           'pd_settings', 'with_pd_settings', 'dataset_aspects', 'normalise_weights', 'aspect_weights', 'select',
-           'pd_reward_units']
+           'pd_settings', 'with_pd_settings', 'dataset_aspects', 'aspect_weights', 'select', 'pd_reward_units']
 
 # %% ../nbs/04_selection.ipynb #c005
 def n_keep(ratio:float, # share to keep, in (0, 1]
@@ -204,22 +203,6 @@ def dataset_aspects(dataset) -> list[str]:
     "The K aspects of a dataset: the stored settings' aspects, else `get_aspects` (score keys, else labels)."
     st = pd_settings(dataset)
     return list(st['aspects']) if st and st.get('aspects') else get_aspects(dataset)
-
-def normalise_weights(weights, # a [K] sequence in `aspects` order, or {aspect: weight}; None = uniform
-                      aspects:list[str], # the K aspects
-                     ) -> Tensor: # [K] float64 weights in `aspects` order, > 0, summing to 1
-    "Aspect weights as a normalised [K] vector; a dict is matched to `aspects` by name."
-    if weights is None: weights = [1.0] * len(aspects)
-    if isinstance(weights, Mapping):
-        missing = [a for a in aspects if a not in weights]
-        extra = [a for a in weights if a not in aspects]
-        if missing or extra:
-            raise ValueError(f"weights: aspects {missing} missing, {extra} unknown; the aspects are {aspects}")
-        weights = [float(weights[a]) for a in aspects]
-    if isinstance(weights, numbers.Real):
-        raise ValueError(f"weights={weights!r}: one number for every aspect is just uniform weights 1/K after "
-                         "normalisation; pass None, a [K] sequence or {aspect: weight}")
-    return _weights(weights, len(aspects), torch.float64)
 
 def aspect_weights(dataset, # a fine-grained Dataset, or a list of rows
                    weights=None, # None (stored, else uniform), [K] in `dataset_aspects` order, or {aspect: weight}

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from .data import from_records, aggregate, scores_matrix, aspect_index
-from .divergence import preference_divergence, conflict_rate, spearman
+from .divergence import preference_divergence, conflict_rate, spearman, normalise_weights
 from .selection import select_by_pd, select_highest_pd, select_random, select_full, select_by_margin
 from .tiny import train_tokenizer, tiny_causal_lm
 from .reward import AspectRewardModel, train_reward_models, score_dataset, fit_length_penalty, pair_scores
@@ -128,10 +128,7 @@ def score_matrix(prompts:list[str], responses:list[str]) -> Tensor: # [N, K] flo
 
 def gold_weights(weights=None) -> Tensor: # [K] float64 summing to 1
     "The gold reward's aspect weights (default uniform)."
-    w = torch.full((len(ASPECTS),), 1.0) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-    if w.shape != (len(ASPECTS),) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be {len(ASPECTS)} non-negative numbers with a positive sum, got {weights!r}")
-    return (w / w.sum()).double()
+    return normalise_weights(weights, ASPECTS, allow_zero=True)
 
 def gold_reward(prompts:list[str], responses:list[str], weights=None) -> Tensor: # [N] holistic gold reward
     "The gold reward $\\sum_k w_k r_k$ of each response."

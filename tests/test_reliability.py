@@ -7,7 +7,7 @@ Property-based tests (tests/test_properties.py; hypothesis, derandomised, no exa
 | PD antisymmetry (200)                  | `delta = c - r` -> `delta = c` (rejected scores dropped)                    |
 | PD ignores the labelling aspect (200)  | drop `other[..., a] = False` (PD becomes minus the holistic margin)         |
 | PD shift invariance per aspect (200)   | `delta = c - r` -> `log1p|c| - log1p|r|`                                    |
-| PD weight-scale invariance (200)       | `_weights`: `return w / w.sum()` -> `return w` (weights not normalised)     |
+| PD weight-scale invariance (200)       | `normalise_weights`: `return w / w.sum()` -> `return w` (not normalised)  |
 | PD sign: consensus < 0 (200)           | `pd = -(known` -> `pd = (known` (sign convention flipped)                   |
 | losses finite, fp32/bf16, 1e4 (150)    | `neg_logsigmoid(x)` -> `-torch.log(torch.sigmoid(x))` in dpo_loss, dfpo_loss |
 | sequence_logps finite, <= 0 (100)      | `torch.logsumexp(z, -1)` -> `z.exp().sum(-1).log()`                         |

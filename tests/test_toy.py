@@ -7,7 +7,7 @@ from pd_align.data import get_aspects
 from pd_align.divergence import conflict_rate, spearman
 from pd_align.experiments import mean_ci, read_results
 from pd_align.toy import (ASPECTS, LENGTH_BIAS, DEFAULT_METHODS, conflict_correlation, make_world, draw_pairs, sample_subdatasets,
-                          toy_pairs, pair_scores, oracle_pd, estimate_aspect_rewards, estimate_unified_reward, estimated_pd,
+                          toy_pairs, gold_pair_scores, oracle_pd, estimate_aspect_rewards, estimate_unified_reward, estimated_pd,
                           holistic_margins, mix_conflict, relabel_flips, identity_gap, train_tabular_dpo, evaluate, simulate,
                           run_experiment, run_toy, parse_shares, _length_balance_weights)
 
@@ -52,7 +52,7 @@ def test_mix_conflict_hits_the_share_exactly():
         sub = pool.subset(mix_conflict(w, pool, share, 400))
         assert torch.bincount(sub.aspect).tolist() == [400] * 4
         assert (holistic_margins(w, sub) < 0).double().mean().item() == pytest.approx(share, abs=1e-12)
-        assert conflict_rate(*pair_scores(w, sub), w.weights) == pytest.approx(share, abs=1e-6)
+        assert conflict_rate(*gold_pair_scores(w, sub), w.weights) == pytest.approx(share, abs=1e-6)
     with pytest.raises(ValueError, match='pool'): mix_conflict(w, draw_pairs(w, 400, seed=0), 0.45, 400)
     with pytest.raises(ValueError, match='share'): mix_conflict(w, pool, 1.5, 400)
 
@@ -110,7 +110,7 @@ def test_identity_check_holds_and_catches_mutations():
     l_h, gap = identity_gap(w, pr, idx, pol)
     assert gap < 1e-12 and 0 < l_h < 1
     pd = oracle_pd(w, pr).double()
-    ch, rj = pair_scores(w, pr)
+    ch, rj = gold_pair_scores(w, pr)
     mutations = {'sign of PD flipped': -pd,
                  'PD without the aspect weights': pd * 4,
                  'PD including the labelling aspect': pd - (ch.double() - rj.double()).gather(1, pr.aspect[:, None]).squeeze(1) / 4,
