@@ -54,7 +54,8 @@ def normalise_weights(weights, # None (uniform), a [K] sequence in `aspects` ord
         raise ValueError(f"weights={weights!r}: one number for every aspect is just uniform weights 1/K after "
                          "normalisation; pass None, a [K] sequence or {aspect: weight}")
     w = torch.as_tensor(weights, dtype=dtype, device=device).reshape(-1)
-    if w.numel() != K: raise ValueError(f"weights: expected {K} values (one per aspect), got {w.numel()}")
+    if w.numel() != K:
+        raise ValueError(f"weights: expected {K} values (one per aspect), got {w.numel()}")
     ok = torch.isfinite(w).all() and ((w >= 0).all() and w.sum() > 0 if allow_zero else (w > 0).all())
     if not ok:
         need = '>= 0 with a positive sum' if allow_zero else '> 0'

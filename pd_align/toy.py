@@ -40,7 +40,8 @@ def conflict_correlation(conflict:str|float, # 'low', 'mid', 'high' or the corre
                          n_aspects:int, # K >= 2
                         ) -> float: # off-diagonal correlation rho of the aspect rewards
     "The inter-aspect correlation for a conflict level; 'high' stops 90% of the way to the PD limit -1/(K-1)."
-    if n_aspects < 2: raise ValueError(f"n_aspects: need at least 2 aspects, got {n_aspects}")
+    if n_aspects < 2:
+        raise ValueError(f"n_aspects: need at least 2 aspects, got {n_aspects}")
     floor = -1 / (n_aspects - 1)
     if isinstance(conflict, str):
         if conflict not in CONFLICT_LEVELS:
@@ -49,7 +50,8 @@ def conflict_correlation(conflict:str|float, # 'low', 'mid', 'high' or the corre
         return max(rho, 0.9 * floor) if conflict == 'high' else rho
     rho = float(conflict)
     if not floor < rho < 1:
-        raise ValueError(f"conflict: correlation {rho} makes the covariance singular or indefinite; need {floor:.3f} < rho < 1 for K={n_aspects}")
+        raise ValueError(f"conflict: correlation {rho} makes the covariance singular or indefinite; need {floor:.3f} "
+                         f"< rho < 1 for K={n_aspects}")
     return rho
 
 # %% ../nbs/05_toy.ipynb #c008
@@ -64,7 +66,7 @@ class ToyWorld:
     aspects: tuple # K aspect names
     correlation: float # off-diagonal correlation of the aspect rewards
     length_aspect: int # index of the aspect the length is correlated with
-    length_bias: Tensor # [K] annotators' extra log-odds per unit of length difference, per aspect (not in the gold reward)
+    length_bias: Tensor # [K] annotators' extra log-odds per unit of length difference, per aspect (not in gold reward)
     seed: int
 
     @property
@@ -86,7 +88,7 @@ def make_world(n_prompts:int=100, # P prompts
                n_responses:int=6, # M candidate responses per prompt
                aspects:tuple=ASPECTS, # K aspect names
                conflict:str|float='high', # 'low' (rho=+0.5), 'mid' (0), 'high' (-0.3 for K=4) or rho itself
-               seed:int=0, # seeds every draw; the same seed gives the same standard-normal draws at every conflict level
+               seed:int=0, # seeds every draw; a seed gives the same standard-normal draws at every conflict level
                weights=None, # [K] aspect weights (default uniform), normalised to sum 1
                length_aspect:int|str=0, # aspect (index or name) the length is correlated with
                length_corr:float=0.5, # correlation c of the length with that aspect's reward
@@ -98,13 +100,17 @@ def make_world(n_prompts:int=100, # P prompts
     "Draw a toy world whose aspect rewards have correlation set by `conflict`."
     K, P, M = len(aspects), n_prompts, n_responses
     rho = conflict_correlation(conflict, K)
-    if P < 1 or M < 2: raise ValueError(f"n_prompts >= 1 and n_responses >= 2 needed, got {P}, {M}")
-    if not -1 < length_corr < 1: raise ValueError(f"length_corr: need |c| < 1, got {length_corr}")
+    if P < 1 or M < 2:
+        raise ValueError(f"n_prompts >= 1 and n_responses >= 2 needed, got {P}, {M}")
+    if not -1 < length_corr < 1:
+        raise ValueError(f"length_corr: need |c| < 1, got {length_corr}")
     a = list(aspects).index(length_aspect) if isinstance(length_aspect, str) else int(length_aspect)
-    if not 0 <= a < K: raise ValueError(f"length_aspect: index {a} out of range for {K} aspects")
+    if not 0 <= a < K:
+        raise ValueError(f"length_aspect: index {a} out of range for {K} aspects")
     w = normalise_weights(weights, K, torch.float32)
     bias = torch.as_tensor(length_bias, dtype=torch.float32).flatten()
-    if bias.numel() not in (1, K): raise ValueError(f"length_bias: expected one value or {K} (one per aspect), got {bias.numel()}")
+    if bias.numel() not in (1, K):
+        raise ValueError(f"length_bias: expected one value or {K} (one per aspect), got {bias.numel()}")
     bias = bias.expand(K).clone()
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(P, M, K, generator=g)
@@ -116,7 +122,8 @@ def make_world(n_prompts:int=100, # P prompts
     rotation, _ = torch.linalg.qr(torch.randn(K + n_nuisance, K + n_nuisance, generator=g))
     features = torch.cat([torch.cat([noisy, nuisance], -1) @ rotation, lengths[..., None]], -1)
     ref = torch.zeros(P, M) if ref_logits is None else torch.as_tensor(ref_logits, dtype=torch.float32)
-    if ref.shape != (P, M): raise ValueError(f"ref_logits: expected shape {(P, M)}, got {tuple(ref.shape)}")
+    if ref.shape != (P, M):
+        raise ValueError(f"ref_logits: expected shape {(P, M)}, got {tuple(ref.shape)}")
     return ToyWorld(rewards, lengths, features, w, ref, tuple(aspects), rho, a, bias, seed)
 
 # %% ../nbs/05_toy.ipynb #c013
@@ -148,7 +155,8 @@ def draw_pairs(world:ToyWorld, # the world to label
                seed:int=0, # seeds the pairs and the labels
               ) -> ToyPairs: # aspect 0's pairs first, then aspect 1's, ...
     "Bradley-Terry labelled pairs, `pairs_per_aspect` per aspect, each labelled on its own aspect only."
-    if pairs_per_aspect < 1: raise ValueError(f"pairs_per_aspect: need >= 1, got {pairs_per_aspect}")
+    if pairs_per_aspect < 1:
+        raise ValueError(f"pairs_per_aspect: need >= 1, got {pairs_per_aspect}")
     g = torch.Generator().manual_seed(seed)
     p, c, r = map(torch.cat, zip(*[_draw_aspect(world, k, pairs_per_aspect, g) for k in range(world.n_aspects)]))
     return ToyPairs(p, c, r, torch.arange(world.n_aspects).repeat_interleave(pairs_per_aspect))
@@ -173,7 +181,8 @@ def sample_subdatasets(world:ToyWorld, # the world to label
 
 # %% ../nbs/05_toy.ipynb #c015
 def _index_column(ds, name) -> Tensor:
-    if name not in ds.column_names: raise ValueError(f"{name}: missing column; build the dataset with `sample_subdatasets`")
+    if name not in ds.column_names:
+        raise ValueError(f"{name}: missing column; build the dataset with `sample_subdatasets`")
     return torch.as_tensor(np.asarray(ds[name]), dtype=torch.long)
 
 def toy_pairs(data, # a toy `Dataset` (from `sample_subdatasets`) or `ToyPairs`
@@ -182,12 +191,13 @@ def toy_pairs(data, # a toy `Dataset` (from `sample_subdatasets`) or `ToyPairs`
     if isinstance(data, ToyPairs): return data
     if get_aspects(data) != list(world.aspects):
         raise ValueError(f"aspects: dataset has {get_aspects(data)}, world has {list(world.aspects)}")
-    return ToyPairs(_index_column(data, 'prompt_idx'), _index_column(data, 'chosen_idx'), _index_column(data, 'rejected_idx'),
-                    aspect_index(data, list(world.aspects)))
+    prompt, chosen, rejected = (_index_column(data, f'{c}_idx') for c in ('prompt', 'chosen', 'rejected'))
+    return ToyPairs(prompt, chosen, rejected, aspect_index(data, list(world.aspects)))
 
 def gold_pair_scores(world:ToyWorld, data) -> tuple[Tensor, Tensor]:
     "[N, K] true chosen and rejected aspect rewards of the pairs (from the score columns for a `Dataset`)."
-    if isinstance(data, ToyPairs): return world.rewards[data.prompt, data.chosen], world.rewards[data.prompt, data.rejected]
+    if isinstance(data, ToyPairs):
+        return world.rewards[data.prompt, data.chosen], world.rewards[data.prompt, data.rejected]
     return scores_matrix(data, list(world.aspects))
 
 def own_margin(world:ToyWorld, data) -> Tensor:
@@ -201,11 +211,13 @@ def oracle_pd(world:ToyWorld, data) -> Tensor:
     ch, rj = gold_pair_scores(world, data)
     return preference_divergence(ch, rj, toy_pairs(data, world).aspect, world.weights)
 
-def _newton_bt(x:Tensor, group:Tensor, n_groups:int, offset:Tensor, ridge:Tensor, iters:int, weight:Tensor|None=None) -> Tensor:
+def _newton_bt(x:Tensor, group:Tensor, n_groups:int, offset:Tensor, ridge:Tensor, iters:int,
+               weight:Tensor|None=None) -> Tensor:
     "Ridge Bradley-Terry (logistic, no intercept) fits on rows `x` [N, D], one per group, all at once: [G, D]."
     x, offset = x.double(), offset.double()
     raw = torch.ones(len(group), dtype=torch.float64) if weight is None else weight.double()
-    wts = raw / torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, raw)[group]  # each group's weights sum to 1
+    group_total = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, raw)
+    wts = raw / group_total[group]  # each group's weights sum to 1
     outer = x[:, :, None] * x[:, None, :]
     theta = torch.zeros(n_groups, x.shape[1], dtype=torch.float64)
     for _ in range(iters):
@@ -244,7 +256,8 @@ def _fit_linear_bt(world:ToyWorld, pr:ToyPairs, group:Tensor, n_groups:int, leng
 
 def estimate_aspect_rewards(world:ToyWorld, # supplies the response features
                             data, # toy `Dataset` or `ToyPairs`; aspect k's model sees only its own pairs
-                            length_penalty:bool|float=True, # True: fit and drop a length term; float: fixed rho; False: length is a feature
+                            # True: fit and drop a length term; float: a fixed rho; False: length is a feature
+                            length_penalty:bool|float=True,
                             length_balance:bool=False, # weight each D_k to 50% chosen-longer pairs
                             l2:float=1e-3, # ridge strength lambda on theta
                             iters:int=25, # Newton iterations (the ridge logistic loss is strictly convex)
@@ -252,7 +265,8 @@ def estimate_aspect_rewards(world:ToyWorld, # supplies the response features
     "Per-aspect linear Bradley-Terry reward models, each fit on its own sub-dataset only."
     pr, K = toy_pairs(data, world), world.n_aspects
     empty = (torch.bincount(pr.aspect, minlength=K) == 0).nonzero()
-    if len(empty): raise ValueError(f"data: aspect {world.aspects[empty[0].item()]!r} has no pairs to fit its reward model on")
+    if len(empty):
+        raise ValueError(f"data: aspect {world.aspects[empty[0].item()]!r} has no pairs to fit its reward model on")
     return _fit_linear_bt(world, pr, pr.aspect, K, length_penalty, length_balance, l2, iters)
 
 def estimate_unified_reward(world:ToyWorld, # supplies the response features
@@ -263,11 +277,13 @@ def estimate_unified_reward(world:ToyWorld, # supplies the response features
                            ) -> Tensor: # [P, M] one estimated reward
     "One linear Bradley-Terry reward model fit on all sub-datasets' labels as if they were one preference (RAF)."
     pr = toy_pairs(data, world)
-    if len(pr) == 0: raise ValueError("data: no pairs to fit the unified reward model on")
-    return _fit_linear_bt(world, pr, torch.zeros(len(pr), dtype=torch.long), 1, length_penalty, length_balance, l2, iters)[..., 0]
+    if len(pr) == 0:
+        raise ValueError("data: no pairs to fit the unified reward model on")
+    one_group = torch.zeros(len(pr), dtype=torch.long)
+    return _fit_linear_bt(world, pr, one_group, 1, length_penalty, length_balance, l2, iters)[..., 0]
 
 def estimated_pd(world:ToyWorld, data,
-                 rewards_hat:Tensor|None=None, # [P, M, K] estimated rewards; default `estimate_aspect_rewards(world, data)`
+                 rewards_hat:Tensor|None=None, # [P, M, K] estimated rewards (default `estimate_aspect_rewards`)
                  gamma:float=0.9, # quantile used to scale each aspect's margins
                  method:str='quantile', # or 'zscore' (see `scale_margins`)
                 ) -> Tensor: # [N] estimated PD
@@ -313,11 +329,14 @@ def tabular_run(world:ToyWorld, data, # toy `Dataset` or `ToyPairs`
                 pd:Tensor|None=None, # [N] PD for 'dfpo' (dataset orientation), indexed like `data`
                ) -> TabularRuns: # one run (R = 1)
     "One training run: the selected pairs of `data`, optionally relabelled, with DPO or DFPO."
-    if loss not in ('dpo', 'dfpo'): raise ValueError(f"loss: expected 'dpo' or 'dfpo', got {loss!r}")
-    if loss == 'dfpo' and pd is None: raise ValueError("pd: the 'dfpo' loss needs the PD of every pair")
+    if loss not in ('dpo', 'dfpo'):
+        raise ValueError(f"loss: expected 'dpo' or 'dfpo', got {loss!r}")
+    if loss == 'dfpo' and pd is None:
+        raise ValueError("pd: the 'dfpo' loss needs the PD of every pair")
     pr = toy_pairs(data, world)
     index = torch.arange(len(pr)) if index is None else torch.as_tensor(index, dtype=torch.long)
-    if len(index) == 0: raise ValueError("index: the run has no training pairs")
+    if len(index) == 0:
+        raise ValueError("index: the run has no training pairs")
     sub = pr.subset(index)
     f = torch.zeros(len(index), dtype=torch.bool) if flip is None else flip[index].bool()
     c, r = torch.where(f, sub.rejected, sub.chosen), torch.where(f, sub.chosen, sub.rejected)
@@ -358,7 +377,8 @@ def train_runs(runs:TabularRuns,
                 total = total + (l * wn[i_dfpo]).sum()
             (grad,) = torch.autograd.grad(total, logits)
             with torch.no_grad():
-                m.mul_(b1).add_(grad, alpha=1 - b1); v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                m.mul_(b1).add_(grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 logits = logits.detach() - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
     return logits.detach()
 
@@ -424,7 +444,8 @@ def mix_conflict(world:ToyWorld, # the world
                  pairs_per_aspect:int=500, # n: pairs per aspect in the result
                 ) -> Tensor: # indices into `pool`, aspect by aspect
     "Per aspect, round(share*n) pairs whose label disagrees with the gold holistic preference and the rest agreeing."
-    if not 0 <= share <= 1: raise ValueError(f"share: must be in [0, 1], got {share}")
+    if not 0 <= share <= 1:
+        raise ValueError(f"share: must be in [0, 1], got {share}")
     conflicting = holistic_margins(world, pool) < 0
     n_conf = round(share * pairs_per_aspect)
     out = []
@@ -553,7 +574,8 @@ def _world_specs(world:ToyWorld, # the world of the dataset
     for s in specs:
         f = s.get('flip')
         s['label_conflict'] = (wrong[s['index']] ^ (f[s['index']] if f is not None else False)).double().mean().item()
-    info = dict(realised_share=wrong.double().mean().item(), own_agreement=(scores['margin'] > 0).double().mean().item(),
+    agreement = (scores['margin'] > 0).double().mean().item()
+    info = dict(realised_share=wrong.double().mean().item(), own_agreement=agreement,
                 pd_spearman_est=quality.get('pd', float('nan')), pd_spearman_nl=quality.get('pd_nl', float('nan')),
                 n_pairs=N)
     return specs, info
@@ -850,7 +872,8 @@ def parse_shares(shares) -> tuple:
     out = []
     for s in items:
         try: out.append(float(s))
-        except (TypeError, ValueError): raise ValueError(f"shares: {s!r} is not a number") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"shares: {s!r} is not a number") from None
     return _check_shares(out)
 
 def run_toy(seeds:int|None=None, # seeds (every share uses the same worlds); default 10, or 3 with `quick`
