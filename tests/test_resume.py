@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pd_align.synthetic import SYNTHETIC_ASPECTS, synthetic_pairs
-DEMO_ASPECTS = ['polite', 'on_topic'] # the demo pairs' two aspects
+from pd_align.synthetic import SYNTHETIC_ASPECTS, synthetic_pairs, DEMO
 
 ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONWARNINGS': 'ignore',
        'TOKENIZERS_PARALLELISM': 'false'}
@@ -151,10 +150,9 @@ TRAIN_CFG = dict(max_steps=8, batch_size=4, save_steps=1, lr=1e-3, seed=0, loggi
 TRAINER = '''
 import sys, time
 from pd_align.train import train_dpo, DPOConfig
-from pd_align.synthetic import synthetic_pairs
-DEMO_ASPECTS = ['polite', 'on_topic']
+from pd_align.synthetic import synthetic_pairs, DEMO
 cfg = DPOConfig(**%r, output_dir=sys.argv[1])
-train_dpo('tiny', synthetic_pairs(16, seed=0, aspects=DEMO_ASPECTS, records=True), cfg, callback=lambda step, entry: time.sleep(float(sys.argv[2])))
+train_dpo('tiny', synthetic_pairs(16, seed=0, **DEMO), cfg, callback=lambda step, entry: time.sleep(float(sys.argv[2])))
 print('DONE', flush=True)
 ''' % TRAIN_CFG
 
@@ -179,9 +177,9 @@ def test_train_dpo_resumes_after_kill(tmp_path):
 
     cfg = T.DPOConfig(**TRAIN_CFG, output_dir=str(out))
     seen = []
-    resumed = T.train_dpo('tiny', synthetic_pairs(16, seed=0, aspects=DEMO_ASPECTS, records=True), cfg, resume_from_checkpoint=True, callback=lambda s, e: seen.append(s))
+    resumed = T.train_dpo('tiny', synthetic_pairs(16, seed=0, **DEMO), cfg, resume_from_checkpoint=True, callback=lambda s, e: seen.append(s))
     assert seen == list(range(steps_done + 1, TRAIN_CFG['max_steps'] + 1)), (steps_done, seen)  # only the missing steps run
-    ref = T.train_dpo('tiny', synthetic_pairs(16, seed=0, aspects=DEMO_ASPECTS, records=True), T.DPOConfig(**TRAIN_CFG, output_dir=str(tmp_path / 'ref')))
+    ref = T.train_dpo('tiny', synthetic_pairs(16, seed=0, **DEMO), T.DPOConfig(**TRAIN_CFG, output_dir=str(tmp_path / 'ref')))
 
     got, want = _train_log(resumed.history), _train_log(ref.history)
     assert [h['step'] for h in got] == list(range(1, TRAIN_CFG['max_steps'] + 1))

@@ -1,5 +1,6 @@
 "The toy world: determinism, the conflict-share mixing, the relabellings, the identity check (and a mutation it catches), the PD claim at default size, and `run_toy`'s files."
 import json, math
+from pathlib import Path
 import pandas
 import pytest
 import torch
@@ -9,7 +10,7 @@ from pd_align.experiments import mean_ci, read_results
 from pd_align.toy import (ASPECTS, LENGTH_BIAS, DEFAULT_METHODS, conflict_correlation, make_world, draw_pairs, sample_subdatasets,
                           toy_pairs, gold_pair_scores, oracle_pd, estimate_aspect_rewards, estimate_unified_reward, estimated_pd,
                           holistic_margins, mix_conflict, relabel_flips, identity_gap, train_tabular_dpo, evaluate, simulate,
-                          run_experiment, run_toy, parse_shares, _length_balance_weights)
+                          run_experiment, run_toy, parse_shares, _length_balance_weights, ToyConfig, simulate_config)
 
 SMALL = dict(n_prompts=30, pairs_per_aspect=150, steps=60)
 
@@ -168,3 +169,16 @@ def test_run_toy_writes_the_files(tmp_path):
     assert run_toy(quick=True, seeds=2, shares='0.2', progress=False, **SMALL).config['seeds'] == 2
     with pytest.raises(ValueError, match='shares'): parse_shares('low')
     with pytest.raises(ValueError, match='shares'): run_toy(shares='0.1,1.5', progress=False)
+
+
+def test_toy_config_is_the_experiment_and_reads_back_the_committed_one():
+    "`ToyConfig` is what `simulate` runs and stores; the committed results' config makes the same `ToyConfig`."
+    c = ToyConfig(shares=(0.1, 0.3), seeds=1, methods=('full', 'random'), sweep_share=None, quality=False, **SMALL)
+    res = simulate_config(c, progress=False)
+    assert res.config == c.as_dict() and res.config['shares'] == [0.1, 0.3]
+    assert set(res.runs['method']) == {'full', 'random'}
+    assert ToyConfig(shares=(0.0, 0.2, 0.4)).sweep_share == 0.2 # 'middle' is resolved when the config is made
+    with pytest.raises(TypeError, match='conflicts'): simulate(conflicts=('high',)) # an unknown setting fails
+    stored = read_results(Path(__file__).resolve().parent.parent / 'nbs' / 'results' / 'toy').config
+    again = ToyConfig(**{k: v for k, v in stored.items() if k not in ('seconds', 'quick')})
+    assert again.as_dict() == {k: v for k, v in stored.items() if k not in ('seconds', 'quick')}

@@ -10,15 +10,14 @@ from pd_align.losses import sequence_logps
 from pd_align.tiny import tiny_model_and_tokenizer
 from pd_align.train import (DPOConfig, train_dpo, evaluate_dpo, tokenize_pairs, collate_pairs, pair_logps, reference_logps,
                             latest_checkpoint, add_lora, eval_cli, load_run, train_cli, reward_win_rate, sample_responses, is_peft)
-from pd_align.synthetic import synthetic_pairs
-DEMO_ASPECTS = ['polite', 'on_topic'] # the demo pairs' two aspects
+from pd_align.synthetic import synthetic_pairs, DEMO
 
 
 
 
 @pytest.fixture(scope='module')
 def tiny():
-    rows = synthetic_pairs(24, seed=0, aspects=DEMO_ASPECTS, records=True)
+    rows = synthetic_pairs(24, seed=0, **DEMO)
     texts = [r[k] for r in rows for k in ('prompt', 'chosen', 'rejected')]
     model, tok = tiny_model_and_tokenizer(texts, vocab_size=400, hidden_size=32)
     return model, tok, rows
@@ -108,7 +107,8 @@ def test_dfpo_with_zero_pd_and_unit_weight_equals_dpo(tiny):
     zero = [{**r, 'pd': 0.0} for r in rows]
     cfg = DPOConfig(**BASE, max_steps=4)
     a = train_dpo(copy.deepcopy(model), zero, cfg, tokenizer=tok)
-    one = [{**r, 'aspect': 'polite'} for r in zero]            # one aspect: the normalised weight is 1
+    unscored = [{k: v for k, v in r.items() if not k.endswith('_scores')} for r in zero]
+    one = [{**r, 'aspect': 'polite'} for r in unscored]        # one aspect, no scores naming others: the weight is 1
     b = train_dpo(copy.deepcopy(model), one, cfg.replace(loss='dfpo'), tokenizer=tok)
     assert [h['loss'] for h in a.train_log] == [h['loss'] for h in b.train_log]
     # two aspects: weights are normalised to sum 1, so {1, 1} is w = 1/2, and DFPO at pd = 0 is DPO at 2 beta
@@ -284,7 +284,7 @@ def test_config_files_and_errors(tmp_path, tiny):
 
 
 def test_train_cli_jsonl_tiny(tmp_path):
-    rows = synthetic_pairs(8, seed=3, aspects=DEMO_ASPECTS, records=True)
+    rows = synthetic_pairs(8, seed=3, **DEMO)
     write_jsonl_atomic(tmp_path / 'pairs.jsonl', rows)
     (tmp_path / 'cfg.yaml').write_text('batch_size: 4\nlr: 1e-3\nlora_r: 4\n')
     res = train_cli(tmp_path / 'pairs.jsonl', 'tiny', config_path=tmp_path / 'cfg.yaml', out=tmp_path / 'run',
@@ -352,10 +352,9 @@ DDP_SCRIPT = '''
 import json, os, sys, torch
 torch.set_num_threads(1)
 from pd_align.train import DPOConfig, train_dpo
-from pd_align.synthetic import synthetic_pairs
-DEMO_ASPECTS = ['polite', 'on_topic']
+from pd_align.synthetic import synthetic_pairs, DEMO
 from pd_align.tiny import tiny_model_and_tokenizer
-rows = synthetic_pairs(24, seed=0, aspects=DEMO_ASPECTS, records=True)
+rows = synthetic_pairs(24, seed=0, **DEMO)
 model, tok = tiny_model_and_tokenizer([r[k] for r in rows for k in ('prompt', 'chosen', 'rejected')], vocab_size=400, hidden_size=32)
 cfg = DPOConfig(**json.loads(sys.argv[1]))
 out = sys.argv[2]
