@@ -249,7 +249,7 @@ def test_precomputed_reference_and_full_finetune(tiny, tmp_path):
     full = DPOConfig(**{**BASE, 'lora_r': None, 'lr': 1e-3}, max_steps=6)
     ft = train_dpo(copy.deepcopy(model), rows, full, tokenizer=tok, eval_dataset=rows[:16])
     assert not is_peft(ft.model) and ft.ref_model is not None
-    assert ft.train_log[-1]['loss'] < ft.train_log[0]['loss']
+    assert ft.eval_log[-1]['eval_loss'] < ft.train_log[0]['loss'] - 0.05  # it learned (one last batch's loss is noisy)
     e = evaluate_dpo(ft.model, tok, rows[:16], full, ref_model=ft.ref_model)
     assert abs(e['loss'] - ft.eval_log[-1]['eval_loss']) < 1e-5
     with pytest.raises(ValueError, match='ref_model'): evaluate_dpo(ft.model, tok, rows[:16], full)
