@@ -75,8 +75,8 @@ class Grammar:
         others = [t for t in TOPICS if t != topic]
         for _ in range(rng.randint(1, self.max_sentences)):
             subject = topic if rng.random() < self.p_on_topic else rng.choice(others)
-            adjective = rng.choice(POSITIVE + NEGATIVE + NEUTRAL)
-            parts.append(rng.choice(SENTENCES).format(subject=subject, adjective=adjective))
+            sentence = rng.choice(SENTENCES) # drawn before the adjective: the committed results' random stream
+            parts.append(sentence.format(subject=subject, adjective=rng.choice(POSITIVE + NEGATIVE + NEUTRAL)))
         if rng.random() < self.p_closer: parts.append(rng.choice(CLOSERS))
         return ' '.join(parts)
 
