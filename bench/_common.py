@@ -79,13 +79,15 @@ def word_list(n: int = 256, seed: int = 0) -> list[str]:
         if w not in words: words.append(w)
     return words
 
-def synthetic_pairs(n: int, # number of pairs
+def sized_pairs(n: int, # number of pairs
                     prompt_words: int = 24, # mean words per prompt
                     response_words: int = 48, # mean words per response
                     jitter: float = 0.5, # lengths uniform in [mean*(1-jitter), mean*(1+jitter)]
                     aspects=('helpfulness', 'honesty', 'instruction_following', 'truthfulness'),
                     seed: int = 0) -> list[dict]:
-    "Fine-grained pair records (id, prompt, chosen, rejected, aspect, source) of pseudo-word text with given lengths."
+    """Fine-grained pair records (id, prompt, chosen, rejected, aspect, source) of pseudo-word text with given lengths.
+    Not `pd_align.synthetic.synthetic_pairs`: a benchmark sets token lengths and the tokenizer's vocabulary size (the
+    quantities it measures) over 256 pseudo-words; the labels carry no meaning. Tests and demos use the library's one."""
     rng, words = random.Random(seed), word_list(seed=seed)
     def text(mean):
         k = max(1, round(mean * rng.uniform(1 - jitter, 1 + jitter)))

@@ -33,7 +33,7 @@ def _setup(s: dict):
     "Pairs, tokenizer and model, identical in every process (seeded)."
     import torch
     from pd_align.tiny import tiny_causal_lm
-    recs = C.synthetic_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], seed=0)
+    recs = C.sized_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], seed=0)
     tok = C.tokenizer_for(recs, s['vocab'])
     # model_vocab > len(tok): a wider LM head than the tokenizer needs (unused rows), to emulate a real LM's
     # vocabulary (SmolLM2: 49152) without a hub download

@@ -64,7 +64,7 @@ def main():
     from pd_align.reward import AspectRewardModel, score_texts, format_text, encode, score_dataset
     from pd_align.data import from_records
     info = C.machine()
-    recs = C.synthetic_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], jitter=s['jitter'], aspects=ASPECTS, seed=0)
+    recs = C.sized_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], jitter=s['jitter'], aspects=ASPECTS, seed=0)
     tok = C.tokenizer_for(recs, s['vocab'])
     texts = [format_text(r['prompt'], r[k], tok) for r in recs for k in ('chosen', 'rejected')]
     lengths = [len(x) for x in encode(texts, tok, 512)]

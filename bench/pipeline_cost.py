@@ -33,7 +33,7 @@ def worker(size: str, arm: str) -> dict:
     from pd_align.reward import tiny_reward_model, pair_texts, train_reward_models, score_dataset
     from pd_align.selection import select
     s = SIZES[size]
-    ds = from_records(C.synthetic_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], aspects=ASPECTS, seed=0), aspects=ASPECTS)
+    ds = from_records(C.sized_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], aspects=ASPECTS, seed=0), aspects=ASPECTS)
     tok = C.tokenizer_for(ds.to_list(), s['vocab'])
     policy = tiny_causal_lm(len(tok), hidden_size=s['hidden'], n_layers=s['layers'], n_heads=s['heads'], max_positions=512,
                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, seed=0)

@@ -31,9 +31,9 @@ def worker(size: str, separate_reference: bool, overrides: dict) -> dict:
     from pd_align.train import DPOConfig, train_dpo
     import peft, accelerate  # noqa: F401  (imported before the baseline so both arms count the same code)
     s = {**SIZES[size], **overrides}
-    recs = C.synthetic_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], seed=0)
+    recs = C.sized_pairs(s['n_pairs'], s['prompt_words'], s['response_words'], seed=0)
     # a large vocabulary needs enough text to learn it: the tokenizer reads extra pseudo-text, the pairs stay short
-    tok = C.tokenizer_for(recs + C.synthetic_pairs(2000, 40, 40, seed=1), s['vocab'])
+    tok = C.tokenizer_for(recs + C.sized_pairs(2000, 40, 40, seed=1), s['vocab'])
     rss_base = C.rss_mb()
     model = tiny_causal_lm(len(tok), hidden_size=s['hidden'], n_layers=s['layers'], n_heads=s['heads'], max_positions=512,
                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, seed=0)

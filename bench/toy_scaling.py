@@ -1,7 +1,7 @@
 """Benchmark 5: wall time of the toy experiment (`pd_align.toy.run_experiment`) vs the number of prompts, 1e2 ... 1e5.
 
 The problem grows with the prompts: `pairs_per_aspect = n_prompts` (K = 4 aspects, so 4 pairs per prompt),
-6 candidate responses per prompt, one conflict level, one seed, every main-table method, DPO with the
+6 candidate responses per prompt, one conflict share (0.3), one seed, every main-table method, DPO with the
 default 150 full-batch steps; the budget sweep and the PD-quality curve are off (they multiply the same work).
 Each size runs in a fresh process (peak RSS per size); rounds repeat all sizes (small sizes only, the large
 ones once). The target: linear growth, i.e. a log-log slope of time vs prompts <= 1.1 over 1e3..1e5
@@ -23,7 +23,7 @@ QUICK = [300, 1_000, 3_000]
 def worker(n_prompts: int) -> dict:
     from pd_align.toy import run_experiment
     t = time.perf_counter()
-    table = run_experiment(conflicts=('high',), seeds=1, n_prompts=n_prompts, pairs_per_aspect=n_prompts, sweep=False,
+    table = run_experiment(shares=(0.3,), seeds=1, n_prompts=n_prompts, pairs_per_aspect=n_prompts, sweep_share=None,
                            quality=False, progress=False)
     return dict(seconds=time.perf_counter() - t, n_methods=len(table), n_pairs=4 * n_prompts)
 
@@ -84,7 +84,7 @@ def main():
     png = Path(out).with_suffix('.png')
     plot(times, png)
     print(f"plot: {png}")
-    res = dict(benchmark='toy_scaling', size='quick' if a.quick else 'default', points=pts, settings=dict(pairs_per_aspect='= n_prompts', n_responses=6, conflicts=['high'], seeds=1,
+    res = dict(benchmark='toy_scaling', size='quick' if a.quick else 'default', points=pts, settings=dict(pairs_per_aspect='= n_prompts', n_responses=6, shares=[0.3], seeds=1,
                sweep=False, quality=False, threads=a.threads), machine=info, times=times, median=med, runs=runs, table=rows, plot=str(png))
     if len(big) >= 2:
         s = slope(big, [med[x] for x in big])

@@ -4,39 +4,78 @@
 
 # %% ../nbs/02_divergence.ipynb #c002
 from __future__ import annotations
-import math, warnings
+import math, numbers, warnings
+from collections.abc import Mapping
 import numpy as np
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['preference_divergence', 'holistic_margin', 'conflict_rate', 'agreement_matrix', 'standardize_scores', 'scale_margins',
-           'spearman', 'plot_pd_histogram', 'plot_agreement']
+__all__ = ['normalise_weights', 'preference_divergence', 'holistic_margin', 'conflict_rate', 'agreement_matrix',
+           'standardize_scores', 'scale_margins', 'spearman', 'plot_pd_histogram', 'plot_agreement']
 
 # %% ../nbs/02_divergence.ipynb #c005
 _MISSING = ('raise', 'zero', 'renormalize')
 
+def _check_missing(on_missing:str):
+    if on_missing not in _MISSING:
+        raise ValueError(f"on_missing must be one of {_MISSING}, got {on_missing!r}")
+
 def _check_scores(chosen_scores, rejected_scores):
     c, r = torch.as_tensor(chosen_scores), torch.as_tensor(rejected_scores)
     if c.dim() != 2 or c.shape != r.shape:
-        raise ValueError(f"chosen_scores and rejected_scores must both be [N, K]; got {tuple(c.shape)} and {tuple(r.shape)}")
+        raise ValueError(f"chosen_scores and rejected_scores must both be [N, K]; "
+                         f"got {tuple(c.shape)} and {tuple(r.shape)}")
     dt = torch.promote_types(c.dtype, torch.float32) if c.is_floating_point() else torch.float32
     return c.to(dt), r.to(dt)
 
-def _weights(weights, K, dtype, device=None):
-    "Aspect weights as a [K] tensor normalised to sum 1 (uniform when `None`)."
+def _by_name(weights:Mapping, aspects:list|None) -> list[float]:
+    "A {aspect: weight} dict as a list in `aspects` order."
+    if aspects is None:
+        raise ValueError(f"weights={dict(weights)!r}: a {{aspect: weight}} dict needs the aspect names, not only K")
+    missing = [a for a in aspects if a not in weights]
+    extra = [a for a in weights if a not in aspects]
+    if missing or extra:
+        raise ValueError(f"weights: aspects {missing} missing, {extra} unknown; the aspects are {aspects}")
+    return [float(weights[a]) for a in aspects]
+
+def normalise_weights(weights, # None (uniform), a [K] sequence in `aspects` order, or {aspect: weight}
+                      aspects, # the K aspect names, or K itself (then `weights` cannot be a dict)
+                      dtype:torch.dtype=torch.float64,
+                      device=None,
+                      allow_zero:bool=False, # accept w_j = 0 (a gold reward may ignore an aspect; PD weights may not)
+                     ) -> Tensor: # [K] finite weights, > 0 (>= 0 with `allow_zero`), summing to 1
+    "The aspect weights w_j as a normalised [K] vector: the one definition PD, selection, DFPO and the toys use."
+    names = None if isinstance(aspects, numbers.Integral) else list(aspects)
+    K = int(aspects) if names is None else len(names)
     if weights is None: return torch.full((K,), 1.0 / K, dtype=dtype, device=device)
+    if isinstance(weights, Mapping): weights = _by_name(weights, names)
+    if isinstance(weights, numbers.Real):
+        raise ValueError(f"weights={weights!r}: one number for every aspect is just uniform weights 1/K after "
+                         "normalisation; pass None, a [K] sequence or {aspect: weight}")
     w = torch.as_tensor(weights, dtype=dtype, device=device).reshape(-1)
-    if w.numel() != K: raise ValueError(f"weights: expected {K} values (one per aspect), got {w.numel()}")
-    if not torch.isfinite(w).all() or not (w > 0).all(): raise ValueError(f"weights must be finite and > 0, got {w.tolist()}")
+    if w.numel() != K:
+        raise ValueError(f"weights: expected {K} values (one per aspect), got {w.numel()}")
+    ok = torch.isfinite(w).all() and ((w >= 0).all() and w.sum() > 0 if allow_zero else (w > 0).all())
+    if not ok:
+        need = '>= 0 with a positive sum' if allow_zero else '> 0'
+        raise ValueError(f"weights must be finite and {need}, got {w.tolist()}")
     return w / w.sum()
 
 def _aspect(aspect, N, K, device=None):
     a = torch.as_tensor(aspect, device=device)
-    if a.shape != (N,) or a.is_floating_point(): raise ValueError(f"aspect must be a [N]={N} integer tensor, got {tuple(a.shape)} {a.dtype}")
+    if a.shape != (N,) or a.is_floating_point():
+        raise ValueError(f"aspect must be a [N]={N} integer tensor, got {tuple(a.shape)} {a.dtype}")
     bad = ((a < 0) | (a >= K)).nonzero()
-    if len(bad): raise ValueError(f"aspect: index {bad[0].item()} has value {a[bad[0]].item()}, outside 0..{K-1}")
+    if len(bad):
+        raise ValueError(f"aspect: index {bad[0].item()} has value {a[bad[0]].item()}, outside 0..{K-1}")
     return a.long()
+
+def _raise_missing(missing:Tensor, a:Tensor):
+    i, j = missing.nonzero()[0].tolist()
+    raise ValueError(f"preference_divergence: row {i} (labelled by aspect {a[i].item()}) has an unknown score "
+                     f"for aspect {j}; {missing.any(1).sum().item()} row(s) affected. Pass on_missing='zero' "
+                     "or 'renormalize', or drop those rows")
 
 def preference_divergence(chosen_scores:Tensor, # [N, K] per-aspect scores of the chosen responses
                           rejected_scores:Tensor, # [N, K] per-aspect scores of the rejected responses
@@ -45,21 +84,16 @@ def preference_divergence(chosen_scores:Tensor, # [N, K] per-aspect scores of th
                           on_missing:str='raise', # NaN other-aspect scores: 'raise', 'zero' or 'renormalize'
                          ) -> Tensor: # [N] PD; negative = consensus, positive = conflict
     "PD_i = -sum_{j != k_i} w_j (chosen_ij - rejected_ij)."
-    if on_missing not in _MISSING: raise ValueError(f"on_missing must be one of {_MISSING}, got {on_missing!r}")
+    _check_missing(on_missing)
     c, r = _check_scores(chosen_scores, rejected_scores)
     N, K = c.shape
-    w = _weights(weights, K, c.dtype, c.device)
+    w = normalise_weights(weights, K, c.dtype, c.device)
     a = _aspect(aspect, N, K, c.device)
     other = torch.ones(N, K, dtype=torch.bool, device=c.device)
     other[torch.arange(N, device=c.device), a] = False
     delta = c - r
     missing = torch.isnan(delta) & other
-    if missing.any():
-        if on_missing == 'raise':
-            i, j = missing.nonzero()[0].tolist()
-            raise ValueError(f"preference_divergence: row {i} (labelled by aspect {a[i].item()}) has an unknown score "
-                             f"for aspect {j}; {missing.any(1).sum().item()} row(s) affected. Pass on_missing='zero' or 'renormalize', "
-                             "or drop those rows")
+    if missing.any() and on_missing == 'raise': _raise_missing(missing, a)
     wo = w * other                                      # [N, K] other-aspect weights
     known = wo * ~torch.isnan(delta)
     pd = -(known * torch.nan_to_num(delta)).sum(1)
@@ -75,14 +109,15 @@ def holistic_margin(chosen_scores:Tensor, # [N, K]
                     on_missing:str='raise', # NaN scores: 'raise', 'zero' or 'renormalize'
                    ) -> Tensor: # [N] sum_j w_j (chosen_j - rejected_j)
     "Weighted holistic reward margin of every pair."
-    if on_missing not in _MISSING: raise ValueError(f"on_missing must be one of {_MISSING}, got {on_missing!r}")
+    _check_missing(on_missing)
     c, r = _check_scores(chosen_scores, rejected_scores)
-    w = _weights(weights, c.shape[1], c.dtype, c.device)
+    w = normalise_weights(weights, c.shape[1], c.dtype, c.device)
     delta = c - r
     nan = torch.isnan(delta)
     if nan.any() and on_missing == 'raise':
         i, j = nan.nonzero()[0].tolist()
-        raise ValueError(f"holistic_margin: row {i} has an unknown score for aspect {j}; pass on_missing='zero' or 'renormalize'")
+        raise ValueError(f"holistic_margin: row {i} has an unknown score for aspect {j}; "
+                         "pass on_missing='zero' or 'renormalize'")
     known = w * ~nan
     m = (known * torch.nan_to_num(delta)).sum(1)
     if on_missing == 'renormalize' and nan.any():
@@ -108,7 +143,8 @@ def agreement_matrix(chosen_scores:Tensor, # [N, K]
     "How often each aspect's scores agree with each labelling aspect's labels."
     c, r = _check_scores(chosen_scores, rejected_scores)
     N, K = c.shape
-    if n_aspects is not None and n_aspects != K: raise ValueError(f"n_aspects={n_aspects} but scores have {K} columns")
+    if n_aspects is not None and n_aspects != K:
+        raise ValueError(f"n_aspects={n_aspects} but scores have {K} columns")
     a = _aspect(aspect, N, K, c.device)
     d = c - r
     known = ~torch.isnan(d)
@@ -133,9 +169,23 @@ def standardize_scores(chosen_scores:Tensor, # [N, K]
     sd = torch.where((sd > 0) & torch.isfinite(sd), sd, torch.ones_like(sd))
     return (c - mean) / sd, (r - mean) / sd
 
+def _margin_scale(d:Tensor, gamma:float, method:str) -> Tensor:
+    "[1, K] unit of each aspect's margins: the gamma-quantile of |d| or the spread about 0 (fallback max |d|, else 1)."
+    if method == 'quantile':
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        scale = torch.nanquantile(d.abs(), gamma, dim=0, keepdim=True)
+    elif method == 'zscore':
+        scale = _nanstd(d, mean=torch.zeros(1, d.shape[1], dtype=d.dtype))
+    else:
+        raise ValueError(f"method must be 'quantile' or 'zscore', got {method!r}")
+    fallback = torch.nan_to_num(d.abs(), nan=0.).amax(0, keepdim=True)
+    scale = torch.where((scale > 0) & torch.isfinite(scale), scale, fallback)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
 def scale_margins(deltas:Tensor, # [N, K] per-aspect margins (NaN allowed, kept)
                   gamma:float=0.9, # quantile of |delta| used as each aspect's unit
-                  method:str='quantile', # 'quantile' (divide, clip to [-1, 1]) or 'zscore' (divide by the spread about 0, no clip)
+                  method:str='quantile', # 'quantile' (divide, clip to [-1, 1]) or 'zscore' (divide by spread about 0)
                   return_scale:bool=False, # also return the [K] scales s_j (scaled * s_j = the margin, clipped at s_j)
                  ) -> Tensor|tuple[Tensor, Tensor]: # [N, K] scaled margins (and [K] scales)
     "Per-aspect margin scaling: divide the margins by their gamma-quantile of |margin| and clip, or by their spread."
@@ -143,15 +193,9 @@ def scale_margins(deltas:Tensor, # [N, K] per-aspect margins (NaN allowed, kept)
     d = d.float() if not d.is_floating_point() or d.dtype in (torch.float16, torch.bfloat16) else d
     squeeze = d.dim() == 1
     if squeeze: d = d[:, None]
-    if d.dim() != 2: raise ValueError(f"deltas must be [N, K] (or [N]), got {tuple(d.shape)}")
-    if method == 'quantile':
-        if not 0 < gamma <= 1: raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        scale = torch.nanquantile(d.abs(), gamma, dim=0, keepdim=True)
-    elif method == 'zscore': scale = _nanstd(d, mean=torch.zeros(1, d.shape[1], dtype=d.dtype))
-    else: raise ValueError(f"method must be 'quantile' or 'zscore', got {method!r}")
-    fallback = torch.nan_to_num(d.abs(), nan=0.).amax(0, keepdim=True)
-    scale = torch.where((scale > 0) & torch.isfinite(scale), scale, fallback)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if d.dim() != 2:
+        raise ValueError(f"deltas must be [N, K] (or [N]), got {tuple(d.shape)}")
+    scale = _margin_scale(d, gamma, method)
     out = d / scale
     if method == 'quantile': out = out.clamp(-1, 1)
     out = out[:, 0] if squeeze else out
@@ -164,21 +208,28 @@ def _avg_ranks(x:np.ndarray) -> np.ndarray:
     ends = np.cumsum(counts)
     return (ends - (counts - 1) / 2.0)[inv.reshape(-1)]
 
+def _as_array(v) -> np.ndarray:
+    "[N] float64 NumPy copy of a tensor, array or list."
+    return np.asarray(v.detach().cpu() if isinstance(v, Tensor) else v, dtype=np.float64).reshape(-1)
+
 def spearman(a, # [N] values (tensor, array or list)
              b, # [N] values
             ) -> float: # rank correlation in [-1, 1]
     "Spearman rank correlation with average ranks for ties."
-    x = np.asarray(a.detach().cpu() if isinstance(a, Tensor) else a, dtype=np.float64).reshape(-1)
-    y = np.asarray(b.detach().cpu() if isinstance(b, Tensor) else b, dtype=np.float64).reshape(-1)
-    if x.shape != y.shape: raise ValueError(f"spearman: lengths differ ({len(x)} vs {len(y)})")
+    x, y = _as_array(a), _as_array(b)
+    if x.shape != y.shape:
+        raise ValueError(f"spearman: lengths differ ({len(x)} vs {len(y)})")
     for name, v in (('a', x), ('b', y)):
-        if np.isnan(v).any(): raise ValueError(f"spearman: {name} has NaN at index {int(np.isnan(v).nonzero()[0][0])}")
-    if len(x) < 2: raise ValueError("spearman needs at least 2 values")
+        if np.isnan(v).any():
+            raise ValueError(f"spearman: {name} has NaN at index {int(np.isnan(v).nonzero()[0][0])}")
+    if len(x) < 2:
+        raise ValueError("spearman needs at least 2 values")
     rx, ry = _avg_ranks(x), _avg_ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = math.sqrt((rx ** 2).sum() * (ry ** 2).sum())
     if den == 0:
-        warnings.warn("spearman: constant input, correlation undefined"); return float('nan')
+        warnings.warn("spearman: constant input, correlation undefined")
+        return float('nan')
     return float((rx * ry).sum() / den)
 
 # %% ../nbs/02_divergence.ipynb #c023
@@ -189,7 +240,7 @@ def plot_pd_histogram(pd, # [N] preference divergence
                      ):
     "Histogram of PD; with `selected`, the selected pairs are drawn on top and their PD range shaded."
     import matplotlib.pyplot as plt
-    pd = np.asarray(pd.detach().cpu() if isinstance(pd, Tensor) else pd, dtype=float).reshape(-1)
+    pd = _as_array(pd)
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.2))
     edges = np.histogram_bin_edges(pd, bins=bins)
     ax.hist(pd, bins=edges, color='0.7', label=f'all ({len(pd)})')
@@ -200,7 +251,9 @@ def plot_pd_histogram(pd, # [N] preference divergence
             ax.axvspan(pd[idx].min(), pd[idx].max(), color='tab:green', alpha=0.12)
             ax.hist(pd[idx], bins=edges, color='tab:green', label=f'selected ({len(idx)})')
     ax.axvline(0, color='k', lw=0.8, ls='--')
-    ax.set_xlabel('preference divergence (< 0: consensus, > 0: conflict)'); ax.set_ylabel('pairs'); ax.legend()
+    ax.set_xlabel('preference divergence (< 0: consensus, > 0: conflict)')
+    ax.set_ylabel('pairs')
+    ax.legend()
     return ax
 
 def plot_agreement(matrix, # [K, K] from `agreement_matrix`
@@ -212,10 +265,12 @@ def plot_agreement(matrix, # [K, K] from `agreement_matrix`
     m = np.asarray(matrix.detach().cpu() if isinstance(matrix, Tensor) else matrix, dtype=float)
     if ax is None: _, ax = plt.subplots(figsize=(1.1 * len(aspects) + 2, 1.0 * len(aspects) + 1))
     im = ax.imshow(np.ma.masked_invalid(m), vmin=0, vmax=1, cmap='RdYlGn')
-    ax.set_xticks(range(len(aspects)), aspects, rotation=30, ha='right'); ax.set_yticks(range(len(aspects)), aspects)
+    ax.set_xticks(range(len(aspects)), aspects, rotation=30, ha='right')
+    ax.set_yticks(range(len(aspects)), aspects)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             if not np.isnan(m[i, j]): ax.text(j, i, f'{m[i, j]:.2f}', ha='center', va='center', fontsize=8)
-    ax.set_xlabel('scores of aspect j agree'); ax.set_ylabel('labelled by aspect i')
+    ax.set_xlabel('scores of aspect j agree')
+    ax.set_ylabel('labelled by aspect i')
     ax.figure.colorbar(im, ax=ax, fraction=0.046)
     return ax

@@ -24,51 +24,10 @@ from .tiny import tiny_model_and_tokenizer
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SYNTHETIC_ASPECTS', 'synthetic_pairs', 'AspectRewardModel', 'reward_model_from_base', 'pair_texts',
-           'tiny_reward_model', 'format_text', 'encode', 'collate', 'score_texts', 'CallCounter', 'split_heldout',
-           'pair_scores', 'pairwise_accuracy', 'train_reward_models', 'accuracy_table', 'corrected_scores',
-           'fit_length_penalty', 'score_dataset', 'rating_pd', 'plot_reward_diagnostics', 'load_reward_model',
-           'train_reward_cli', 'score_cli']
-
-# %% ../nbs/06_reward.ipynb #c005
-_POLITE, _POS, _NEG = ['please', 'thanks', 'kindly', 'gladly'], ['good', 'great', 'nice'], ['bad', 'awful', 'poor']
-_TOPICS = ['cats', 'dogs', 'rain', 'music', 'trains', 'coffee']
-_FILLER = ['the', 'a', 'is', 'and', 'it', 'very', 'often', 'here', 'some', 'more', 'about', 'we', 'you', 'they', 'one', 'time']
-SYNTHETIC_ASPECTS = ['polite', 'on_topic', 'positive']
-
-def _true_rewards(topic:str, words:list[str]) -> dict:
-    return {'polite': float(sum(w in _POLITE for w in words)), 'on_topic': float(words.count(topic)),
-            'positive': float(sum(w in _POS for w in words) - sum(w in _NEG for w in words))}
-
-def _response(rng:np.random.Generator, topic:str) -> list[str]:
-    words = (list(rng.choice(_POLITE, rng.integers(0, 4))) + [topic] * int(rng.integers(0, 4))
-             + list(rng.choice(_POS, rng.integers(0, 3))) + list(rng.choice(_NEG, rng.integers(0, 3)))
-             + list(rng.choice(_TOPICS, rng.integers(0, 2))) + list(rng.choice(_FILLER, rng.integers(1, 9))))
-    rng.shuffle(words)
-    return [str(w) for w in words]
-
-def synthetic_pairs(n_per_aspect:int=200, # pairs labelled on each aspect
-                    seed:int=0, # random seed
-                    length_bias:float=0.0, # beta: weight of the word-count difference in the labels
-                    sharpness:float=3.0, # s: weight of the labelling aspect's reward difference
-                    n_prompts:int=60, # distinct prompts (each used by several pairs)
-                   ) -> Dataset: # fine-grained pairs with the true rewards as chosen/rejected scores
-    "Pairs of word-salad answers whose per-aspect rewards are programs over words (aspects `SYNTHETIC_ASPECTS`)."
-    rng = np.random.default_rng(seed)
-    prompts = [(f'tell me about {t}', t) for t in rng.choice(_TOPICS, n_prompts)]
-    recs = []
-    for k, aspect in enumerate(SYNTHETIC_ASPECTS):
-        while sum(r['aspect'] == aspect for r in recs) < n_per_aspect:
-            prompt, topic = prompts[rng.integers(n_prompts)]
-            a, b = _response(rng, topic), _response(rng, topic)
-            ra, rb = _true_rewards(topic, a), _true_rewards(topic, b)
-            d = ra[aspect] - rb[aspect]
-            if d == 0 or a == b: continue                       # a label must say something about its aspect
-            p = 1 / (1 + math.exp(-(sharpness * d + length_bias * (len(a) - len(b)))))
-            (w, rw), (l, rl) = ((a, ra), (b, rb)) if rng.random() < p else ((b, rb), (a, ra))
-            recs.append(dict(id=f'{aspect}-{len(recs)}', prompt=prompt, chosen=' '.join(w), rejected=' '.join(l),
-                             aspect=aspect, chosen_scores=rw, rejected_scores=rl, source='synthetic'))
-    return from_records(recs, aspects=SYNTHETIC_ASPECTS, strict=False)
+__all__ = ['log', 'AspectRewardModel', 'reward_model_from_base', 'pair_texts', 'tiny_reward_model', 'format_text', 'encode',
+           'collate', 'score_texts', 'CallCounter', 'split_heldout', 'pair_scores', 'pairwise_accuracy',
+           'train_reward_models', 'accuracy_table', 'corrected_scores', 'fit_length_penalty', 'score_dataset',
+           'rating_pd', 'plot_reward_diagnostics', 'load_reward_model', 'train_reward_cli', 'score_cli']
 
 # %% ../nbs/06_reward.ipynb #c008
 _LORA_DEFAULTS = dict(r=8, alpha=16, dropout=0.0, target_modules=['q_proj', 'v_proj'])

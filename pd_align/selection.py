@@ -11,15 +11,14 @@ import torch
 from torch import Tensor
 from collections.abc import Mapping
 from .data import scores_matrix, aspect_index, get_aspects
-from .divergence import preference_divergence, holistic_margin, _weights
+from .divergence import preference_divergence, holistic_margin, normalise_weights
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['METHODS', 'n_keep', 'per_aspect_budget', 'select_by_pd', 'select_highest_pd', 'select_by_margin',
            'select_by_holistic_margin', 'select_random', 'select_full', 'tempered_share', 'length_balanced',
-           'pd_settings', 'with_pd_settings', 'dataset_aspects', 'normalise_weights', 'aspect_weights', 'select',
-           'pd_reward_units']
+           'pd_settings', 'with_pd_settings', 'dataset_aspects', 'aspect_weights', 'select', 'pd_reward_units']
 
 # %% ../nbs/04_selection.ipynb #c005
 def n_keep(ratio:float, # share to keep, in (0, 1]
@@ -56,10 +55,13 @@ def per_aspect_budget(ratio:float, # share to keep, in (0, 1]
 # %% ../nbs/04_selection.ipynb #c008
 def _scores_1d(x, name:str) -> Tensor:
     t = torch.as_tensor(x)
-    if t.dim() != 1: raise ValueError(f"{name} must be 1-D [N], got shape {tuple(t.shape)}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D [N], got shape {tuple(t.shape)}")
     t = t.double() if not t.is_floating_point() else t
     nan = torch.isnan(t).nonzero()
-    if len(nan): raise ValueError(f"{name}: NaN at index {nan[0].item()} ({len(nan)} NaN in total); drop or fill those rows first")
+    if len(nan):
+        raise ValueError(f"{name}: NaN at index {nan[0].item()} ({len(nan)} NaN in total); drop or fill those rows "
+                         "first")
     return t
 
 def _ranked(values:np.ndarray, # [N] scores
@@ -125,7 +127,8 @@ def tempered_share(f_plus:float, # share of pairs whose chosen response is at le
                    tau:float, # temperature > 0; inf -> 1/2
                   ) -> float: # target share of D+
     "exp(f+/tau) / (exp(f+/tau) + exp(f-/tau)) with f- = 1 - f+."
-    if not tau > 0: raise ValueError(f"tau must be > 0, got {tau}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
     return 0.5 if math.isinf(tau) else 1 / (1 + math.exp(-(2 * f_plus - 1) / tau))
 
 def _lengths(dataset):
@@ -143,7 +146,8 @@ def length_balanced(dataset, # Dataset with `chosen`/`rejected` (or `chosen_len`
     "Resample pairs so that 'chosen at least as long' has the tempered share in every group."
     cl, rl = _lengths(dataset)
     plus = cl >= rl
-    groups = np.asarray(dataset[by]) if by is not None and by in dataset.column_names else np.zeros(len(dataset), dtype=int)
+    grouped = by is not None and by in dataset.column_names
+    groups = np.asarray(dataset[by]) if grouped else np.zeros(len(dataset), dtype=int)
     rng = np.random.default_rng(seed)
     keep, per = [], {}
     for g in dict.fromkeys(groups.tolist()):
@@ -152,21 +156,26 @@ def length_balanced(dataset, # Dataset with `chosen`/`rejected` (or `chosen_len`
         fp = len(ip) / len(idx)
         s = tempered_share(fp, tau)
         if (len(ip) == 0 and s > 0) or (len(im) == 0 and s < 1):
-            _log.warning(f"length_balanced: group {g!r} has only {'shorter' if len(ip) == 0 else 'longer-or-equal'}-chosen pairs; kept unchanged")
+            _log.warning(f"length_balanced: group {g!r} has only "
+                         f"{'shorter' if len(ip) == 0 else 'longer-or-equal'}-chosen pairs; kept unchanged")
             chosen_idx = idx
         elif replace:
             kp = int(round(s * len(idx)))
             chosen_idx = np.concatenate([rng.choice(ip, kp, replace=True), rng.choice(im, len(idx) - kp, replace=True)])
         else:
-            n = int(math.floor(min(len(ip) / s if s > 0 else math.inf, len(im) / (1 - s) if s < 1 else math.inf) + 1e-9))
-            kp = min(len(ip), int(round(s * n))); km = min(len(im), n - kp)
+            room_plus = len(ip) / s if s > 0 else math.inf
+            room_minus = len(im) / (1 - s) if s < 1 else math.inf
+            n = int(math.floor(min(room_plus, room_minus) + 1e-9))
+            kp = min(len(ip), int(round(s * n)))
+            km = min(len(im), n - kp)
             chosen_idx = np.concatenate([rng.choice(ip, kp, replace=False), rng.choice(im, km, replace=False)])
         keep.append(chosen_idx)
         per[g] = dict(n_before=len(idx), rate_before=fp, target=s, n_after=len(chosen_idx),
                       rate_after=float(plus[chosen_idx].mean()) if len(chosen_idx) else float('nan'))
     keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
     rep = dict(n_before=len(dataset), rate_before=float(plus.mean()) if len(plus) else float('nan'),
-               n_after=len(keep), rate_after=float(plus[keep].mean()) if len(keep) else float('nan'), tau=tau, groups=per)
+               n_after=len(keep), rate_after=float(plus[keep].mean()) if len(keep) else float('nan'), tau=tau,
+               groups=per)
     _log.info(f"length_balanced: chosen at least as long {rep['rate_before']:.3f} -> {rep['rate_after']:.3f} "
              f"({rep['n_before']} -> {rep['n_after']} pairs, tau={tau})")
     if report is not None: report.update(rep)
@@ -205,28 +214,13 @@ def dataset_aspects(dataset) -> list[str]:
     st = pd_settings(dataset)
     return list(st['aspects']) if st and st.get('aspects') else get_aspects(dataset)
 
-def normalise_weights(weights, # a [K] sequence in `aspects` order, or {aspect: weight}; None = uniform
-                      aspects:list[str], # the K aspects
-                     ) -> Tensor: # [K] float64 weights in `aspects` order, > 0, summing to 1
-    "Aspect weights as a normalised [K] vector; a dict is matched to `aspects` by name."
-    if weights is None: weights = [1.0] * len(aspects)
-    if isinstance(weights, Mapping):
-        missing = [a for a in aspects if a not in weights]
-        extra = [a for a in weights if a not in aspects]
-        if missing or extra:
-            raise ValueError(f"weights: aspects {missing} missing, {extra} unknown; the aspects are {aspects}")
-        weights = [float(weights[a]) for a in aspects]
-    if isinstance(weights, numbers.Real):
-        raise ValueError(f"weights={weights!r}: one number for every aspect is just uniform weights 1/K after "
-                         "normalisation; pass None, a [K] sequence or {aspect: weight}")
-    return _weights(weights, len(aspects), torch.float64)
-
 def aspect_weights(dataset, # a fine-grained Dataset, or a list of rows
                    weights=None, # None (stored, else uniform), [K] in `dataset_aspects` order, or {aspect: weight}
                   ) -> Tensor: # [K] float64, > 0, summing to 1, in `dataset_aspects(dataset)` order
     "The aspect weights w_j of a dataset: the one definition used by PD, selection and DFPO."
     aspects = dataset_aspects(dataset)
-    if not aspects: raise ValueError("aspect_weights: the dataset names no aspects (no score columns, no `aspect`)")
+    if not aspects:
+        raise ValueError("aspect_weights: the dataset names no aspects (no score columns, no `aspect`)")
     if weights is None:
         st = pd_settings(dataset)
         weights = st['weights'] if st and st.get('weights') is not None else [1.0] * len(aspects)
@@ -258,13 +252,15 @@ def _has_scores(dataset) -> bool:
 
 def _given(t, name:str, N:int) -> Tensor:
     t = torch.as_tensor(t)
-    if t.shape != (N,): raise ValueError(f"{name}: expected shape [{N}], got {tuple(t.shape)}")
+    if t.shape != (N,):
+        raise ValueError(f"{name}: expected shape [{N}], got {tuple(t.shape)}")
     return _scores_1d(t, name)
 
 def _pd_values(dataset, pd, weights, on_missing) -> tuple[Tensor, bool]:
     "PD for 'pd'/'pd_high' and whether it is new (to be written as the `pd` column)."
     if pd is not None:
-        if weights is not None: raise ValueError("select: pass pd= or weights=, not both (pd= is used as given)")
+        if weights is not None:
+            raise ValueError("select: pass pd= or weights=, not both (pd= is used as given)")
         return _given(pd, 'pd', len(dataset)), True
     if 'pd' in dataset.column_names:
         _stored_weights_check(dataset, weights, 'select')
@@ -288,7 +284,8 @@ def _margin_values(dataset, method, margins, holistic, weights, on_missing) -> T
 
 def _groups(dataset, per_aspect:bool) -> list[np.ndarray]:
     if not per_aspect: return [np.arange(len(dataset))]
-    if 'aspect' not in dataset.column_names: raise ValueError("select: per_aspect=True needs an `aspect` column")
+    if 'aspect' not in dataset.column_names:
+        raise ValueError("select: per_aspect=True needs an `aspect` column")
     asp = np.asarray(dataset['aspect'])
     return [np.nonzero(asp == g)[0] for g in dict.fromkeys(asp.tolist())]
 
@@ -305,7 +302,8 @@ def select(dataset, # a `datasets.Dataset` of preference pairs (with `id`)
           ): # Dataset of the kept rows with `orig_index` (and `pd` when the method computed it)
     "Select a training subset of `dataset` by `method`; keeps every column, adds `orig_index` (and a computed `pd`)."
     method = _ALIASES.get(method, method)
-    if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != 'full': n_keep(ratio, 1)
     if weights is not None and method not in ('pd', 'pd_high', 'holistic'):
         raise ValueError(f"select: method {method!r} does not use aspect weights; drop weights=")
@@ -335,7 +333,8 @@ def pd_reward_units(dataset, # pairs with a `pd` column (a scored dataset, a sub
     "PD in reward units: recomputed with the stored scales for a scored dataset, else the `pd` column as given."
     st = pd_settings(dataset)
     cols = dataset.column_names if hasattr(dataset, 'column_names') else (list(dataset[0]) if len(dataset) else [])
-    if 'pd' not in cols: raise ValueError(f"dataset has no 'pd' column (columns: {cols}); score it (score_dataset)")
+    if 'pd' not in cols:
+        raise ValueError(f"dataset has no 'pd' column (columns: {cols}); score it (score_dataset)")
     raw = dataset['pd'] if hasattr(dataset, 'column_names') else [r.get('pd') for r in dataset]
     pd = np.asarray([float('nan') if v is None else v for v in raw], dtype=np.float64)
     if not st or not st.get('scaling'): return torch.from_numpy(pd)

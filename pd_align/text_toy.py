@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from .data import from_records, aggregate, scores_matrix, aspect_index
-from .divergence import preference_divergence, conflict_rate, spearman
+from .divergence import preference_divergence, conflict_rate, spearman, normalise_weights
 from .selection import select_by_pd, select_highest_pd, select_random, select_full, select_by_margin
 from .tiny import train_tokenizer, tiny_causal_lm
 from .reward import AspectRewardModel, train_reward_models, score_dataset, fit_length_penalty, pair_scores
@@ -52,7 +52,8 @@ def make_prompt(topic:str, # one of `TOPICS`
                 template:int|random.Random=0, # template index, or an RNG to draw one
                ) -> str: # the prompt, ending with the newline after which the LM answers
     "A prompt asking about `topic`."
-    if topic not in TOPICS: raise ValueError(f"topic must be one of {TOPICS}, got {topic!r}")
+    if topic not in TOPICS:
+        raise ValueError(f"topic must be one of {TOPICS}, got {topic!r}")
     t = template.randrange(len(PROMPT_TEMPLATES)) if isinstance(template, random.Random) else template
     return PROMPT_TEMPLATES[t].format(topic=topic) + '\n'
 
@@ -74,7 +75,8 @@ class Grammar:
         others = [t for t in TOPICS if t != topic]
         for _ in range(rng.randint(1, self.max_sentences)):
             subject = topic if rng.random() < self.p_on_topic else rng.choice(others)
-            parts.append(rng.choice(SENTENCES).format(subject=subject, adjective=rng.choice(POSITIVE + NEGATIVE + NEUTRAL)))
+            sentence = rng.choice(SENTENCES) # drawn before the adjective: the committed results' random stream
+            parts.append(sentence.format(subject=subject, adjective=rng.choice(POSITIVE + NEGATIVE + NEUTRAL)))
         if rng.random() < self.p_closer: parts.append(rng.choice(CLOSERS))
         return ' '.join(parts)
 
@@ -123,15 +125,14 @@ def aspect_scores(prompt:str, # the prompt (names the topic)
 
 def score_matrix(prompts:list[str], responses:list[str]) -> Tensor: # [N, K] float64, columns in `ASPECTS` order
     "Aspect scores of many (prompt, response) pairs."
-    if len(prompts) != len(responses): raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
-    return torch.tensor([[s[a] for a in ASPECTS] for s in map(aspect_scores, prompts, responses)], dtype=torch.float64).reshape(-1, len(ASPECTS))
+    if len(prompts) != len(responses):
+        raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
+    rows = [[s[a] for a in ASPECTS] for s in map(aspect_scores, prompts, responses)]
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, len(ASPECTS))
 
 def gold_weights(weights=None) -> Tensor: # [K] float64 summing to 1
     "The gold reward's aspect weights (default uniform)."
-    w = torch.full((len(ASPECTS),), 1.0) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-    if w.shape != (len(ASPECTS),) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be {len(ASPECTS)} non-negative numbers with a positive sum, got {weights!r}")
-    return (w / w.sum()).double()
+    return normalise_weights(weights, ASPECTS, allow_zero=True)
 
 def gold_reward(prompts:list[str], responses:list[str], weights=None) -> Tensor: # [N] holistic gold reward
     "The gold reward $\\sum_k w_k r_k$ of each response."
@@ -143,8 +144,9 @@ _SENTENCE = rf"(?:i think |many )?{_alternatives(TOPICS)} are {_alternatives(POS
 def is_grammatical(response:str, # a response text
                    max_sentences:int=4, # as in `Grammar`
                   ) -> bool:
-    "Whether `response` is a sentence of the grammar (any topic): a check that a policy has not drifted off the language."
-    pattern = rf"(?:{_alternatives(OPENERS)} )?{_SENTENCE}(?: {_SENTENCE}){{0,{max_sentences - 1}}}(?: {_alternatives(CLOSERS)})?"
+    "Whether `response` is a sentence of the grammar (any topic): a check that a policy has not drifted off it."
+    more = rf"(?: {_SENTENCE}){{0,{max_sentences - 1}}}"
+    pattern = rf"(?:{_alternatives(OPENERS)} )?{_SENTENCE}{more}(?: {_alternatives(CLOSERS)})?"
     return re.fullmatch(pattern, response) is not None
 
 # %% ../nbs/08_text_toy.ipynb #c016
@@ -178,7 +180,7 @@ class TextToyConfig:
     beta:float=0.1
     lora_r:int=8
     lora_alpha:float=16.0
-    rpo_alpha:float=0.0 # > 0 adds rpo_alpha * NLL of the chosen responses (not the paper's setting; a sensitivity check)
+    rpo_alpha:float=0.0 # > 0 adds rpo_alpha * NLL of the chosen responses (not the paper's; a sensitivity check)
     # evaluation
     eval_samples:int=16 # samples per distinct prompt (24 prompts)
 
@@ -190,10 +192,12 @@ def make_config(size:str='default', # a key of `SIZES`
                 **overrides, # fields of `TextToyConfig`
                ) -> TextToyConfig:
     "The preset `size` with `overrides` applied."
-    if size not in SIZES: raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
     known = {f.name for f in fields(TextToyConfig)}
     bad = sorted(set(overrides) - known)
-    if bad: raise ValueError(f"unknown TextToyConfig fields {bad}; known: {sorted(known)}")
+    if bad:
+        raise ValueError(f"unknown TextToyConfig fields {bad}; known: {sorted(known)}")
     return TextToyConfig(**{**SIZES[size], **overrides})
 
 # %% ../nbs/08_text_toy.ipynb #c017
@@ -205,29 +209,38 @@ def pretrain_lm(config:TextToyConfig|None=None, # sizes (the LM fields are used)
     c = config or TextToyConfig()
     texts = [p + r for p, r in grammar_corpus(c.n_texts, c.lm_seed, grammar)]
     tok = train_tokenizer(texts[:2000], c.vocab_size)
-    model = tiny_causal_lm(len(tok), hidden_size=c.hidden_size, n_layers=c.n_layers, n_heads=c.n_heads, max_positions=128,
-                           seed=c.lm_seed, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    special = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = tiny_causal_lm(len(tok), hidden_size=c.hidden_size, n_layers=c.n_layers, n_heads=c.n_heads,
+                           max_positions=128, seed=c.lm_seed, **special)
     enc = tok([t + tok.eos_token for t in texts], return_tensors='pt', padding=True)
     ids, mask = enc['input_ids'], enc['attention_mask']
     opt = torch.optim.AdamW(model.parameters(), lr=c.pretrain_lr, weight_decay=0.0)
     warm = min(50, c.pretrain_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (1 - 0.9 * s / c.pretrain_steps))
+    schedule = lambda s: min(1.0, (s + 1) / warm) * (1 - 0.9 * s / c.pretrain_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     g = torch.Generator().manual_seed(c.lm_seed)
     model.train()
     losses = []
     for _ in tqdm(range(c.pretrain_steps), desc='pretrain', leave=False, disable=not progress):
         idx = torch.randint(len(texts), (c.pretrain_batch,), generator=g)
-        m = mask[idx]; T = int(m.sum(1).max())
+        m = mask[idx]
+        T = int(m.sum(1).max())
         x, m = ids[idx, :T], m[:, :T]
         loss = model(input_ids=x, attention_mask=m, labels=x.masked_fill(m == 0, -100)).loss
-        loss.backward(); opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     return model.eval(), tok, losses
 
-_LM_FIELDS = ('n_texts', 'pretrain_steps', 'pretrain_batch', 'pretrain_lr', 'hidden_size', 'n_layers', 'n_heads', 'vocab_size', 'lm_seed')
+_LM_FIELDS = ('n_texts', 'pretrain_steps', 'pretrain_batch', 'pretrain_lr', 'hidden_size', 'n_layers', 'n_heads',
+              'vocab_size', 'lm_seed')
 _LM_CACHE = {}
 
-def pretrained_lm(config:TextToyConfig|None=None, progress:bool=True) -> tuple: # (model, tokenizer, losses), shared: deep-copy before training
+def pretrained_lm(config:TextToyConfig|None=None,
+                  progress:bool=True,
+                 ) -> tuple: # (model, tokenizer, losses), shared: deep-copy before training
     "`pretrain_lm`, cached in this process by the LM fields of `config`."
     c = config or TextToyConfig()
     key = tuple(getattr(c, f) for f in _LM_FIELDS)
@@ -269,9 +282,11 @@ def preference_pairs(prompts:list[str], # one prompt per group of responses
                      seed:int=0, # pairing and labelling seed
                      temperature:float=0.1, # BT temperature of the aspect labels
                     ) -> dict: # {aspect: fine-grained Dataset labelled on that aspect}
-    "Per-aspect sub-datasets: per prompt and aspect one pair of distinct responses, labelled by Bradley-Terry on that aspect only."
-    if len(prompts) != len(responses): raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
-    if temperature <= 0: raise ValueError(f"temperature must be > 0, got {temperature}")
+    "Per-aspect sub-datasets: per prompt and aspect a pair of distinct responses, Bradley-Terry labelled on the aspect."
+    if len(prompts) != len(responses):
+        raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     rng = random.Random(seed)
     rows = {a: [] for a in ASPECTS}
     for i, (p, rs) in enumerate(zip(prompts, responses)):
@@ -322,12 +337,13 @@ def estimate_pd(dataset, # aggregated fine-grained pairs
     c = config or TextToyConfig()
     rm = AspectRewardModel(copy.deepcopy(model), list(ASPECTS), seed=seed)
     rm.max_length = model.config.max_position_embeddings
-    report = train_reward_models(rm, tokenizer, dataset, epochs=c.rm_epochs, batch_size=c.rm_batch, lr=c.rm_lr, head_lr=c.rm_head_lr,
-                                 heldout=0.2, length_balance=False, seed=seed, progress=progress)
+    report = train_reward_models(rm, tokenizer, dataset, epochs=c.rm_epochs, batch_size=c.rm_batch, lr=c.rm_lr,
+                                 head_lr=c.rm_head_lr, heldout=0.2, length_balance=False, seed=seed, progress=progress)
     scored = score_dataset(rm, tokenizer, dataset, batch_size=256, length_correction=False, progress=progress)
     return torch.tensor(scored['pd'], dtype=torch.float64), report
 
-_DATA_FIELDS = ('n_prompts', 'n_responses', 'label_temperature', 'max_new_tokens', 'rm_epochs', 'rm_batch', 'rm_lr', 'rm_head_lr')
+_DATA_FIELDS = ('n_prompts', 'n_responses', 'label_temperature', 'max_new_tokens', 'rm_epochs', 'rm_batch', 'rm_lr',
+                'rm_head_lr')
 _DATA_CACHE = {}
 
 def seed_data(config:TextToyConfig, # sizes and settings
@@ -359,15 +375,16 @@ def select_indices(method:str, # 'full', 'random', 'pd_oracle', 'pd' (estimated)
     if method == 'random': return select_random(n, ratio, seed)
     if method in ('pd_oracle', 'pd_high', 'pd'):
         pd = pd_est if method == 'pd' else pd_true
-        if pd is None: raise ValueError(f"method {method!r} needs {'pd_est' if method == 'pd' else 'pd_true'}")
+        if pd is None:
+            raise ValueError(f"method {method!r} needs {'pd_est' if method == 'pd' else 'pd_true'}")
         return select_highest_pd(pd, ratio) if method == 'pd_high' else select_by_pd(pd, ratio)
     raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
 
 def dpo_config(config:TextToyConfig, seed:int=0) -> DPOConfig:
     "The `pd_align.train.DPOConfig` of the text toy."
     return DPOConfig(lr=config.dpo_lr, epochs=config.dpo_epochs, batch_size=config.dpo_batch, beta=config.beta,
-                     lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, max_length=96, max_prompt_length=16,
-                     rpo_alpha=config.rpo_alpha, seed=seed, logging_steps=10)
+                     lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, max_length=96,
+                     max_prompt_length=16, rpo_alpha=config.rpo_alpha, seed=seed, logging_steps=10)
 
 def train_policy(model, tokenizer, dataset, config:TextToyConfig, seed:int=0):
     "LoRA-DPO on `dataset`, starting from a deep copy of `model`: a `pd_align.train.DPOResult`."
@@ -376,10 +393,10 @@ def train_policy(model, tokenizer, dataset, config:TextToyConfig, seed:int=0):
 # %% ../nbs/08_text_toy.ipynb #c039
 @dataclass
 class TextToyResults(Results):
-    "`pd_align.experiments.Results` (summary: one row per method and 'sft'; runs: one per (seed, method)) plus the plot data."
+    "`pd_align.experiments.Results` (summary: a row per method and 'sft'; runs: one per (seed, method)) + plot data."
     example:dict = field(default_factory=dict) # first seed: pd_true, pd_est, selected (oracle PD-`ratio`); not written
     @property
-    def data(self) -> pandas.DataFrame: # one row per seed: pairs, conflict rates, PD-estimate quality, reward-model accuracy
+    def data(self) -> pandas.DataFrame: # a row per seed: pairs, conflict rates, PD-estimate quality, reward-model acc.
         return self.tables['data']
     @property
     def samples(self) -> dict: # method -> a few responses of the first seed's policy
@@ -399,7 +416,8 @@ def simulate_text_toy(seeds:int=3, # repetitions (data, labels, reward model, Lo
                       **overrides, # `TextToyConfig` fields
                      ) -> TextToyResults:
     "Pretrain (cached), then per seed: data, oracle/estimated PD, LoRA-DPO per method, gold reward of samples."
-    if seeds < 1: raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     with torch_threads(threads): return _simulate(seeds, ratio, size, methods, seed, progress, **overrides)
 
 def _simulate(seeds, ratio, size, methods, seed, progress, **overrides) -> TextToyResults:
@@ -416,7 +434,8 @@ def _simulate(seeds, ratio, size, methods, seed, progress, **overrides) -> TextT
         t_data = time.time() - ts
         eval_seed = 10_000 + s
         ev = evaluate_policy(model, tok, n=c.eval_samples, seed=eval_seed, max_new_tokens=c.max_new_tokens)
-        runs.append(_run_row(s, 'sft', 0.0, 0, ev, dict(conflict=float('nan'), loss=float('nan'), accuracy=float('nan'), seconds=0.0)))
+        nan = float('nan')
+        runs.append(_run_row(s, 'sft', 0.0, 0, ev, dict(conflict=nan, loss=nan, accuracy=nan, seconds=0.0)))
         if s == seed: samples['sft'] = ev['responses'][:6]
         for m in tqdm(methods, desc=f'seed {s}', leave=False, disable=not progress):
             tm = time.time()
@@ -425,23 +444,27 @@ def _simulate(seeds, ratio, size, methods, seed, progress, **overrides) -> TextT
             ev = evaluate_policy(res.model, tok, n=c.eval_samples, seed=eval_seed, max_new_tokens=c.max_new_tokens)
             log = res.train_log[-1]
             runs.append(_run_row(s, m, 1.0 if m == 'full' else ratio, len(idx), ev,
-                                 dict(conflict=subset_conflict(ds, idx), loss=log['loss'], accuracy=log['accuracy'], seconds=time.time() - tm)))
+                                 dict(conflict=subset_conflict(ds, idx), loss=log['loss'], accuracy=log['accuracy'],
+                                      seconds=time.time() - tm)))
             if s == seed: samples[m] = ev['responses'][:6]
-        row = dict(seed=s, n_pairs=len(ds), conflict_rate=subset_conflict(ds), data_seconds=t_data, seconds=time.time() - ts)
+        row = dict(seed=s, n_pairs=len(ds), conflict_rate=subset_conflict(ds), data_seconds=t_data,
+                   seconds=time.time() - ts)
         if pd_est is not None:
-            row.update(pd_spearman=spearman(pd_est, pd_true), **{f'rm_acc_{a}': v for a, v in report['heldout_accuracy'].items()})
+            accuracy = {f'rm_acc_{a}': v for a, v in report['heldout_accuracy'].items()}
+            row.update(pd_spearman=spearman(pd_est, pd_true), **accuracy)
         data.append(row)
         if s == seed: example = dict(pd_true=pd_true, pd_est=pd_est, selected=select_by_pd(pd_true, ratio))
     runs, data = pandas.DataFrame(runs), pandas.DataFrame(data)
     config = dict(seeds=seeds, ratio=ratio, size=size, methods=list(methods), seed=seed, **asdict(c),
                   pretrain_seconds=round(t_pre, 2), pretrain_final_loss=float(np.mean(pre_losses[-50:])))
-    return TextToyResults(runs, text_toy_summary(runs, ('sft',) + methods), config, dict(data=data), dict(samples=samples), example)
+    summary = text_toy_summary(runs, ('sft',) + methods)
+    return TextToyResults(runs, summary, config, dict(data=data), dict(samples=samples), example)
 
 # %% ../nbs/08_text_toy.ipynb #c040
 def text_toy_summary(runs:pandas.DataFrame, # per-run rows of `simulate_text_toy`
                      methods=None, # row order (default: as they appear)
                     ) -> pandas.DataFrame: # one row per method
-    "`pd_align.experiments.summarize` with this world's columns: gold (mean, 95% CI, paired vs sft/full/random), aspect means."
+    "`pd_align.experiments.summarize` for this world: gold (mean, 95% CI, paired vs sft/full/random), aspect means."
     return summarize(runs, metrics=('gold',), baselines=('sft', 'full', 'random'), methods=methods,
                      means=ASPECTS + ('grammatical', 'conflict', 'loss', 'seconds'))
 
@@ -463,8 +486,12 @@ def plot_results(runs:pandas.DataFrame, # per-run rows
     for i, m in enumerate(summary['method']):
         g = runs[runs['method'] == m]['gold']
         ax.scatter(np.full(len(g), i) + np.linspace(-0.12, 0.12, len(g)), g, s=14, alpha=0.6)
-    ax.set_xticks(x, summary['method']); ax.set_ylabel('gold reward of samples'); ax.set_title('gold reward (mean ± 95% CI)')
-    if 'sft' in set(summary['method']): ax.axhline(float(summary.loc[summary['method'] == 'sft', 'gold'].iloc[0]), color='grey', ls='--', lw=0.8)
+    ax.set_xticks(x, summary['method'])
+    ax.set_ylabel('gold reward of samples')
+    ax.set_title('gold reward (mean ± 95% CI)')
+    if 'sft' in set(summary['method']):
+        sft_gold = float(summary.loc[summary['method'] == 'sft', 'gold'].iloc[0])
+        ax.axhline(sft_gold, color='grey', ls='--', lw=0.8)
     ax = axes[1]
     trained = summary[summary['method'] != 'sft']
     base = summary[summary['method'] == 'sft']
@@ -472,8 +499,11 @@ def plot_results(runs:pandas.DataFrame, # per-run rows
     for i, (_, r) in enumerate(trained.iterrows()):
         d = [r[a] - (float(base[a].iloc[0]) if len(base) else 0.0) for a in ASPECTS]
         ax.bar(np.arange(len(ASPECTS)) + (i - (len(trained) - 1) / 2) * w, d, w, label=r['method'])
-    ax.axhline(0, color='k', lw=0.8); ax.set_xticks(np.arange(len(ASPECTS)), ASPECTS)
-    ax.set_ylabel('change vs SFT'); ax.set_title('per-aspect change over the SFT model'); ax.legend(fontsize=8)
+    ax.axhline(0, color='k', lw=0.8)
+    ax.set_xticks(np.arange(len(ASPECTS)), ASPECTS)
+    ax.set_ylabel('change vs SFT')
+    ax.set_title('per-aspect change over the SFT model')
+    ax.legend(fontsize=8)
     return axes
 
 # %% ../nbs/08_text_toy.ipynb #c041
@@ -493,7 +523,8 @@ def run_text_toy(seeds:int=3, # repetitions
     res.config['seconds'] = round(time.time() - t0, 2)
     if out is not None:
         table = text_toy_table(res.summary) + '\n' + method_key(res.summary['method']) + '\n'
-        write_results(res, out, figures={'text_toy.png': plot_results(res.runs, res.summary)[0].figure}, texts={'table.txt': table})
+        figure = plot_results(res.runs, res.summary)[0].figure
+        write_results(res, out, figures={'text_toy.png': figure}, texts={'table.txt': table})
     return res.summary
 
 # %% ../nbs/08_text_toy.ipynb #c053
@@ -501,7 +532,8 @@ def split_topics(seed:int, # the experiment seed
                  n_eval:int=3, # topics held out of preference training
                 ) -> tuple[tuple, tuple]: # (training topics, held-out topics), each in `TOPICS` order
     "The topics whose prompts may appear in DPO data, and the held-out ones whose prompts are the evaluation prompts."
-    if not 0 < n_eval < len(TOPICS): raise ValueError(f"n_eval must be in 1..{len(TOPICS) - 1}, got {n_eval}")
+    if not 0 < n_eval < len(TOPICS):
+        raise ValueError(f"n_eval must be in 1..{len(TOPICS) - 1}, got {n_eval}")
     held = set(random.Random(1000 + seed).sample(TOPICS, n_eval))
     return tuple(t for t in TOPICS if t not in held), tuple(t for t in TOPICS if t in held)
 
@@ -516,8 +548,9 @@ def labelled_pool(prompts:list[str], # training prompts
                   temperature:float=0.1, # BT temperature of the aspect annotators
                   weights=None, # gold weights (default uniform)
                  ) -> list[dict]: # records with `conflict` (the gold reward prefers the rejected response)
-    "Every pair of distinct responses of a prompt whose gold rewards differ, labelled by BT on each aspect that separates them."
-    if len(prompts) != len(responses): raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
+    "Every pair of a prompt's distinct responses whose gold rewards differ, BT-labelled on each aspect separating them."
+    if len(prompts) != len(responses):
+        raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
     rng, w = random.Random(seed), gold_weights(weights).tolist()
     rows = []
     for i, (p, rs) in enumerate(zip(prompts, responses)):
@@ -542,7 +575,8 @@ def mix_conflicts(pool:list[dict], # from `labelled_pool`
                   seed:int=0, # the draw order (the same at every share)
                  ) -> dict: # {aspect: fine-grained Dataset}
     "Each aspect's sub-dataset: `round(share * n)` conflicting and the rest agreeing pairs of the pool."
-    if not 0 <= share <= 1: raise ValueError(f"share must be in [0, 1], got {share}")
+    if not 0 <= share <= 1:
+        raise ValueError(f"share must be in [0, 1], got {share}")
     out = {}
     for a in ASPECTS:
         rng = random.Random(f'{seed}-{a}') # one order per seed and aspect: the shares differ only in the mix
@@ -579,7 +613,9 @@ def estimated_pd(dataset, model, tokenizer, c:TextToyConfig, seed:int=0,
                 ) -> tuple[Tensor, dict]: # (estimated PD [N] float64, reward-model report)
     "PD of every pair from a K-head proxy reward model trained on the sub-datasets."
     rm, report = train_proxy(dataset, model, tokenizer, c, seed, length=length, progress=progress)
-    if length: report['length_fit'] = fit_length_penalty(rm, tokenizer, dataset.select(report['heldout_index']), progress=False)
+    if length:
+        heldout = dataset.select(report['heldout_index'])
+        report['length_fit'] = fit_length_penalty(rm, tokenizer, heldout, progress=False)
     scored = score_dataset(rm, tokenizer, dataset, batch_size=256, length_correction=length, progress=False)
     return torch.tensor(scored['pd'], dtype=torch.float64), report
 
@@ -595,7 +631,8 @@ def relabel(dataset, # fine-grained pairs
             keep:list[bool], # per pair: True keeps the label, False swaps chosen and rejected
            ):
     "The dataset with chosen/rejected (and their scores) swapped where `keep` is False."
-    if len(keep) != len(dataset): raise ValueError(f"keep has {len(keep)} entries for {len(dataset)} pairs")
+    if len(keep) != len(dataset):
+        raise ValueError(f"keep has {len(keep)} entries for {len(dataset)} pairs")
     rows = dataset.to_list()
     for r, k in zip(rows, keep):
         if not k:
@@ -620,7 +657,8 @@ def average_rating_labels(dataset) -> list[bool]:
     return [x >= 0 for x in (likert(ch.double()) - likert(rj.double())).mean(1).tolist()]
 
 # %% ../nbs/08_text_toy.ipynb #c062
-CONFIRMATORY_METHODS = ('full', 'ova', 'avg', 'dfpo_est', 'random', 'random_steps', 'raf', 'pd_oracle', 'pd', 'pd_high', 'pd_nl')
+CONFIRMATORY_METHODS = ('full', 'ova', 'avg', 'dfpo_est', 'random', 'random_steps', 'raf', 'pd_oracle', 'pd', 'pd_high',
+                        'pd_nl')
 
 def needed_scores(methods) -> set:
     "Which reward models the methods need: 'pd' (K-head, length-handled), 'nl' (K-head, raw), 'raf' (unified)."
@@ -652,7 +690,8 @@ def method_data(method:str, # a name of `CONFIRMATORY_METHODS`
             'pd': lambda: (pick(select_by_pd(scores['pd'], ratio)), {}),
             'pd_high': lambda: (pick(select_highest_pd(scores['pd'], ratio)), {}),
             'pd_nl': lambda: (pick(select_by_pd(scores['nl'], ratio)), {})}
-    if method not in make: raise ValueError(f"method must be one of {CONFIRMATORY_METHODS}, got {method!r}")
+    if method not in make:
+        raise ValueError(f"method must be one of {CONFIRMATORY_METHODS}, got {method!r}")
     return make[method]()
 
 @torch.no_grad()
@@ -678,7 +717,7 @@ def gold_ordered_pairs(model, tokenizer, prompts:list[str],
                        n_pairs:int, # at most this many pairs
                        seed:int=0, max_new_tokens:int=40, weights=None,
                       ) -> list[dict]: # prompt, chosen (higher gold), rejected
-    "Pairs of SFT samples for `prompts` whose gold rewards differ, ordered by the gold reward: implicit-reward test pairs."
+    "Pairs of SFT samples for `prompts` whose gold rewards differ, ordered by gold reward: implicit-reward test pairs."
     rows, w = [], gold_weights(weights)
     for p, rs in zip(prompts, sample_n(model, tokenizer, prompts, 6, seed, max_new_tokens)):
         uniq = list(dict.fromkeys(r for r in rs if r.strip()))
@@ -700,7 +739,7 @@ def evaluate_heldout(model, tokenizer,
                      trained:bool=True, # False for the SFT model (KL 0, no implicit reward)
                      weights=None,
                     ) -> dict: # gold, aspects, grammatical, kl, implicit_acc, prompts, responses
-    "A policy on the held-out prompts: gold and aspect means of its samples, well-formed share, KL, implicit-reward accuracy."
+    "A policy on held-out prompts: gold and aspect means of its samples, well-formed share, KL, implicit-reward acc."
     outs = sample_n(model, tokenizer, prompts, n, seed, c.max_new_tokens)
     P = [p for p, o in zip(prompts, outs) for _ in o]
     R = [r for o in outs for r in o]
@@ -729,16 +768,20 @@ class Protocol:
     methods:tuple=CONFIRMATORY_METHODS # at the primary share
     sweep_methods:tuple=('full', 'random', 'pd_oracle', 'pd', 'pd_high') # at the other shares
     hypotheses:tuple=(('pd', 'full'), ('pd', 'random'), ('pd_high', 'full')) # (treatment, control) at the primary share
-    config:dict=field(default_factory=lambda: dict(n_prompts=128, rpo_alpha=1.0)) # `TextToyConfig` fields of 'default' to change
+    # the `TextToyConfig` fields of size 'default' to change
+    config:dict=field(default_factory=lambda: dict(n_prompts=128, rpo_alpha=1.0))
 
     def __post_init__(self):
         for name in ('seeds', 'shares', 'methods', 'sweep_methods'): setattr(self, name, tuple(getattr(self, name)))
         self.hypotheses = tuple(tuple(h) for h in self.hypotheses)
-        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds): raise ValueError(f"seeds must be distinct, got {self.seeds}")
-        if self.primary_share not in self.shares: raise ValueError(f"primary_share {self.primary_share} is not in shares {self.shares}")
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        if self.primary_share not in self.shares:
+            raise ValueError(f"primary_share {self.primary_share} is not in shares {self.shares}")
         for name in ('methods', 'sweep_methods'): check_methods(getattr(self, name), CONFIRMATORY_METHODS, name)
         for t, b in self.hypotheses:
-            if t not in self.methods or b not in self.methods: raise ValueError(f"hypothesis {t} vs {b}: both must be in methods")
+            if t not in self.methods or b not in self.methods:
+                raise ValueError(f"hypothesis {t} vs {b}: both must be in methods")
         make_config('default', **self.config) # unknown fields raise here
 
     def text_config(self) -> TextToyConfig: return make_config('default', **self.config)
@@ -746,7 +789,8 @@ class Protocol:
 def smoke_protocol() -> Protocol:
     "A protocol of the same shape at smoke size (CI, `--quick`): two seeds, tiny data, few samples, two sweep methods."
     c = asdict(make_config('smoke', n_prompts=48))
-    return Protocol(seeds=(0, 1), n_per_aspect=24, eval_samples=2, heldout_pairs=40, sweep_methods=('full', 'pd'), config=c)
+    return Protocol(seeds=(0, 1), n_per_aspect=24, eval_samples=2, heldout_pairs=40, sweep_methods=('full', 'pd'),
+                    config=c)
 
 def protocol_dict(p:Protocol, # the design
                   **text, # prose fields (hypotheses in words, metric, decision rule, ...)
@@ -759,16 +803,19 @@ def protocol_dict(p:Protocol, # the design
 def load_protocol(path:str|Path) -> Protocol:
     "The `Protocol` in a protocol file (JSON written by `protocol_dict`)."
     doc = json.loads(Path(path).read_text())
-    if 'design' not in doc: raise ValueError(f"protocol file {path}: no 'design' entry")
+    if 'design' not in doc:
+        raise ValueError(f"protocol file {path}: no 'design' entry")
     known = {f.name for f in fields(Protocol)}
     bad = sorted(set(doc['design']) - known)
-    if bad: raise ValueError(f"protocol file {path}: unknown design fields {bad}; known: {sorted(known)}")
+    if bad:
+        raise ValueError(f"protocol file {path}: unknown design fields {bad}; known: {sorted(known)}")
     return Protocol(**doc['design'])
 
 # %% ../nbs/08_text_toy.ipynb #c065
 def _row(seed, share, method, n_train, steps, ev, **extra) -> dict:
     return dict(seed=seed, share=share, method=method, n_train=n_train, steps=steps, gold=ev['gold'],
-                **{a: ev[a] for a in ASPECTS}, grammatical=ev['grammatical'], kl=ev['kl'], implicit_acc=ev['implicit_acc'], **extra)
+                **{a: ev[a] for a in ASPECTS}, grammatical=ev['grammatical'], kl=ev['kl'],
+                implicit_acc=ev['implicit_acc'], **extra)
 
 def seed_setup(model, tokenizer, c:TextToyConfig, p:Protocol, seed:int) -> dict:
     "One seed's held-out split, labelled pool, held-out evaluation pairs and the SFT model's held-out evaluation."
@@ -806,8 +853,8 @@ def run_share(model, tokenizer, c:TextToyConfig, p:Protocol, seed:int, share:flo
         res = train_dpo(copy.deepcopy(model), train, dpo_config(c, seed).replace(**extra), tokenizer=tokenizer)
         ev = evaluate_heldout(res.model, tokenizer, setup['prompts'], setup['pairs'], c, p.eval_samples, 10_000 + seed)
         steps = extra.get('max_steps', dpo_steps(len(train), c))
-        rows.append(_row(seed, share, m, len(train), steps, ev, ratio=len(train) / len(ds), train_conflict=subset_conflict(train),
-                         loss=res.final_loss, seconds=time.time() - tm))
+        rows.append(_row(seed, share, m, len(train), steps, ev, ratio=len(train) / len(ds),
+                         train_conflict=subset_conflict(train), loss=res.final_loss, seconds=time.time() - tm))
         samples[m] = ev['responses']
     return rows, info, samples
 
@@ -835,7 +882,8 @@ def run_confirmatory(p:Protocol, # the design (`load_protocol`)
                      workers:int=1, # seeds run in parallel by forked processes (the results do not depend on it)
                     ) -> Results: # runs (seed x share x method, with 'sft'), summary, tables: data; extra: samples
     "The confirmatory text-toy experiment: every method on held-out prompts, per seed and conflict share."
-    if workers < 1: raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     c, t0 = p.text_config(), time.time()
     with torch_threads(threads):
         model, tok, _ = pretrained_lm(c, progress)
@@ -857,7 +905,7 @@ def run_confirmatory(p:Protocol, # the design (`load_protocol`)
 def confirmatory_summary(runs:pandas.DataFrame, # rows of `run_confirmatory`
                          p:Protocol|None=None, # method order (default: as they appear)
                         ) -> pandas.DataFrame: # one row per (share, method)
-    "Per share and method: gold, KL and implicit-reward accuracy (mean, 95% CI), paired gold differences vs sft/full/random."
+    "Per share and method: gold, KL, implicit-reward accuracy (mean, 95% CI), paired gold differences to sft/full/rand."
     order = ('sft',) + tuple(p.methods) if p is not None else None
     return summarize(runs, metrics=('gold', 'kl', 'implicit_acc'), baselines=('sft', 'full', 'random'), by=('share',),
                      methods=order, means=ASPECTS + ('grammatical', 'train_conflict', 'steps'))
@@ -876,12 +924,13 @@ def hypothesis_tests(summary:pandas.DataFrame, p:Protocol) -> pandas.DataFrame:
 def confirmatory_table(summary:pandas.DataFrame, share:float|None=None) -> str:
     "Plain-text table: gold on held-out prompts (mean ± 95% CI), paired differences vs full and random, diagnostics."
     s = summary if share is None else summary[summary['share'] == share]
-    formats = {'kl': '{:.2f}', 'implicit_acc': '{:.0%}', 'grammatical': '{:.0%}', 'train_conflict': '{:.0%}', 'steps': '{:.0f}'}
+    formats = {'kl': '{:.2f}', 'implicit_acc': '{:.0%}', 'grammatical': '{:.0%}', 'train_conflict': '{:.0%}',
+               'steps': '{:.0f}'}
     return format_table(s.reset_index(drop=True), metrics=('gold',), baselines=('full', 'random'), formats=formats)
 
 # %% ../nbs/08_text_toy.ipynb #c067
 def plot_confirmatory(runs:pandas.DataFrame, p:Protocol, axes=None):
-    "Left: held-out gold per method at the primary share (mean ± 95% CI, seeds as dots). Right: gold against conflict share."
+    "Left: held-out gold per method at the primary share (mean ± 95% CI, seeds as dots). Right: gold vs conflict share."
     import matplotlib.pyplot as plt
     if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw=dict(width_ratios=[2, 1]))
     at = runs[runs['share'] == p.primary_share]
@@ -896,9 +945,11 @@ def plot_confirmatory(runs:pandas.DataFrame, p:Protocol, axes=None):
     ax.axhline(full, color='grey', ls='--', lw=0.8)
     ax.set_xticks(range(len(order)), order, rotation=35, ha='right', fontsize=8)
     ax.set_ylabel('gold reward, held-out prompts')
-    ax.set_title(f'conflict share {p.primary_share:.0%}: mean ± 95% CI over {at["seed"].nunique()} seeds (dashed: full)')
+    n_seeds = at['seed'].nunique()
+    ax.set_title(f'conflict share {p.primary_share:.0%}: mean ± 95% CI over {n_seeds} seeds (dashed: full)')
     plot_against(runs[runs['method'] != 'sft'], 'share', 'gold', methods=p.sweep_methods, ax=axes[1])
-    axes[1].set_xlabel('conflict share of each sub-dataset'); axes[1].set_ylabel('gold reward, held-out prompts')
+    axes[1].set_xlabel('conflict share of each sub-dataset')
+    axes[1].set_ylabel('gold reward, held-out prompts')
     axes[1].set_title('conflict sweep (95% bands)')
     legend_outside(axes[1])
     return axes
@@ -915,14 +966,16 @@ def plot_diagnostics(summary:pandas.DataFrame, p:Protocol, axes=None):
         axes[0].bar(np.arange(len(ASPECTS)) + (i - (len(methods) - 1) / 2) * w, d, w, label=m)
     axes[0].axhline(0, color='k', lw=0.8)
     axes[0].set_xticks(range(len(ASPECTS)), ASPECTS)
-    axes[0].set_ylabel('change over SFT'); axes[0].set_title('per-aspect change, held-out prompts')
+    axes[0].set_ylabel('change over SFT')
+    axes[0].set_title('per-aspect change, held-out prompts')
     legend_outside(axes[0])
     for m in methods:
-        axes[1].errorbar(at.loc[m, 'kl'], at.loc[m, 'd_sft'], xerr=at.loc[m, 'kl_ci'], yerr=at.loc[m, 'd_sft_ci'], fmt='o', ms=4,
-                         capsize=2, label=m)
-        axes[1].annotate(m, (at.loc[m, 'kl'], at.loc[m, 'd_sft']), fontsize=7, xytext=(3, 3), textcoords='offset points')
+        x, y = at.loc[m, 'kl'], at.loc[m, 'd_sft']
+        axes[1].errorbar(x, y, xerr=at.loc[m, 'kl_ci'], yerr=at.loc[m, 'd_sft_ci'], fmt='o', ms=4, capsize=2, label=m)
+        axes[1].annotate(m, (x, y), fontsize=7, xytext=(3, 3), textcoords='offset points')
     axes[1].axhline(0, color='k', lw=0.8)
-    axes[1].set_xlabel('KL(policy || reference) per sample'); axes[1].set_ylabel('gold gain over SFT')
+    axes[1].set_xlabel('KL(policy || reference) per sample')
+    axes[1].set_ylabel('gold gain over SFT')
     axes[1].set_title('what each method pays in KL')
     return axes
 
@@ -960,8 +1013,11 @@ def run_text_toy_confirmatory(protocol:str|Path|Protocol|None=None, # a protocol
                               workers:int=1, # seeds in parallel (forked processes)
                              ) -> tuple[Results, pandas.DataFrame]: # (results, hypothesis tests)
     "The confirmatory experiment for the CLI: run, test the hypotheses, optionally write the results."
-    if quick and protocol is not None: raise ValueError("give either a protocol or quick=True, not both")
-    p = smoke_protocol() if quick else protocol if isinstance(protocol, Protocol) else load_protocol(protocol) if protocol else Protocol()
+    if quick and protocol is not None:
+        raise ValueError("give either a protocol or quick=True, not both")
+    if quick: p = smoke_protocol()
+    elif isinstance(protocol, Protocol): p = protocol
+    else: p = load_protocol(protocol) if protocol else Protocol()
     res = run_confirmatory(p, progress, workers=workers)
     if out is not None: write_confirmatory(res, p, out)
     return res, hypothesis_tests(res.summary, p)

@@ -5,17 +5,13 @@
 # %% ../nbs/03_theory.ipynb #c002
 from __future__ import annotations
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from .losses import neg_logsigmoid
 
 # %% auto #0
 __all__ = ['label_noise', 'holistic_loss', 'loss_bounds', 'dfpo_bound']
 
 # %% ../nbs/03_theory.ipynb #c005
-def _f(t:Tensor) -> Tensor:
-    "f(t) = -log sigmoid(t) = softplus(-t); exact to float rounding (see `pd_align.losses.neg_logsigmoid` for why not F.logsigmoid)."
-    return F.softplus(-t, threshold=40.0)
-
 def _t(x, like=None) -> Tensor:
     t = torch.as_tensor(x, dtype=None if like is None else like.dtype)
     return t.double() if not t.is_floating_point() else t
@@ -34,8 +30,9 @@ def holistic_loss(h:Tensor, # [N] implicit margins of the policy
                   aspect_weight:Tensor|float, # [N] or scalar w_k
                  ) -> Tensor: # mean_i p_i f(h_i) + q_i f(-h_i)
     "Expected holistic cross-entropy of a policy with margins `h` on the pairs."
-    h = _t(h); q = label_noise(pd, aspect_margin, aspect_weight).to(h.dtype)
-    return ((1 - q) * _f(h) + q * _f(-h)).mean()
+    h = _t(h)
+    q = label_noise(pd, aspect_margin, aspect_weight).to(h.dtype)
+    return ((1 - q) * neg_logsigmoid(h) + q * neg_logsigmoid(-h)).mean()
 
 # %% ../nbs/03_theory.ipynb #c009
 def loss_bounds(h:Tensor, # [N] implicit margins h_i of the policy on the subset (or [B, N]: B subsets)
@@ -47,14 +44,15 @@ def loss_bounds(h:Tensor, # [N] implicit margins h_i of the policy on the subset
                ) -> tuple[Tensor, Tensor, Tensor]: # (lower, exact holistic loss, upper), each [] (or [B])
     "Lower bound, exact value and upper bound of the holistic loss L_H (Theorem, 03_theory); last dim = the subset."
     h = _t(h)
-    if h.dim() not in (1, 2) or h.shape[-1] == 0: raise ValueError(f"h must be [N] or [B, N] with N > 0, got shape {tuple(h.shape)}")
+    if h.dim() not in (1, 2) or h.shape[-1] == 0:
+        raise ValueError(f"h must be [N] or [B, N] with N > 0, got shape {tuple(h.shape)}")
     lo = h.amin(-1) if h_min is None else torch.as_tensor(h_min, dtype=h.dtype)
     hi = h.amax(-1) if h_max is None else torch.as_tensor(h_max, dtype=h.dtype)
     if (lo > h.amin(-1)).any() or (hi < h.amax(-1)).any():
         raise ValueError(f"need h_min <= min(h) = {h.min().item()} and h_max >= max(h) = {h.max().item()}")
     q = label_noise(pd, aspect_margin, aspect_weight).to(h.dtype)
-    dpo, Q = _f(h).mean(-1), q.mean(-1)
-    exact = ((1 - q) * _f(h) + q * _f(-h)).mean(-1)
+    dpo, Q = neg_logsigmoid(h).mean(-1), q.mean(-1)
+    exact = ((1 - q) * neg_logsigmoid(h) + q * neg_logsigmoid(-h)).mean(-1)
     return dpo + lo * Q, exact, dpo + hi * Q
 
 # %% ../nbs/03_theory.ipynb #c015
@@ -69,5 +67,5 @@ def dfpo_bound(pd:Tensor, # [N] preference divergence of all pairs
     mask = torch.zeros(len(pd), dtype=torch.bool)
     sel = torch.as_tensor(selected)
     mask[sel if sel.dtype != torch.bool else sel.nonzero().reshape(-1)] = True
-    level = torch.where(mask, torch.as_tensor(level_selected, dtype=pd.dtype), torch.as_tensor(level_other, dtype=pd.dtype))
-    return _f((level + pd) / aspect_weight).sum()
+    a, b = (torch.as_tensor(v, dtype=pd.dtype) for v in (level_selected, level_other))
+    return neg_logsigmoid((torch.where(mask, a, b) + pd) / aspect_weight).sum()

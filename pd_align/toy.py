@@ -5,7 +5,7 @@
 # %% ../nbs/05_toy.ipynb #c003
 from __future__ import annotations
 import json, math, time
-from dataclasses import dataclass
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
 import pandas
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .data import from_records, aggregate, get_aspects, scores_matrix, aspect_index
 from .losses import dpo_loss, dfpo_loss
 from .divergence import (preference_divergence, holistic_margin, conflict_rate, scale_margins, spearman,
-                                 plot_pd_histogram)
+                                 plot_pd_histogram, normalise_weights)
 from .theory import label_noise
 from .selection import (select_by_pd, select_highest_pd, select_by_margin, select_by_holistic_margin, select_random,
                                 select_full)
@@ -25,12 +25,12 @@ from .experiments import (Results, check_methods, method_key, summarize, format_
 # %% auto #0
 __all__ = ['ASPECTS', 'CONFLICT_LEVELS', 'DEFAULT_METHODS', 'TOY_METHODS', 'SELECTIONS', 'SHARES', 'LENGTH_BIAS', 'SWEEP_METHODS',
            'SWEEP_RATIOS', 'NOISE_LEVELS', 'RATING_NOISE', 'PANELS', 'GOLD_LABEL', 'QUICK', 'conflict_correlation',
-           'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets', 'toy_pairs', 'pair_scores',
+           'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets', 'toy_pairs', 'gold_pair_scores',
            'own_margin', 'oracle_pd', 'estimate_aspect_rewards', 'estimate_unified_reward', 'estimated_pd',
            'TabularRuns', 'tabular_run', 'train_runs', 'train_tabular_dpo', 'evaluate_runs', 'evaluate',
-           'holistic_margins', 'mix_conflict', 'relabel_flips', 'identity_gap', 'ToyResults', 'simulate', 'toy_summary',
-           'run_experiment', 'plot_conflict_share', 'plot_pd_quality', 'plot_budget', 'plot_example_pd', 'toy_figures',
-           'toy_table', 'parse_shares', 'run_toy']
+           'holistic_margins', 'mix_conflict', 'relabel_flips', 'identity_gap', 'ToyResults', 'ToyConfig', 'simulate',
+           'simulate_config', 'toy_summary', 'run_experiment', 'plot_conflict_share', 'plot_pd_quality', 'plot_budget',
+           'plot_example_pd', 'toy_figures', 'toy_table', 'parse_shares', 'run_toy']
 
 # %% ../nbs/05_toy.ipynb #c006
 ASPECTS = ('helpfulness', 'honesty', 'instruction_following', 'truthfulness')
@@ -40,7 +40,8 @@ def conflict_correlation(conflict:str|float, # 'low', 'mid', 'high' or the corre
                          n_aspects:int, # K >= 2
                         ) -> float: # off-diagonal correlation rho of the aspect rewards
     "The inter-aspect correlation for a conflict level; 'high' stops 90% of the way to the PD limit -1/(K-1)."
-    if n_aspects < 2: raise ValueError(f"n_aspects: need at least 2 aspects, got {n_aspects}")
+    if n_aspects < 2:
+        raise ValueError(f"n_aspects: need at least 2 aspects, got {n_aspects}")
     floor = -1 / (n_aspects - 1)
     if isinstance(conflict, str):
         if conflict not in CONFLICT_LEVELS:
@@ -49,7 +50,8 @@ def conflict_correlation(conflict:str|float, # 'low', 'mid', 'high' or the corre
         return max(rho, 0.9 * floor) if conflict == 'high' else rho
     rho = float(conflict)
     if not floor < rho < 1:
-        raise ValueError(f"conflict: correlation {rho} makes the covariance singular or indefinite; need {floor:.3f} < rho < 1 for K={n_aspects}")
+        raise ValueError(f"conflict: correlation {rho} makes the covariance singular or indefinite; need {floor:.3f} "
+                         f"< rho < 1 for K={n_aspects}")
     return rho
 
 # %% ../nbs/05_toy.ipynb #c008
@@ -64,7 +66,7 @@ class ToyWorld:
     aspects: tuple # K aspect names
     correlation: float # off-diagonal correlation of the aspect rewards
     length_aspect: int # index of the aspect the length is correlated with
-    length_bias: Tensor # [K] annotators' extra log-odds per unit of length difference, per aspect (not in the gold reward)
+    length_bias: Tensor # [K] annotators' extra log-odds per unit of length difference, per aspect (not in gold reward)
     seed: int
 
     @property
@@ -82,19 +84,11 @@ class ToyWorld:
                 f"rho={self.correlation:+.3f}, length_bias={self.length_bias.tolist()}, seed={self.seed})")
 
 # %% ../nbs/05_toy.ipynb #c009
-def _aspect_weights(weights, K:int) -> Tensor:
-    "Uniform weights, or the given positive ones normalised to sum 1."
-    if weights is None: return torch.full((K,), 1.0 / K)
-    w = torch.as_tensor(weights, dtype=torch.float32).flatten()
-    if w.numel() != K: raise ValueError(f"weights: expected {K} values (one per aspect), got {w.numel()}")
-    if not (w > 0).all(): raise ValueError(f"weights: all must be > 0, got {w.tolist()}")
-    return w / w.sum()
-
 def make_world(n_prompts:int=100, # P prompts
                n_responses:int=6, # M candidate responses per prompt
                aspects:tuple=ASPECTS, # K aspect names
                conflict:str|float='high', # 'low' (rho=+0.5), 'mid' (0), 'high' (-0.3 for K=4) or rho itself
-               seed:int=0, # seeds every draw; the same seed gives the same standard-normal draws at every conflict level
+               seed:int=0, # seeds every draw; a seed gives the same standard-normal draws at every conflict level
                weights=None, # [K] aspect weights (default uniform), normalised to sum 1
                length_aspect:int|str=0, # aspect (index or name) the length is correlated with
                length_corr:float=0.5, # correlation c of the length with that aspect's reward
@@ -106,13 +100,17 @@ def make_world(n_prompts:int=100, # P prompts
     "Draw a toy world whose aspect rewards have correlation set by `conflict`."
     K, P, M = len(aspects), n_prompts, n_responses
     rho = conflict_correlation(conflict, K)
-    if P < 1 or M < 2: raise ValueError(f"n_prompts >= 1 and n_responses >= 2 needed, got {P}, {M}")
-    if not -1 < length_corr < 1: raise ValueError(f"length_corr: need |c| < 1, got {length_corr}")
+    if P < 1 or M < 2:
+        raise ValueError(f"n_prompts >= 1 and n_responses >= 2 needed, got {P}, {M}")
+    if not -1 < length_corr < 1:
+        raise ValueError(f"length_corr: need |c| < 1, got {length_corr}")
     a = list(aspects).index(length_aspect) if isinstance(length_aspect, str) else int(length_aspect)
-    if not 0 <= a < K: raise ValueError(f"length_aspect: index {a} out of range for {K} aspects")
-    w = _aspect_weights(weights, K)
+    if not 0 <= a < K:
+        raise ValueError(f"length_aspect: index {a} out of range for {K} aspects")
+    w = normalise_weights(weights, K, torch.float32)
     bias = torch.as_tensor(length_bias, dtype=torch.float32).flatten()
-    if bias.numel() not in (1, K): raise ValueError(f"length_bias: expected one value or {K} (one per aspect), got {bias.numel()}")
+    if bias.numel() not in (1, K):
+        raise ValueError(f"length_bias: expected one value or {K} (one per aspect), got {bias.numel()}")
     bias = bias.expand(K).clone()
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(P, M, K, generator=g)
@@ -124,7 +122,8 @@ def make_world(n_prompts:int=100, # P prompts
     rotation, _ = torch.linalg.qr(torch.randn(K + n_nuisance, K + n_nuisance, generator=g))
     features = torch.cat([torch.cat([noisy, nuisance], -1) @ rotation, lengths[..., None]], -1)
     ref = torch.zeros(P, M) if ref_logits is None else torch.as_tensor(ref_logits, dtype=torch.float32)
-    if ref.shape != (P, M): raise ValueError(f"ref_logits: expected shape {(P, M)}, got {tuple(ref.shape)}")
+    if ref.shape != (P, M):
+        raise ValueError(f"ref_logits: expected shape {(P, M)}, got {tuple(ref.shape)}")
     return ToyWorld(rewards, lengths, features, w, ref, tuple(aspects), rho, a, bias, seed)
 
 # %% ../nbs/05_toy.ipynb #c013
@@ -156,7 +155,8 @@ def draw_pairs(world:ToyWorld, # the world to label
                seed:int=0, # seeds the pairs and the labels
               ) -> ToyPairs: # aspect 0's pairs first, then aspect 1's, ...
     "Bradley-Terry labelled pairs, `pairs_per_aspect` per aspect, each labelled on its own aspect only."
-    if pairs_per_aspect < 1: raise ValueError(f"pairs_per_aspect: need >= 1, got {pairs_per_aspect}")
+    if pairs_per_aspect < 1:
+        raise ValueError(f"pairs_per_aspect: need >= 1, got {pairs_per_aspect}")
     g = torch.Generator().manual_seed(seed)
     p, c, r = map(torch.cat, zip(*[_draw_aspect(world, k, pairs_per_aspect, g) for k in range(world.n_aspects)]))
     return ToyPairs(p, c, r, torch.arange(world.n_aspects).repeat_interleave(pairs_per_aspect))
@@ -180,8 +180,9 @@ def sample_subdatasets(world:ToyWorld, # the world to label
     return aggregate(subs)
 
 # %% ../nbs/05_toy.ipynb #c015
-def _column(ds, name) -> Tensor:
-    if name not in ds.column_names: raise ValueError(f"{name}: missing column; build the dataset with `sample_subdatasets`")
+def _index_column(ds, name) -> Tensor:
+    if name not in ds.column_names:
+        raise ValueError(f"{name}: missing column; build the dataset with `sample_subdatasets`")
     return torch.as_tensor(np.asarray(ds[name]), dtype=torch.long)
 
 def toy_pairs(data, # a toy `Dataset` (from `sample_subdatasets`) or `ToyPairs`
@@ -190,30 +191,33 @@ def toy_pairs(data, # a toy `Dataset` (from `sample_subdatasets`) or `ToyPairs`
     if isinstance(data, ToyPairs): return data
     if get_aspects(data) != list(world.aspects):
         raise ValueError(f"aspects: dataset has {get_aspects(data)}, world has {list(world.aspects)}")
-    return ToyPairs(_column(data, 'prompt_idx'), _column(data, 'chosen_idx'), _column(data, 'rejected_idx'),
-                    aspect_index(data, list(world.aspects)))
+    prompt, chosen, rejected = (_index_column(data, f'{c}_idx') for c in ('prompt', 'chosen', 'rejected'))
+    return ToyPairs(prompt, chosen, rejected, aspect_index(data, list(world.aspects)))
 
-def pair_scores(world:ToyWorld, data) -> tuple[Tensor, Tensor]:
+def gold_pair_scores(world:ToyWorld, data) -> tuple[Tensor, Tensor]:
     "[N, K] true chosen and rejected aspect rewards of the pairs (from the score columns for a `Dataset`)."
-    if isinstance(data, ToyPairs): return world.rewards[data.prompt, data.chosen], world.rewards[data.prompt, data.rejected]
+    if isinstance(data, ToyPairs):
+        return world.rewards[data.prompt, data.chosen], world.rewards[data.prompt, data.rejected]
     return scores_matrix(data, list(world.aspects))
 
 def own_margin(world:ToyWorld, data) -> Tensor:
     "[N] the labelling aspect's true margin Delta_k."
-    ch, rj = pair_scores(world, data)
+    ch, rj = gold_pair_scores(world, data)
     return (ch - rj).gather(1, toy_pairs(data, world).aspect[:, None]).squeeze(1)
 
 # %% ../nbs/05_toy.ipynb #c020
 def oracle_pd(world:ToyWorld, data) -> Tensor:
     "[N] preference divergence from the true aspect rewards (the `pd_oracle` baseline)."
-    ch, rj = pair_scores(world, data)
+    ch, rj = gold_pair_scores(world, data)
     return preference_divergence(ch, rj, toy_pairs(data, world).aspect, world.weights)
 
-def _newton_bt(x:Tensor, group:Tensor, n_groups:int, offset:Tensor, ridge:Tensor, iters:int, weight:Tensor|None=None) -> Tensor:
+def _newton_bt(x:Tensor, group:Tensor, n_groups:int, offset:Tensor, ridge:Tensor, iters:int,
+               weight:Tensor|None=None) -> Tensor:
     "Ridge Bradley-Terry (logistic, no intercept) fits on rows `x` [N, D], one per group, all at once: [G, D]."
     x, offset = x.double(), offset.double()
     raw = torch.ones(len(group), dtype=torch.float64) if weight is None else weight.double()
-    wts = raw / torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, raw)[group]  # each group's weights sum to 1
+    group_total = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, raw)
+    wts = raw / group_total[group]  # each group's weights sum to 1
     outer = x[:, :, None] * x[:, None, :]
     theta = torch.zeros(n_groups, x.shape[1], dtype=torch.float64)
     for _ in range(iters):
@@ -252,7 +256,8 @@ def _fit_linear_bt(world:ToyWorld, pr:ToyPairs, group:Tensor, n_groups:int, leng
 
 def estimate_aspect_rewards(world:ToyWorld, # supplies the response features
                             data, # toy `Dataset` or `ToyPairs`; aspect k's model sees only its own pairs
-                            length_penalty:bool|float=True, # True: fit and drop a length term; float: fixed rho; False: length is a feature
+                            # True: fit and drop a length term; float: a fixed rho; False: length is a feature
+                            length_penalty:bool|float=True,
                             length_balance:bool=False, # weight each D_k to 50% chosen-longer pairs
                             l2:float=1e-3, # ridge strength lambda on theta
                             iters:int=25, # Newton iterations (the ridge logistic loss is strictly convex)
@@ -260,7 +265,8 @@ def estimate_aspect_rewards(world:ToyWorld, # supplies the response features
     "Per-aspect linear Bradley-Terry reward models, each fit on its own sub-dataset only."
     pr, K = toy_pairs(data, world), world.n_aspects
     empty = (torch.bincount(pr.aspect, minlength=K) == 0).nonzero()
-    if len(empty): raise ValueError(f"data: aspect {world.aspects[empty[0].item()]!r} has no pairs to fit its reward model on")
+    if len(empty):
+        raise ValueError(f"data: aspect {world.aspects[empty[0].item()]!r} has no pairs to fit its reward model on")
     return _fit_linear_bt(world, pr, pr.aspect, K, length_penalty, length_balance, l2, iters)
 
 def estimate_unified_reward(world:ToyWorld, # supplies the response features
@@ -271,11 +277,13 @@ def estimate_unified_reward(world:ToyWorld, # supplies the response features
                            ) -> Tensor: # [P, M] one estimated reward
     "One linear Bradley-Terry reward model fit on all sub-datasets' labels as if they were one preference (RAF)."
     pr = toy_pairs(data, world)
-    if len(pr) == 0: raise ValueError("data: no pairs to fit the unified reward model on")
-    return _fit_linear_bt(world, pr, torch.zeros(len(pr), dtype=torch.long), 1, length_penalty, length_balance, l2, iters)[..., 0]
+    if len(pr) == 0:
+        raise ValueError("data: no pairs to fit the unified reward model on")
+    one_group = torch.zeros(len(pr), dtype=torch.long)
+    return _fit_linear_bt(world, pr, one_group, 1, length_penalty, length_balance, l2, iters)[..., 0]
 
 def estimated_pd(world:ToyWorld, data,
-                 rewards_hat:Tensor|None=None, # [P, M, K] estimated rewards; default `estimate_aspect_rewards(world, data)`
+                 rewards_hat:Tensor|None=None, # [P, M, K] estimated rewards (default `estimate_aspect_rewards`)
                  gamma:float=0.9, # quantile used to scale each aspect's margins
                  method:str='quantile', # or 'zscore' (see `scale_margins`)
                 ) -> Tensor: # [N] estimated PD
@@ -321,11 +329,14 @@ def tabular_run(world:ToyWorld, data, # toy `Dataset` or `ToyPairs`
                 pd:Tensor|None=None, # [N] PD for 'dfpo' (dataset orientation), indexed like `data`
                ) -> TabularRuns: # one run (R = 1)
     "One training run: the selected pairs of `data`, optionally relabelled, with DPO or DFPO."
-    if loss not in ('dpo', 'dfpo'): raise ValueError(f"loss: expected 'dpo' or 'dfpo', got {loss!r}")
-    if loss == 'dfpo' and pd is None: raise ValueError("pd: the 'dfpo' loss needs the PD of every pair")
+    if loss not in ('dpo', 'dfpo'):
+        raise ValueError(f"loss: expected 'dpo' or 'dfpo', got {loss!r}")
+    if loss == 'dfpo' and pd is None:
+        raise ValueError("pd: the 'dfpo' loss needs the PD of every pair")
     pr = toy_pairs(data, world)
     index = torch.arange(len(pr)) if index is None else torch.as_tensor(index, dtype=torch.long)
-    if len(index) == 0: raise ValueError("index: the run has no training pairs")
+    if len(index) == 0:
+        raise ValueError("index: the run has no training pairs")
     sub = pr.subset(index)
     f = torch.zeros(len(index), dtype=torch.bool) if flip is None else flip[index].bool()
     c, r = torch.where(f, sub.rejected, sub.chosen), torch.where(f, sub.chosen, sub.rejected)
@@ -366,7 +377,8 @@ def train_runs(runs:TabularRuns,
                 total = total + (l * wn[i_dfpo]).sum()
             (grad,) = torch.autograd.grad(total, logits)
             with torch.no_grad():
-                m.mul_(b1).add_(grad, alpha=1 - b1); v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                m.mul_(b1).add_(grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 logits = logits.detach() - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
     return logits.detach()
 
@@ -432,7 +444,8 @@ def mix_conflict(world:ToyWorld, # the world
                  pairs_per_aspect:int=500, # n: pairs per aspect in the result
                 ) -> Tensor: # indices into `pool`, aspect by aspect
     "Per aspect, round(share*n) pairs whose label disagrees with the gold holistic preference and the rest agreeing."
-    if not 0 <= share <= 1: raise ValueError(f"share: must be in [0, 1], got {share}")
+    if not 0 <= share <= 1:
+        raise ValueError(f"share: must be in [0, 1], got {share}")
     conflicting = holistic_margins(world, pool) < 0
     n_conf = round(share * pairs_per_aspect)
     out = []
@@ -458,7 +471,7 @@ def relabel_flips(world:ToyWorld, # the world
     bias = world.length_bias.double()
     ova_logit = dr / (world.rewards.double() @ world.weights.double()).std() + bias.mean() * dlen
     ova_keeps = torch.rand(len(pairs), generator=g, dtype=torch.float64) < torch.sigmoid(ova_logit)
-    ch, rj = pair_scores(world, pairs)
+    ch, rj = gold_pair_scores(world, pairs)
     noise = RATING_NOISE * (torch.randn(len(pairs), world.n_aspects, generator=g, dtype=torch.float64)
                             - torch.randn(len(pairs), world.n_aspects, generator=g, dtype=torch.float64))
     avg = ((ch - rj).double() + bias * dlen[:, None] + noise) @ world.weights.double()
@@ -493,7 +506,7 @@ def identity_gap(world:ToyWorld, # the world (gold rewards, reference policy)
     dr = holistic_margins(world, sub)
     f = lambda t: -torch.nn.functional.logsigmoid(t)  # not the library's `neg_logsigmoid`: an independent path
     direct = (torch.sigmoid(dr) * f(h) + torch.sigmoid(-dr) * f(-h)).mean()
-    ch, rj = pair_scores(world, sub)
+    ch, rj = gold_pair_scores(world, sub)
     d = ch.double() - rj.double()  # the difference in float64: in float32 it would already miss the identity by ~1e-8
     if pd is None: pd_sub = preference_divergence(ch.double(), rj.double(), sub.aspect, world.weights.double())
     else: pd_sub = pd[index].double()
@@ -501,15 +514,12 @@ def identity_gap(world:ToyWorld, # the world (gold rewards, reference policy)
     l_dpo = dpo_loss(pc, pr_, rc, rr, beta=beta)[0].mean()
     return direct.item(), abs(direct - (l_dpo + (q * h).mean())).item()
 
-def _world_specs(world:ToyWorld, pairs:ToyPairs, flips:dict, seed:int, ratio:float, methods, sweep_ratios,
-                 sweep_methods, noise_levels, gamma) -> tuple[list, dict]:
-    "The run specifications of one dataset, and its statistics."
-    N = len(pairs)
-    ch, rj = pair_scores(world, pairs)
-    pd_true = preference_divergence(ch, rj, pairs.aspect, world.weights)
+def _method_scores(world:ToyWorld, pairs:ToyPairs, wanted:set, gamma:float) -> dict:
+    "The per-pair scores the selection rules of `wanted` rank by (true PD, margins, estimated PDs, RAF margin)."
+    ch, rj = gold_pair_scores(world, pairs)
     own = (ch - rj).gather(1, pairs.aspect[:, None]).squeeze(1)
-    scores = dict(pd_oracle=pd_true, holistic_margin=holistic_margin(ch, rj, world.weights), margin=own)
-    wanted = set(methods) | set(sweep_methods)
+    scores = dict(pd_oracle=preference_divergence(ch, rj, pairs.aspect, world.weights),
+                  holistic_margin=holistic_margin(ch, rj, world.weights), margin=own)
     if wanted & {'pd', 'dfpo_est'}:
         scores['pd'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, True, True), gamma)
     if 'pd_nl' in wanted:
@@ -517,36 +527,55 @@ def _world_specs(world:ToyWorld, pairs:ToyPairs, flips:dict, seed:int, ratio:flo
     if 'raf' in wanted:
         unified = estimate_unified_reward(world, pairs)
         scores['raf'] = unified[pairs.prompt, pairs.chosen] - unified[pairs.prompt, pairs.rejected]
-    quality = {m: spearman(scores[m], pd_true) for m in ('pd_oracle', 'pd', 'pd_nl') if m in scores}
-    select = _selector(N, seed, scores)
-    specs = []
-    for m in methods:
-        if m in ('ova', 'avg', 'gold_labels'):
-            specs.append(dict(kind='main', method=m, ratio=1.0, index=select_full(N), flip=flips[m]))
-        elif m in ('dfpo', 'dfpo_est'):
-            pd_used = pd_true if m == 'dfpo' else scores['pd']
-            specs.append(dict(kind='main', method=m, ratio=1.0, index=select_full(N), loss='dfpo', pd=pd_used))
-        else:
-            r = 1.0 if m == 'full' else ratio
-            specs.append(dict(kind='main', method=m, ratio=r, index=select(m, r),
-                              pd_spearman=quality.get(m, float('nan'))))
-    done = {(s['method'], s['ratio']) for s in specs}
-    for m in sweep_methods:
-        for r in sweep_ratios:
-            if (m, r) in done or r >= 1: continue  # budget 1 is the `full` run
-            specs.append(dict(kind='sweep', method=m, ratio=r, index=select(m, r)))
+    return scores
+
+def _main_spec(m:str, N:int, ratio:float, flips:dict, scores:dict, quality:dict, select) -> dict:
+    "The main-table run of method `m`: a relabelling, a DFPO loss or a subset."
+    if m in ('ova', 'avg', 'gold_labels'):
+        return dict(kind='main', method=m, ratio=1.0, index=select_full(N), flip=flips[m])
+    if m in ('dfpo', 'dfpo_est'):
+        pd_used = scores['pd_oracle'] if m == 'dfpo' else scores['pd']
+        return dict(kind='main', method=m, ratio=1.0, index=select_full(N), loss='dfpo', pd=pd_used)
+    r = 1.0 if m == 'full' else ratio
+    return dict(kind='main', method=m, ratio=r, index=select(m, r), pd_spearman=quality.get(m, float('nan')))
+
+def _quality_specs(world:ToyWorld, pairs:ToyPairs, seed:int, ratio:float, noise_levels, pd_true:Tensor) -> list:
+    "PD-`ratio` runs ranked by the true PD plus Gaussian noise of each level (the PD-quality curve)."
     g = torch.Generator().manual_seed(10_007 * (seed + 1))
+    specs = []
     for sigma in noise_levels:
         noisy = world.rewards + sigma * torch.randn(world.rewards.shape, generator=g)
         nc, nr = noisy[pairs.prompt, pairs.chosen], noisy[pairs.prompt, pairs.rejected]
         pd_noisy = preference_divergence(nc, nr, pairs.aspect, world.weights)
         specs.append(dict(kind='quality', method='pd_noisy', ratio=ratio, index=select_by_pd(pd_noisy, ratio),
                           noise=sigma, pd_spearman=spearman(pd_noisy, pd_true)))
+    return specs
+
+def _world_specs(world:ToyWorld, # the world of the dataset
+                 pairs:ToyPairs, # the dataset
+                 flips:dict, # `relabel_flips` of the dataset
+                 seed:int, # the world's seed (random subsets, PD noise)
+                 c:ToyConfig, # the experiment
+                 sweep:bool, # also the budget sweep (the dataset is at `c.sweep_share`)
+                ) -> tuple[list, dict]: # (run specifications, the dataset's statistics)
+    "The run specifications of one dataset, and its statistics."
+    N = len(pairs)
+    sweep_methods, sweep_ratios = (c.sweep_methods, c.sweep_ratios) if sweep else ((), ())
+    scores = _method_scores(world, pairs, set(c.methods) | set(sweep_methods), c.gamma)
+    pd_true = scores['pd_oracle']
+    quality = {m: spearman(scores[m], pd_true) for m in ('pd_oracle', 'pd', 'pd_nl') if m in scores}
+    select = _selector(N, seed, scores)
+    specs = [_main_spec(m, N, c.ratio, flips, scores, quality, select) for m in c.methods]
+    done = {(s['method'], s['ratio']) for s in specs}
+    specs += [dict(kind='sweep', method=m, ratio=r, index=select(m, r)) for m in sweep_methods for r in sweep_ratios
+              if (m, r) not in done and r < 1]  # budget 1 is the `full` run
+    specs += _quality_specs(world, pairs, seed, c.ratio, c.noise_levels if c.quality else (), pd_true)
     wrong = holistic_margins(world, pairs) < 0
     for s in specs:
         f = s.get('flip')
         s['label_conflict'] = (wrong[s['index']] ^ (f[s['index']] if f is not None else False)).double().mean().item()
-    info = dict(realised_share=wrong.double().mean().item(), own_agreement=(own > 0).double().mean().item(),
+    agreement = (scores['margin'] > 0).double().mean().item()
+    info = dict(realised_share=wrong.double().mean().item(), own_agreement=agreement,
                 pd_spearman_est=quality.get('pd', float('nan')), pd_spearman_nl=quality.get('pd_nl', float('nan')),
                 n_pairs=N)
     return specs, info
@@ -564,83 +593,125 @@ class ToyResults(Results):
 
 def _check_shares(shares) -> tuple:
     shares = tuple(float(s) for s in shares)
-    if not shares: raise ValueError("shares: give at least one conflict share")
-    if len(set(shares)) != len(shares): raise ValueError(f"shares: values repeat in {list(shares)}")
+    if not shares:
+        raise ValueError("shares: give at least one conflict share")
+    if len(set(shares)) != len(shares):
+        raise ValueError(f"shares: values repeat in {list(shares)}")
     bad = [s for s in shares if not 0 <= s <= 1]
-    if bad: raise ValueError(f"shares: must be in [0, 1], got {bad}")
+    if bad:
+        raise ValueError(f"shares: must be in [0, 1], got {bad}")
     return shares
+
+@dataclass
+class ToyConfig:
+    "What one toy experiment is: its worlds, its datasets, its methods and its training (checked and normalised)."
+    shares: tuple = SHARES # conflict shares of every aspect's sub-dataset
+    seeds: int = 10 # seeds (worlds seed, seed+1, ...); every share uses the same worlds and pools
+    ratio: float = 0.3 # selection budget lambda of the main comparison
+    seed: int = 0 # first seed
+    n_prompts: int = 100
+    n_responses: int = 6
+    pairs_per_aspect: int = 500
+    pool_factor: int = 4 # pool size per aspect, in units of pairs_per_aspect
+    aspects: tuple = ASPECTS
+    weights: tuple|None = None # aspect weights (default uniform)
+    world_conflict: str|float = 'mid' # the world's aspect correlation (see `conflict_correlation`)
+    length_bias: tuple = LENGTH_BIAS # per-aspect annotator length bias
+    world_kw: dict|None = None # more `make_world` arguments (feature_noise, length_corr, ...)
+    methods: tuple = DEFAULT_METHODS # main-table methods, any of `TOY_METHODS`
+    sweep_share: float|str|None = 'middle' # budget-sweep share: a share, 'middle' (of `shares`) or None
+    sweep_ratios: tuple = SWEEP_RATIOS
+    sweep_methods: tuple = SWEEP_METHODS
+    quality: bool = True # also run PD-30% from noised rewards (gain vs PD quality)
+    noise_levels: tuple = NOISE_LEVELS # sigma of the reward noise for the quality curve
+    gamma: float = 0.9 # margin-scaling quantile of the estimated PD
+    beta: float = 0.1 # DPO beta
+    steps: int = 150 # full-batch Adam steps
+    lr: float = 0.1 # Adam learning rate
+
+    def __post_init__(self):
+        self.shares = _check_shares(self.shares)
+        if self.seeds < 1:
+            raise ValueError(f"seeds: need >= 1, got {self.seeds}")
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"ratio: must be in (0, 1], got {self.ratio}")
+        if self.pool_factor < 1:
+            raise ValueError(f"pool_factor: need >= 1, got {self.pool_factor}")
+        self.methods = check_methods(self.methods, TOY_METHODS, 'methods')
+        self.sweep_methods = check_methods(self.sweep_methods, SELECTIONS, 'sweep_methods')
+        self.sweep_share = self._sweep_share()
+        self.aspects, self.world_kw = tuple(self.aspects), dict(self.world_kw or {})
+        self.weights = None if self.weights is None else tuple(map(float, self.weights))
+        self.length_bias = tuple(float(b) for b in torch.as_tensor(self.length_bias).flatten().tolist())
+        self.sweep_ratios, self.noise_levels = tuple(self.sweep_ratios), tuple(self.noise_levels)
+
+    def _sweep_share(self) -> float|None:
+        share = self.shares[len(self.shares) // 2] if self.sweep_share == 'middle' else self.sweep_share
+        if share is not None and float(share) not in self.shares:
+            raise ValueError(f"sweep_share: {share} is not one of the shares {list(self.shares)}")
+        return share
+
+    def as_dict(self) -> dict:
+        "JSON-safe settings (tuples as lists), as stored in results.json."
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def world(self, seed:int) -> ToyWorld:
+        "The world of one seed."
+        return make_world(self.n_prompts, self.n_responses, self.aspects, self.world_conflict, seed, self.weights,
+                          length_bias=self.length_bias, **self.world_kw)
 
 def simulate(shares=SHARES, # conflict shares of every aspect's sub-dataset
              seeds:int=10, # seeds (worlds seed, seed+1, ...); every share uses the same worlds and pools
              ratio:float=0.3, # selection budget lambda of the main comparison
              seed:int=0, # first seed
-             n_prompts:int=100, n_responses:int=6, pairs_per_aspect:int=500,
-             pool_factor:int=4, # pool size per aspect, in units of pairs_per_aspect
-             aspects=ASPECTS,
-             weights=None, # aspect weights (default uniform)
-             world_conflict:str|float='mid', # the world's aspect correlation (see `conflict_correlation`)
-             length_bias=LENGTH_BIAS, # per-aspect annotator length bias
-             world_kw:dict|None=None, # more `make_world` arguments (feature_noise, length_corr, ...)
-             methods=DEFAULT_METHODS, # main-table methods, any of `TOY_METHODS`
-             sweep_share:float|str|None='middle', # budget-sweep share: a share, 'middle' (of `shares`) or None
-             sweep_ratios=SWEEP_RATIOS, sweep_methods=SWEEP_METHODS,
-             quality:bool=True, # also run PD-30% from noised rewards (gain vs PD quality)
-             noise_levels=NOISE_LEVELS, # sigma of the reward noise for the quality curve
-             gamma:float=0.9, # margin-scaling quantile of the estimated PD
-             beta:float=0.1, steps:int=150, lr:float=0.1, # DPO
              progress:bool=True, # tqdm bars
+             **settings, # any other `ToyConfig` field (sizes, aspects, methods, sweep, quality, DPO settings)
             ) -> ToyResults:
     "Run every method on every (share, seed) dataset; per-run rows, per-dataset rows and the summary table."
-    shares = _check_shares(shares)
-    if seeds < 1: raise ValueError(f"seeds: need >= 1, got {seeds}")
-    if not 0 < ratio <= 1: raise ValueError(f"ratio: must be in (0, 1], got {ratio}")
-    if pool_factor < 1: raise ValueError(f"pool_factor: need >= 1, got {pool_factor}")
-    methods = check_methods(methods, TOY_METHODS, 'methods')
-    sweep_methods = check_methods(sweep_methods, SELECTIONS, 'sweep_methods')
-    if sweep_share == 'middle': sweep_share = shares[len(shares) // 2]
-    if sweep_share is not None and float(sweep_share) not in shares:
-        raise ValueError(f"sweep_share: {sweep_share} is not one of the shares {list(shares)}")
-    config = dict(shares=list(shares), seeds=seeds, ratio=ratio, seed=seed, n_prompts=n_prompts,
-                  n_responses=n_responses, pairs_per_aspect=pairs_per_aspect, pool_factor=pool_factor,
-                  aspects=list(aspects), weights=None if weights is None else list(map(float, weights)),
-                  world_conflict=world_conflict,
-                  length_bias=[float(b) for b in torch.as_tensor(length_bias).flatten().tolist()],
-                  world_kw=dict(world_kw or {}), methods=list(methods), sweep_share=sweep_share,
-                  sweep_ratios=list(sweep_ratios), sweep_methods=list(sweep_methods), quality=quality,
-                  noise_levels=list(noise_levels), gamma=gamma, beta=beta, steps=steps, lr=lr)
-    with torch_threads(1):
-        return _simulate(config, shares, seeds, ratio, seed, methods, sweep_methods, progress)
+    return simulate_config(ToyConfig(shares, seeds, ratio, seed, **settings), progress)
 
-def _simulate(config, shares, seeds, ratio, seed, methods, sweep_methods, progress) -> ToyResults:
-    c = config
+def _share_datasets(c:ToyConfig, world:ToyWorld, ws:int) -> tuple[list, list]:
+    "One world's dataset per conflict share: [(share, pairs, statistics, specs)] and the world rows."
+    pool = draw_pairs(world, c.pool_factor * c.pairs_per_aspect, ws)
+    pool_flips = relabel_flips(world, pool, ws)
+    pool_conflict = (holistic_margins(world, pool) < 0).double().mean().item()
+    out, rows = [], []
+    for share in c.shares:
+        idx = mix_conflict(world, pool, share, c.pairs_per_aspect)
+        pairs = pool.subset(idx)
+        flips = {k: v[idx] for k, v in pool_flips.items()}
+        specs, info = _world_specs(world, pairs, flips, ws, c, share == c.sweep_share)
+        out.append((share, pairs, specs))
+        rows.append(dict(share=share, seed=ws, rho=world.correlation, pool_conflict=pool_conflict, **info))
+    return out, rows
+
+def _example(c:ToyConfig, specs:list, data_of:dict) -> dict:
+    "One dataset's oracle PD and PD-`ratio` selection (the sweep share, else the last share; the first seed)."
+    share = c.sweep_share if c.sweep_share is not None else c.shares[-1]
+    ex = next(s for s in specs if s['share'] == share and s['seed'] == c.seed and s['kind'] == 'main')
+    pd = oracle_pd(*data_of[ex['data']])
+    return dict(share=share, seed=c.seed, pd=[round(v, 5) for v in pd.tolist()],
+                selected=select_by_pd(pd, c.ratio).tolist(), ratio=c.ratio)
+
+def simulate_config(c:ToyConfig, # the experiment
+                    progress:bool=True, # tqdm bars
+                   ) -> ToyResults:
+    "`simulate` for a `ToyConfig`: every method on every (share, seed) dataset, one torch thread."
     worlds, specs, data_of = [], [], {}
-    for ws in tqdm(range(seed, seed + seeds), desc='worlds', disable=not progress, leave=False):
-        world = make_world(c['n_prompts'], c['n_responses'], tuple(c['aspects']), c['world_conflict'], ws, c['weights'],
-                           length_bias=c['length_bias'], **c['world_kw'])
-        pool = draw_pairs(world, c['pool_factor'] * c['pairs_per_aspect'], ws)
-        pool_flips = relabel_flips(world, pool, ws)
-        pool_conflict = (holistic_margins(world, pool) < 0).double().mean().item()
-        for share in shares:
-            idx = mix_conflict(world, pool, share, c['pairs_per_aspect'])
-            pairs = pool.subset(idx)
-            sweep = share == c['sweep_share']
-            sp, info = _world_specs(world, pairs, {k: v[idx] for k, v in pool_flips.items()}, ws, ratio, methods,
-                                    c['sweep_ratios'] if sweep else (), sweep_methods if sweep else (),
-                                    c['noise_levels'] if c['quality'] else (), c['gamma'])
-            did = len(data_of)
-            data_of[did] = (world, pairs)
-            worlds.append(dict(share=share, seed=ws, rho=world.correlation, pool_conflict=pool_conflict, **info))
-            specs += [dict(s, data=did, share=share, seed=ws) for s in sp]
-    rows = _train_and_evaluate(specs, data_of, c['beta'], c['steps'], c['lr'], progress)
+    with torch_threads(1):
+        for ws in tqdm(range(c.seed, c.seed + c.seeds), desc='worlds', disable=not progress, leave=False):
+            world = c.world(ws)
+            datasets, rows = _share_datasets(c, world, ws)
+            worlds += rows
+            for share, pairs, sp in datasets:
+                did = len(data_of)
+                data_of[did] = (world, pairs)
+                specs += [dict(s, data=did, share=share, seed=ws) for s in sp]
+        rows = _train_and_evaluate(specs, data_of, c.beta, c.steps, c.lr, progress)
     runs_df, worlds_df = pandas.DataFrame(rows), pandas.DataFrame(worlds)
-    summary = toy_summary(runs_df, worlds_df, methods)
-    ex_share = c['sweep_share'] if c['sweep_share'] is not None else shares[-1]
-    ex = next(i for i, s in enumerate(specs) if s['share'] == ex_share and s['seed'] == seed and s['kind'] == 'main')
-    world, pairs = data_of[specs[ex]['data']]
-    pd_ex = oracle_pd(world, pairs)
-    example = dict(share=ex_share, seed=seed, pd=[round(v, 5) for v in pd_ex.tolist()],
-                   selected=select_by_pd(pd_ex, ratio).tolist(), ratio=ratio)
-    return ToyResults(runs_df, summary, config, dict(worlds=worlds_df), dict(example=example))
+    summary = toy_summary(runs_df, worlds_df, c.methods)
+    example = _example(c, specs, data_of)
+    return ToyResults(runs_df, summary, c.as_dict(), dict(worlds=worlds_df), dict(example=example))
 
 def _train_and_evaluate(specs:list, data_of:dict, beta:float, steps:int, lr:float, progress:bool) -> list:
     "Train every run (grouped by size, one vectorised call per group) and evaluate it: one row per spec."
@@ -801,7 +872,8 @@ def parse_shares(shares) -> tuple:
     out = []
     for s in items:
         try: out.append(float(s))
-        except (TypeError, ValueError): raise ValueError(f"shares: {s!r} is not a number") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"shares: {s!r} is not a number") from None
     return _check_shares(out)
 
 def run_toy(seeds:int|None=None, # seeds (every share uses the same worlds); default 10, or 3 with `quick`

@@ -20,11 +20,11 @@ from .data import get_aspects, atomic_write_json
 from .losses import sequence_logps, dpo_loss, dfpo_loss
 
 # %% auto #0
-__all__ = ['DPOConfig', 'demo_pairs', 'tokenize_pairs', 'collate_pairs', 'is_peft', 'pair_logps', 'reference_logps',
-           'precompute_reference', 'make_accelerator', 'load_policy', 'add_lora', 'latest_checkpoint',
-           'save_checkpoint', 'load_checkpoint', 'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo',
-           'weights_fingerprint', 'learning_detected', 'model_card', 'sample_responses', 'reward_win_rate',
-           'parse_overrides', 'cli_config', 'check_enough_pairs', 'train_cli', 'load_run', 'heldout_pairs', 'eval_cli']
+__all__ = ['DPOConfig', 'tokenize_pairs', 'collate_pairs', 'is_peft', 'pair_logps', 'reference_logps', 'precompute_reference',
+           'make_accelerator', 'load_policy', 'add_lora', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo', 'weights_fingerprint', 'learning_detected',
+           'model_card', 'sample_responses', 'reward_win_rate', 'parse_overrides', 'cli_config', 'check_enough_pairs',
+           'train_cli', 'load_run', 'heldout_pairs', 'eval_cli']
 
 # %% ../nbs/07_train.ipynb #c006
 _ALIASES = {'learning_rate': 'lr', 'num_train_epochs': 'epochs', 'per_device_train_batch_size': 'batch_size',
@@ -124,25 +124,6 @@ class DPOConfig:
     def to_dict(self) -> dict: return asdict(self)
     def replace(self, **changes) -> DPOConfig: return dataclasses.replace(self, **changes)
     def save(self, path): atomic_write_json(path, self.to_dict())
-
-# %% ../nbs/07_train.ipynb #c009
-_TOPICS = ['cats', 'tea', 'rain', 'music', 'trees', 'boats', 'bread', 'stars']
-
-def demo_pairs(n:int=64, # number of pairs
-               seed:int=0, # sampling seed
-              ) -> list[dict]: # fine-grained records with `pd` (uniform in [-0.5, 0.5])
-    "Synthetic preference pairs: polite on-topic answers beat rude (aspect `polite`) or off-topic (aspect `relevant`) ones."
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        topic, other = rng.sample(_TOPICS, 2)
-        aspect = 'polite' if i % 2 == 0 else 'relevant'
-        prompt = f"Q: tell me about {topic}.\nA:"
-        chosen = f" {topic} are lovely, thank you for asking."
-        rejected = f" {topic} are boring, go away." if aspect == 'polite' else f" {other} are lovely, thank you for asking."
-        rows.append(dict(id=f'demo-{i}', prompt=prompt, chosen=chosen, rejected=rejected, aspect=aspect,
-                         source='demo', pd=rng.uniform(-0.5, 0.5)))
-    return rows
 
 # %% ../nbs/07_train.ipynb #c010
 def _column(dataset, name:str, required:bool=True):

@@ -11,7 +11,8 @@ import pd_align.data
 from conftest import FIXTURES, run_cli
 from pd_align.cli import main
 from pd_align.data import load_local, save_dataset_atomic, write_jsonl_atomic, from_records
-from pd_align.train import demo_pairs, load_run, learning_detected
+from pd_align.train import load_run, learning_detected
+from pd_align.synthetic import synthetic_pairs, DEMO
 
 UF = FIXTURES / 'ultrafeedback.jsonl'
 BAR = re.compile(r'\d+%\|') # what a tqdm bar draws
@@ -96,7 +97,7 @@ def test_train_says_when_no_learning_was_detected(pipeline, tmp_path):
     hist = json.loads((pipeline['dir'] / 'run' / 'log_history.json').read_text())
     assert abs(hist[-1]['loss'] - math.log(2)) < 0.005 and abs(hist[-1]['margin']) < 0.01
     # a run that learns: no such warning
-    write_jsonl_atomic(tmp_path / 'pairs.jsonl', demo_pairs(16, seed=1))
+    write_jsonl_atomic(tmp_path / 'pairs.jsonl', synthetic_pairs(8, seed=1, **DEMO))
     _, err = ok('train', '--data', tmp_path / 'pairs.jsonl', '--out', tmp_path / 'run', '--set', 'max_steps=6',
                 '--set', 'batch_size=8', '--set', 'lr=5e-2', '--set', 'beta=0.5')
     hist = json.loads((tmp_path / 'run' / 'log_history.json').read_text())
@@ -106,7 +107,7 @@ def test_train_says_when_no_learning_was_detected(pipeline, tmp_path):
 
 # item 9 ------------------------------------------------------------------------------------------------------------
 def test_set_is_type_checked_at_parse_time(tmp_path, monkeypatch):
-    write_jsonl_atomic(tmp_path / 'pairs.jsonl', demo_pairs(8))
+    write_jsonl_atomic(tmp_path / 'pairs.jsonl', synthetic_pairs(4, **DEMO))
     import pd_align.train
     def no_model(*a, **k): raise AssertionError('the model must not be built')
     monkeypatch.setattr(pd_align.train, 'load_policy', no_model)
@@ -121,7 +122,7 @@ def test_set_is_type_checked_at_parse_time(tmp_path, monkeypatch):
 
 # item 10 -----------------------------------------------------------------------------------------------------------
 def test_on_error_skip_skips_and_counts_a_malformed_json_line(tmp_path):
-    rows = [json.dumps(r) for r in demo_pairs(12)]
+    rows = [json.dumps(r) for r in synthetic_pairs(6, **DEMO)]
     rows.insert(3, '{"prompt": "cut off')
     (tmp_path / 'pairs.jsonl').write_text('\n'.join(rows) + '\n')
     rc, _, err = cli('reward', '--data', 'polite=' + str(tmp_path / 'pairs.jsonl'), '--out', tmp_path / 'rm')
@@ -135,8 +136,9 @@ def test_on_error_skip_skips_and_counts_a_malformed_json_line(tmp_path):
 def unscored(tmp_path_factory):
     "A datasets folder without a `pd` column (select --method pd fails on it) and a small TRL-style JSONL."
     d = tmp_path_factory.mktemp('unscored')
-    save_dataset_atomic(from_records(demo_pairs(8), strict=False).remove_columns(['pd']), d / 'nopd' / 'dataset')
-    write_jsonl_atomic(d / 'pairs.jsonl', demo_pairs(8))
+    nopd = from_records(synthetic_pairs(4, **DEMO), strict=False)
+    save_dataset_atomic(nopd.remove_columns(['pd', 'chosen_scores', 'rejected_scores']), d / 'nopd' / 'dataset')
+    write_jsonl_atomic(d / 'pairs.jsonl', synthetic_pairs(4, **DEMO))
     return d
 
 FAILING = { # each command, made to fail after it created its --out folder
@@ -169,7 +171,7 @@ def test_every_subcommand_is_covered_by_the_leftover_test():
 
 # item 14 -----------------------------------------------------------------------------------------------------------
 def test_limit_stops_reading(tmp_path, monkeypatch):
-    rows = [json.dumps(r) for r in demo_pairs(200)]
+    rows = [json.dumps(r) for r in synthetic_pairs(100, **DEMO)]
     rows.insert(150, '{broken') # never reached with --limit 20
     (tmp_path / 'pairs.jsonl').write_text('\n'.join(rows) + '\n')
     parsed = []
@@ -201,7 +203,7 @@ def test_run_folder_keeps_no_base_copy_and_has_a_model_card(pipeline):
 def test_named_base_is_loaded_by_path_and_checked(tmp_path):
     from pd_align.tiny import tiny_causal_lm, train_tokenizer
     from pd_align.train import train_cli
-    rows = demo_pairs(8)
+    rows = synthetic_pairs(4, **DEMO)
     tok = train_tokenizer([r[k] for r in rows for k in ('prompt', 'chosen', 'rejected')], vocab_size=300)
     tiny_causal_lm(len(tok), seed=1).save_pretrained(tmp_path / 'base'); tok.save_pretrained(tmp_path / 'base')
     write_jsonl_atomic(tmp_path / 'pairs.jsonl', rows)
@@ -237,7 +239,7 @@ def test_no_deprecated_gradient_checkpointing_property(tmp_path):
     "peft reads `is_gradient_checkpointing` when it wraps a model; our wrappers answer through the current API."
     from pd_align.train import train_cli, eval_cli
     from pd_align.reward import train_reward_cli
-    write_jsonl_atomic(tmp_path / 'pairs.jsonl', demo_pairs(8))
+    write_jsonl_atomic(tmp_path / 'pairs.jsonl', synthetic_pairs(4, **DEMO))
     with warnings.catch_warnings():
         warnings.filterwarnings('error', message='.*is_gradient_checkpointing.*')
         train_cli(tmp_path / 'pairs.jsonl', 'tiny', out=tmp_path / 'run', overrides={'max_steps': 1, 'batch_size': 4})

@@ -12,7 +12,8 @@ from pd_align.cli import main
 from pd_align.data import save_dataset_atomic
 from pd_align.features import (FeatureCacheMismatch, build_features, crossfit_margins, pair_deltas, pair_items, prompt_folds,
                                head_margins, fit_heads)
-from pd_align.reward import CallCounter, synthetic_pairs
+from pd_align.reward import CallCounter
+from pd_align.synthetic import synthetic_pairs
 from pd_align.tiny import tiny_model_and_tokenizer
 
 @pytest.fixture(scope='module')

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from pd_align import train as T
 from pd_align.losses import response_logps, sequence_logps, chunk_positions
 from pd_align.tiny import tiny_model_and_tokenizer
-from pd_align.train import DPOConfig, add_lora, collate_pairs, demo_pairs, pair_logps, reference_logps, tokenize_pairs, train_dpo
+from pd_align.train import DPOConfig, add_lora, collate_pairs, pair_logps, reference_logps, tokenize_pairs, train_dpo
+from pd_align.synthetic import synthetic_pairs, DEMO
 
 
 def _naive(h, w, b, labels, mask, average=False): return sequence_logps(F.linear(h, w, b), labels, mask, average)
@@ -50,7 +51,7 @@ def test_response_logps_rejects_bad_shapes():
 
 @pytest.fixture(scope='module')
 def tiny():
-    rows = demo_pairs(24, seed=0)
+    rows = synthetic_pairs(12, seed=0, **DEMO)
     model, tok = tiny_model_and_tokenizer([r[k] for r in rows for k in ('prompt', 'chosen', 'rejected')], vocab_size=400)
     batch = collate_pairs(tokenize_pairs(rows[:6], tok), tok.pad_token_id)
     return model, tok, rows, batch

@@ -5,7 +5,8 @@ import pytest
 from conftest import ROOT
 from pd_align.profiles import PROFILES, CARDS, MARGIN, profile, profile_fits, predicted_stage_peaks, dpo_overrides, card_bf16
 from pd_align.memory import CARDS as MEMORY_CARDS, CUDA_CONTEXT, GiB, dpo_step_peak, PRESETS
-from pd_align.train import DPOConfig, demo_pairs
+from pd_align.train import DPOConfig
+from pd_align.synthetic import synthetic_pairs, DEMO
 from pd_align.cli import main
 
 
@@ -49,7 +50,7 @@ def test_profiles_are_valid_configs():
 
 def test_cli_train_profile(tmp_path):
     data = tmp_path / 'pairs.jsonl'
-    data.write_text(''.join(json.dumps({k: r[k] for k in ('prompt', 'chosen', 'rejected', 'aspect')}) + '\n' for r in demo_pairs(8)))
+    data.write_text(''.join(json.dumps({k: r[k] for k in ('prompt', 'chosen', 'rejected', 'aspect')}) + '\n' for r in synthetic_pairs(4, **DEMO)))
     argv = ['train', '--data', str(data), '--out', str(tmp_path / 'run'), '--profile', 't4',
             '--set', 'grad_accum=1', '--set', 'max_steps=1', '--set', 'save_steps=0', '--set', 'target_modules=null']
     assert main(argv) == 0

@@ -87,7 +87,7 @@ def test_pd_shift_invariance(case, data):
 @prop('pd_weight_scale', score_case(weights=False), st.data())
 def test_pd_weight_scale(case, data):
     """Weights are normalised: scaling all of them by s > 0 changes nothing.
-    Mutation caught: `return w / w.sum()` -> `return w` in `divergence._weights` (weights not normalised)."""
+    Mutation caught: `return w / w.sum()` -> `return w` in `divergence.normalise_weights` (weights not normalised)."""
     c, r, a, _ = case
     k = c.shape[1]
     w = torch.tensor([data.draw(st.floats(0.05, 20)) for _ in range(k)], dtype=torch.float64)
@@ -341,7 +341,7 @@ MUTATIONS = [
     (test_pd_antisymmetry, divergence, 'preference_divergence', 'delta = c - r', 'delta = c'),
     (test_pd_ignores_own_aspect, divergence, 'preference_divergence', 'other[torch.arange(N, device=c.device), a] = False', 'pass'),
     (test_pd_shift_invariance, divergence, 'preference_divergence', 'delta = c - r', 'delta = torch.log1p(c.abs()) - torch.log1p(r.abs())'),
-    (test_pd_weight_scale, divergence, '_weights', 'return w / w.sum()', 'return w'),
+    (test_pd_weight_scale, divergence, 'normalise_weights', 'return w / w.sum()', 'return w'),
     (test_pd_sign, divergence, 'preference_divergence', 'pd = -(known', 'pd = (known'),
     (test_losses_finite_for_extreme_inputs, losses, 'dpo_loss', 'losses = neg_logsigmoid(beta * margin)', 'losses = -torch.log(torch.sigmoid(beta * margin))'),
     (test_losses_finite_for_extreme_inputs, losses, 'dfpo_loss', 'return neg_logsigmoid(t)', 'return -torch.log(torch.sigmoid(t))'),

@@ -7,7 +7,7 @@ Property-based tests (tests/test_properties.py; hypothesis, derandomised, no exa
 | PD antisymmetry (`pd_antisymmetry`, 200)                        | `delta = c - r` -> `delta = c` (rejected scores dropped)                     |
 | PD ignores the labelling aspect (`pd_ignores_own_aspect`, 200)  | drop `other[..., a] = False` (PD becomes minus the holistic margin)          |
 | PD shift invariance per aspect (`pd_shift_invariance`, 200)     | `delta = c - r` -> `log1p|c| - log1p|r|`                                     |
-| PD weight-scale invariance (`pd_weight_scale`, 200)             | `_weights`: `return w / w.sum()` -> `return w` (weights not normalised)      |
+| PD weight-scale invariance (`pd_weight_scale`, 200)             | `normalise_weights`: `return w / w.sum()` -> `return w` (not normalised)     |
 | PD sign: consensus < 0 (`pd_sign`, 200)                         | `pd = -(known` -> `pd = (known` (sign convention flipped)                    |
 | losses finite, fp32/bf16, 1e4 (`loss_finite`, 150)              | `neg_logsigmoid(x)` -> `-torch.log(torch.sigmoid(x))` in dpo_loss, dfpo_loss |
 | sequence_logps finite, <= 0 (`seq_logps_finite`, 100)           | `torch.logsumexp(z, -1)` -> `z.exp().sum(-1).log()`                          |

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pd_align.synthetic import SYNTHETIC_ASPECTS, synthetic_pairs, DEMO
 
 ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONWARNINGS': 'ignore',
        'TOKENIZERS_PARALLELISM': 'false'}
@@ -85,8 +86,8 @@ def reward_setup(tmp_path_factory):
     "A tiny 3-aspect reward model (saved with its tokenizer) and 48 synthetic pairs (saved): 6 shards of 8."
     R = pytest.importorskip('pd_align.reward')
     d = tmp_path_factory.mktemp('rm')
-    ds = R.synthetic_pairs(n_per_aspect=16, seed=0, n_prompts=10)
-    model, tok = R.tiny_reward_model(R.SYNTHETIC_ASPECTS, R.pair_texts(ds), vocab_size=256, hidden_size=32, max_positions=128)
+    ds = synthetic_pairs(n_per_aspect=16, seed=0, n_prompts=10)
+    model, tok = R.tiny_reward_model(SYNTHETIC_ASPECTS, R.pair_texts(ds), vocab_size=256, hidden_size=32, max_positions=128)
     model.save_pretrained(d / 'rm', tokenizer=tok)
     ds.save_to_disk(str(d / 'data'))
     return R, d, ds
@@ -113,7 +114,7 @@ def test_score_dataset_resumes_after_kill(reward_setup, tmp_path):
     assert resumed['id'] == ref['id'] == ds['id'] and len(set(resumed['id'])) == len(ds)
     torch.testing.assert_close(torch.tensor(resumed['pd']), torch.tensor(ref['pd']), rtol=1e-6, atol=1e-7)
     for col in ('chosen_scores', 'rejected_scores'):
-        for a in R.SYNTHETIC_ASPECTS:
+        for a in SYNTHETIC_ASPECTS:
             torch.testing.assert_close(torch.tensor([r[a] for r in resumed[col]]), torch.tensor([r[a] for r in ref[col]]),
                                        rtol=1e-6, atol=1e-7)
     shards = [json.loads((out / f'shard_{s:05d}.json').read_text()) for s in range(n_shards)]
@@ -135,7 +136,7 @@ def test_score_dataset_ignores_corrupt_or_foreign_shards(reward_setup, tmp_path)
     s1 = json.loads((out / 'shard_00001.json').read_text()); s1['start'] += 1                  # other rows
     (out / 'shard_00001.json').write_text(json.dumps(s1))
     s2 = json.loads((out / 'shard_00002.json').read_text()); s2['fingerprint'] = 'x' + s2['fingerprint'][1:]
-    s2['chosen'] = [[99.0] * len(R.SYNTHETIC_ASPECTS)] * len(s2['chosen'])                     # another model's
+    s2['chosen'] = [[99.0] * len(SYNTHETIC_ASPECTS)] * len(s2['chosen'])                     # another model's
     (out / 'shard_00002.json').write_text(json.dumps(s2))
     stats = {}
     again = R.score_dataset(model, tok, ds, out_dir=out, shard_size=SHARD, batch_size=BATCH, progress=False, stats=stats)
@@ -148,9 +149,10 @@ TRAIN_CFG = dict(max_steps=8, batch_size=4, save_steps=1, lr=1e-3, seed=0, loggi
 
 TRAINER = '''
 import sys, time
-from pd_align.train import train_dpo, DPOConfig, demo_pairs
+from pd_align.train import train_dpo, DPOConfig
+from pd_align.synthetic import synthetic_pairs, DEMO
 cfg = DPOConfig(**%r, output_dir=sys.argv[1])
-train_dpo('tiny', demo_pairs(32, seed=0), cfg, callback=lambda step, entry: time.sleep(float(sys.argv[2])))
+train_dpo('tiny', synthetic_pairs(16, seed=0, **DEMO), cfg, callback=lambda step, entry: time.sleep(float(sys.argv[2])))
 print('DONE', flush=True)
 ''' % TRAIN_CFG
 
@@ -175,9 +177,9 @@ def test_train_dpo_resumes_after_kill(tmp_path):
 
     cfg = T.DPOConfig(**TRAIN_CFG, output_dir=str(out))
     seen = []
-    resumed = T.train_dpo('tiny', T.demo_pairs(32, seed=0), cfg, resume_from_checkpoint=True, callback=lambda s, e: seen.append(s))
+    resumed = T.train_dpo('tiny', synthetic_pairs(16, seed=0, **DEMO), cfg, resume_from_checkpoint=True, callback=lambda s, e: seen.append(s))
     assert seen == list(range(steps_done + 1, TRAIN_CFG['max_steps'] + 1)), (steps_done, seen)  # only the missing steps run
-    ref = T.train_dpo('tiny', T.demo_pairs(32, seed=0), T.DPOConfig(**TRAIN_CFG, output_dir=str(tmp_path / 'ref')))
+    ref = T.train_dpo('tiny', synthetic_pairs(16, seed=0, **DEMO), T.DPOConfig(**TRAIN_CFG, output_dir=str(tmp_path / 'ref')))
 
     got, want = _train_log(resumed.history), _train_log(ref.history)
     assert [h['step'] for h in got] == list(range(1, TRAIN_CFG['max_steps'] + 1))

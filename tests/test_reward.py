@@ -12,8 +12,8 @@ from datasets import load_from_disk
 from pd_align.data import from_ultrafeedback, from_helpsteer2, add_lengths, aspect_index, scores_matrix, get_aspects
 from pd_align.divergence import spearman
 from pd_align.selection import select
-from pd_align.reward import (AspectRewardModel, CallCounter, SYNTHETIC_ASPECTS, synthetic_pairs, tiny_reward_model,
-                             pair_texts, format_text, score_texts, pair_scores, train_reward_models, fit_length_penalty,
+from pd_align.synthetic import SYNTHETIC_ASPECTS, synthetic_pairs
+from pd_align.reward import (AspectRewardModel, CallCounter, tiny_reward_model, pair_texts, format_text, score_texts, pair_scores, train_reward_models, fit_length_penalty,
                              score_dataset, rating_pd, load_reward_model, train_reward_cli, score_cli, accuracy_table,
                              split_heldout, corrected_scores, reward_model_from_base)
 

@@ -1,5 +1,6 @@
 "The toy world: determinism, the conflict-share mixing, the relabellings, the identity check (and a mutation it catches), the PD claim at default size, and `run_toy`'s files."
 import json, math
+from pathlib import Path
 import pandas
 import pytest
 import torch
@@ -7,9 +8,9 @@ from pd_align.data import get_aspects
 from pd_align.divergence import conflict_rate, spearman
 from pd_align.experiments import mean_ci, read_results
 from pd_align.toy import (ASPECTS, LENGTH_BIAS, DEFAULT_METHODS, conflict_correlation, make_world, draw_pairs, sample_subdatasets,
-                          toy_pairs, pair_scores, oracle_pd, estimate_aspect_rewards, estimate_unified_reward, estimated_pd,
+                          toy_pairs, gold_pair_scores, oracle_pd, estimate_aspect_rewards, estimate_unified_reward, estimated_pd,
                           holistic_margins, mix_conflict, relabel_flips, identity_gap, train_tabular_dpo, evaluate, simulate,
-                          run_experiment, run_toy, parse_shares, _length_balance_weights)
+                          run_experiment, run_toy, parse_shares, _length_balance_weights, ToyConfig, simulate_config)
 
 SMALL = dict(n_prompts=30, pairs_per_aspect=150, steps=60)
 
@@ -52,7 +53,7 @@ def test_mix_conflict_hits_the_share_exactly():
         sub = pool.subset(mix_conflict(w, pool, share, 400))
         assert torch.bincount(sub.aspect).tolist() == [400] * 4
         assert (holistic_margins(w, sub) < 0).double().mean().item() == pytest.approx(share, abs=1e-12)
-        assert conflict_rate(*pair_scores(w, sub), w.weights) == pytest.approx(share, abs=1e-6)
+        assert conflict_rate(*gold_pair_scores(w, sub), w.weights) == pytest.approx(share, abs=1e-6)
     with pytest.raises(ValueError, match='pool'): mix_conflict(w, draw_pairs(w, 400, seed=0), 0.45, 400)
     with pytest.raises(ValueError, match='share'): mix_conflict(w, pool, 1.5, 400)
 
@@ -110,7 +111,7 @@ def test_identity_check_holds_and_catches_mutations():
     l_h, gap = identity_gap(w, pr, idx, pol)
     assert gap < 1e-12 and 0 < l_h < 1
     pd = oracle_pd(w, pr).double()
-    ch, rj = pair_scores(w, pr)
+    ch, rj = gold_pair_scores(w, pr)
     mutations = {'sign of PD flipped': -pd,
                  'PD without the aspect weights': pd * 4,
                  'PD including the labelling aspect': pd - (ch.double() - rj.double()).gather(1, pr.aspect[:, None]).squeeze(1) / 4,
@@ -168,3 +169,16 @@ def test_run_toy_writes_the_files(tmp_path):
     assert run_toy(quick=True, seeds=2, shares='0.2', progress=False, **SMALL).config['seeds'] == 2
     with pytest.raises(ValueError, match='shares'): parse_shares('low')
     with pytest.raises(ValueError, match='shares'): run_toy(shares='0.1,1.5', progress=False)
+
+
+def test_toy_config_is_the_experiment_and_reads_back_the_committed_one():
+    "`ToyConfig` is what `simulate` runs and stores; the committed results' config makes the same `ToyConfig`."
+    c = ToyConfig(shares=(0.1, 0.3), seeds=1, methods=('full', 'random'), sweep_share=None, quality=False, **SMALL)
+    res = simulate_config(c, progress=False)
+    assert res.config == c.as_dict() and res.config['shares'] == [0.1, 0.3]
+    assert set(res.runs['method']) == {'full', 'random'}
+    assert ToyConfig(shares=(0.0, 0.2, 0.4)).sweep_share == 0.2 # 'middle' is resolved when the config is made
+    with pytest.raises(TypeError, match='conflicts'): simulate(conflicts=('high',)) # an unknown setting fails
+    stored = read_results(Path(__file__).resolve().parent.parent / 'nbs' / 'results' / 'toy').config
+    again = ToyConfig(**{k: v for k, v in stored.items() if k not in ('seconds', 'quick')})
+    assert again.as_dict() == {k: v for k, v in stored.items() if k not in ('seconds', 'quick')}

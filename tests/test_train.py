@@ -9,14 +9,15 @@ from pd_align.data import write_jsonl_atomic
 from pd_align.losses import sequence_logps
 from pd_align.tiny import tiny_model_and_tokenizer
 from pd_align.train import (DPOConfig, train_dpo, evaluate_dpo, tokenize_pairs, collate_pairs, pair_logps, reference_logps,
-                            demo_pairs, latest_checkpoint, add_lora, eval_cli, load_run, train_cli, reward_win_rate, sample_responses, is_peft)
+                            latest_checkpoint, add_lora, eval_cli, load_run, train_cli, reward_win_rate, sample_responses, is_peft)
+from pd_align.synthetic import synthetic_pairs, DEMO
 
 
 
 
 @pytest.fixture(scope='module')
 def tiny():
-    rows = demo_pairs(48, seed=0)
+    rows = synthetic_pairs(24, seed=0, **DEMO)
     texts = [r[k] for r in rows for k in ('prompt', 'chosen', 'rejected')]
     model, tok = tiny_model_and_tokenizer(texts, vocab_size=400, hidden_size=32)
     return model, tok, rows
@@ -106,11 +107,12 @@ def test_dfpo_with_zero_pd_and_unit_weight_equals_dpo(tiny):
     zero = [{**r, 'pd': 0.0} for r in rows]
     cfg = DPOConfig(**BASE, max_steps=4)
     a = train_dpo(copy.deepcopy(model), zero, cfg, tokenizer=tok)
-    one = [{**r, 'aspect': 'polite'} for r in zero]            # one aspect: the normalised weight is 1
+    unscored = [{k: v for k, v in r.items() if not k.endswith('_scores')} for r in zero]
+    one = [{**r, 'aspect': 'polite'} for r in unscored]        # one aspect, no scores naming others: the weight is 1
     b = train_dpo(copy.deepcopy(model), one, cfg.replace(loss='dfpo'), tokenizer=tok)
     assert [h['loss'] for h in a.train_log] == [h['loss'] for h in b.train_log]
     # two aspects: weights are normalised to sum 1, so {1, 1} is w = 1/2, and DFPO at pd = 0 is DPO at 2 beta
-    c = train_dpo(copy.deepcopy(model), zero, cfg.replace(loss='dfpo', aspect_weights={'polite': 1.0, 'relevant': 1.0}), tokenizer=tok)
+    c = train_dpo(copy.deepcopy(model), zero, cfg.replace(loss='dfpo', aspect_weights={'polite': 1.0, 'on_topic': 1.0}), tokenizer=tok)
     a2 = train_dpo(copy.deepcopy(model), zero, cfg.replace(beta=2 * cfg.beta), tokenizer=tok)
     assert [h['loss'] for h in a2.train_log] == pytest.approx([h['loss'] for h in c.train_log], abs=1e-6)
     # real pd and the default uniform weights 1/K change the objective
@@ -119,9 +121,9 @@ def test_dfpo_with_zero_pd_and_unit_weight_equals_dpo(tiny):
     with pytest.raises(ValueError, match="'pd'"):
         train_dpo(copy.deepcopy(model), [{k: v for k, v in r.items() if k != 'pd'} for r in rows], cfg.replace(loss='dfpo'), tokenizer=tok)
     bad = [dict(r) for r in rows]; bad[3]['pd'] = float('nan')
-    with pytest.raises(ValueError, match='demo-3'):
+    with pytest.raises(ValueError, match='polite-3'):
         train_dpo(copy.deepcopy(model), bad, cfg.replace(loss='dfpo'), tokenizer=tok)
-    with pytest.raises(ValueError, match='relevant'):
+    with pytest.raises(ValueError, match='on_topic'):
         train_dpo(copy.deepcopy(model), rows, cfg.replace(loss='dfpo', aspect_weights={'polite': 1.0}), tokenizer=tok)
     with pytest.raises(ValueError, match='uniform'):
         train_dpo(copy.deepcopy(model), rows, cfg.replace(loss='dfpo', aspect_weights=1.0), tokenizer=tok)
@@ -133,8 +135,9 @@ def test_dfpo_with_zero_pd_and_unit_weight_equals_dpo(tiny):
 def scored_world():
     "A synthetic 3-aspect world scored by an (untrained) tiny K-head reward model with weights 1:1:2, and a tiny policy."
     reward = pytest.importorskip('pd_align.reward')
-    world = reward.synthetic_pairs(12, seed=0)
-    rm, rtok = reward.tiny_reward_model(reward.SYNTHETIC_ASPECTS, reward.pair_texts(world), vocab_size=300, hidden_size=32, seed=1)
+    from pd_align.synthetic import synthetic_pairs, SYNTHETIC_ASPECTS
+    world = synthetic_pairs(12, seed=0)
+    rm, rtok = reward.tiny_reward_model(SYNTHETIC_ASPECTS, reward.pair_texts(world), vocab_size=300, hidden_size=32, seed=1)
     scored = reward.score_dataset(rm, rtok, world, weights={'polite': 1, 'on_topic': 1, 'positive': 2}, progress=False)
     texts = [t for r in world for t in (r['prompt'], r['chosen'], r['rejected'])]
     policy, ptok = tiny_model_and_tokenizer(texts, vocab_size=400, hidden_size=32)
@@ -246,7 +249,7 @@ def test_precomputed_reference_and_full_finetune(tiny, tmp_path):
     full = DPOConfig(**{**BASE, 'lora_r': None, 'lr': 1e-3}, max_steps=6)
     ft = train_dpo(copy.deepcopy(model), rows, full, tokenizer=tok, eval_dataset=rows[:16])
     assert not is_peft(ft.model) and ft.ref_model is not None
-    assert ft.train_log[-1]['loss'] < ft.train_log[0]['loss']
+    assert ft.eval_log[-1]['eval_loss'] < ft.train_log[0]['loss'] - 0.05  # it learned (one last batch's loss is noisy)
     e = evaluate_dpo(ft.model, tok, rows[:16], full, ref_model=ft.ref_model)
     assert abs(e['loss'] - ft.eval_log[-1]['eval_loss']) < 1e-5
     with pytest.raises(ValueError, match='ref_model'): evaluate_dpo(ft.model, tok, rows[:16], full)
@@ -281,7 +284,7 @@ def test_config_files_and_errors(tmp_path, tiny):
 
 
 def test_train_cli_jsonl_tiny(tmp_path):
-    rows = demo_pairs(16, seed=3)
+    rows = synthetic_pairs(8, seed=3, **DEMO)
     write_jsonl_atomic(tmp_path / 'pairs.jsonl', rows)
     (tmp_path / 'cfg.yaml').write_text('batch_size: 4\nlr: 1e-3\nlora_r: 4\n')
     res = train_cli(tmp_path / 'pairs.jsonl', 'tiny', config_path=tmp_path / 'cfg.yaml', out=tmp_path / 'run',
@@ -348,9 +351,10 @@ def test_win_rate_with_a_k_head_reward_model(tiny):
 DDP_SCRIPT = '''
 import json, os, sys, torch
 torch.set_num_threads(1)
-from pd_align.train import DPOConfig, train_dpo, demo_pairs
+from pd_align.train import DPOConfig, train_dpo
+from pd_align.synthetic import synthetic_pairs, DEMO
 from pd_align.tiny import tiny_model_and_tokenizer
-rows = demo_pairs(48, seed=0)
+rows = synthetic_pairs(24, seed=0, **DEMO)
 model, tok = tiny_model_and_tokenizer([r[k] for r in rows for k in ('prompt', 'chosen', 'rejected')], vocab_size=400, hidden_size=32)
 cfg = DPOConfig(**json.loads(sys.argv[1]))
 out = sys.argv[2]

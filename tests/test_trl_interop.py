@@ -10,7 +10,8 @@ from pd_align.data import from_records, write_jsonl_atomic
 from pd_align.losses import dpo_loss
 from pd_align.selection import select
 from pd_align.tiny import tiny_model_and_tokenizer, tiny_causal_lm
-from pd_align.train import DPOConfig, demo_pairs, tokenize_pairs, collate_pairs, pair_logps, train_dpo
+from pd_align.train import DPOConfig, tokenize_pairs, collate_pairs, pair_logps, train_dpo
+from pd_align.synthetic import synthetic_pairs, DEMO
 
 
 
@@ -18,7 +19,7 @@ from pd_align.train import DPOConfig, demo_pairs, tokenize_pairs, collate_pairs,
 @pytest.fixture(scope='module')
 def subset(tmp_path_factory):
     "The 25% most-negative-PD pairs of the demo set, as TRL-format JSONL, loaded back with `datasets`."
-    rows = demo_pairs(32, seed=0)
+    rows = synthetic_pairs(16, seed=0, **DEMO)
     sel = select(from_records(rows), method='pd', ratio=0.25)
     assert len(sel) == 8 and max(sel['pd']) <= sorted(r['pd'] for r in rows)[7]
     path = tmp_path_factory.mktemp('subset') / 'subset.jsonl'
