@@ -294,6 +294,8 @@ def test_select_budget_is_exact_for_every_method_ratio_and_split(sizes, pq, meth
     ds = Dataset.from_dict(dict(id=[f'x{i}' for i in range(n)], aspect=asp, pd=vals, margin=vals, holistic_margin=vals))
     out = selection.select(ds, method, p / q, seed=seed, per_aspect=per_aspect)
     assert len(out) == (n if method == 'full' else -(-p * n // q))
+    budgets = selection.per_aspect_budget(p / q, sizes, seed)  # the split itself, whatever `method` and `per_aspect` drew
+    assert sum(budgets) == -(-p * n // q) and all((p * m) // q <= b <= -(-p * m // q) for m, b in zip(sizes, budgets))
     if per_aspect and method != 'full':
         kept = list(out['aspect'])
         for j, m in enumerate(sizes): assert (p * m) // q <= kept.count(f'a{j}') <= -(-p * m // q), (j, m)
