@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
-from .data import atomic_write_json, aspect_index, get_aspects
+from .data import aspect_index, get_aspects
+from .io import atomic_write_json
 from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
@@ -505,7 +506,7 @@ def score_feature_heads_cli(data, # fine-grained pairs to score
                             rebuild:bool=False, progress:bool=True,
                            ) -> dict: # score.json content
     "Score every pair with feature heads (cross-fitted where they saw its prompt) and add PD."
-    from pd_align.data import save_dataset_atomic
+    from pd_align.io import save_dataset_atomic
     if len(data) == 0:
         raise ValueError('score: the dataset has no pairs')
     cfg = json.loads((Path(reward_model)/'feature_heads.json').read_text())
