@@ -36,7 +36,7 @@ def _unique(xs:Iterable) -> list:
 
 def get_aspects(ds # a fine-grained `Dataset` (or a list of records)
                ) -> list[str]: # the dataset's aspects
-    "Keys of the `chosen_scores` struct in feature order if present, else unique `aspect` values in order of first appearance."
+    "Keys of the `chosen_scores` struct in feature order if present, else the `aspect` values in first-seen order."
     if isinstance(ds, Dataset):
         if 'chosen_scores' in ds.column_names: return list(ds.features['chosen_scores'].keys())
         return _unique(ds['aspect']) if 'aspect' in ds.column_names else []
@@ -61,74 +61,137 @@ class RecordError(ValueError):
 
 def _handle(err:RecordError, on_error:str, skipped:collections.Counter):
     "Raise `err`, or count it in `skipped` when skipping."
-    if on_error == 'raise': raise err
+    if on_error == 'raise':
+        raise err
     skipped[err.reason] += 1
 
 def _log_skipped(what:str, counts:collections.Counter, total:int):
     "One-line summary of what was skipped."
     n = sum(counts.values())
-    if n: _log.warning(f"{what}: skipped {n} of {total}: " + ', '.join(f'{k}={v}' for k, v in sorted(counts.items())))
+    if n:
+        _log.warning(f"{what}: skipped {n} of {total}: " + ', '.join(f'{k}={v}' for k, v in sorted(counts.items())))
 
 # %% ../nbs/00b_data.ipynb #c009
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _has_known_scores(rec:Mapping) -> bool:
+    "True when a score mapping of `rec` holds at least one known (not None) value."
     return any(isinstance(rec.get(f), Mapping) and any(v is not None for v in rec[f].values()) for f in SCORE_FIELDS)
 
 def _check_utf8(v:str, index:int, rid, field:str):
     "Text Arrow can store: no lone surrogates (half an emoji escape in truncated scraped text)."
-    try: v.encode('utf-8')
-    except UnicodeEncodeError as e: raise RecordError('bad_unicode', index, rid, field, f'not valid unicode at character {e.start} ({e.reason})') from None
+    try:
+        v.encode('utf-8')
+    except UnicodeEncodeError as e:
+        detail = f'not valid unicode at character {e.start} ({e.reason})'
+        raise RecordError('bad_unicode', index, rid, field, detail) from None
 
-def _check_record(rec, index:int, allowed:set|None, strict:bool) -> dict:
-    "Validate one raw record; return its normalised copy or raise `RecordError`."
-    if not isinstance(rec, Mapping): raise RecordError('wrong_type', index, None, '<record>', f'expected a mapping, got {type(rec).__name__}')
+def _record_id(rec:Mapping, index:int) -> str|None:
+    "The record's `id` as a str, None when absent; any other type than str or int is a bad record."
     rid = rec.get('id')
     if rid is not None and not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise RecordError('wrong_type', index, rid, 'id', f'expected str, got {type(rid).__name__}')
-    rid = None if rid is None else str(rid)
-    out = dict(rec)
+    return None if rid is None else str(rid)
+
+def _check_texts(rec:Mapping, index:int, rid, allowed:set|None):
+    "Prompt, responses and aspect: present, strings, not blank, valid unicode; two different responses; a known aspect."
     for f in (*TEXT_FIELDS, 'aspect'):
         v = rec.get(f)
-        if v is None: raise RecordError('missing_field', index, rid, f, 'missing')
-        if not isinstance(v, str): raise RecordError('wrong_type', index, rid, f, f'expected str, got {type(v).__name__}')
-        if not v.strip(): raise RecordError('empty_text', index, rid, f, 'empty or whitespace only')
+        if v is None:
+            raise RecordError('missing_field', index, rid, f, 'missing')
+        if not isinstance(v, str):
+            raise RecordError('wrong_type', index, rid, f, f'expected str, got {type(v).__name__}')
+        if not v.strip():
+            raise RecordError('empty_text', index, rid, f, 'empty or whitespace only')
         _check_utf8(v, index, rid, f)
     if rec['chosen'].strip() == rec['rejected'].strip():
         raise RecordError('chosen_equals_rejected', index, rid, 'chosen', 'chosen and rejected are the same text')
     if allowed is not None and rec['aspect'] not in allowed:
         raise RecordError('unknown_aspect', index, rid, 'aspect', f'{rec["aspect"]!r} is not one of {sorted(allowed)}')
+
+def _check_source(rec:Mapping, index:int, rid) -> str:
+    "The record's `source`, '' when absent."
     src = rec.get('source')
-    if src is not None and not isinstance(src, str): raise RecordError('wrong_type', index, rid, 'source', f'expected str, got {type(src).__name__}')
-    if src: _check_utf8(src, index, rid, 'source')
-    if rid is not None: _check_utf8(rid, index, None, 'id')
-    out['source'] = src or ''
+    if src is not None and not isinstance(src, str):
+        raise RecordError('wrong_type', index, rid, 'source', f'expected str, got {type(src).__name__}')
+    if src:
+        _check_utf8(src, index, rid, 'source')
+    return src or ''
+
+# %% ../nbs/00b_data.ipynb #c009a
+def _given_scores(rec:Mapping, index:int, rid) -> list[str]:
+    "The score fields `rec` carries: none or both."
     given = [f for f in SCORE_FIELDS if rec.get(f) is not None]
     if len(given) == 1:
         other = SCORE_FIELDS[1 - SCORE_FIELDS.index(given[0])]
         raise RecordError('missing_field', index, rid, other, f'{given[0]} is given but {other} is not')
+    return given
+
+def _score_value(v, index:int, rid, field:str) -> float|None:
+    "One score: a finite number (as a float) or None for unknown."
+    if v is None:
+        return None
+    if not _is_number(v):
+        raise RecordError('wrong_type', index, rid, field, f'expected a number or None, got {type(v).__name__}')
+    if not math.isfinite(v):
+        raise RecordError('nan_score', index, rid, field, f'score is {v} (use None for unknown)')
+    return float(v)
+
+def _check_scores(rec:Mapping, f:str, index:int, rid, allowed:set|None) -> dict:
+    "The score mapping `rec[f]` checked and normalised to {aspect: float or None}."
+    sc = rec[f]
+    if not isinstance(sc, Mapping):
+        raise RecordError('wrong_type', index, rid, f, f'expected a mapping aspect->score, got {type(sc).__name__}')
+    clean = {}
+    for k, v in sc.items():
+        if not isinstance(k, str):
+            raise RecordError('wrong_type', index, rid, f, f'aspect key {k!r} is not a str')
+        if allowed is not None and k not in allowed:
+            raise RecordError('unknown_aspect', index, rid, f'{f}.{k}', f'{k!r} is not one of {sorted(allowed)}')
+        clean[k] = _score_value(v, index, rid, f'{f}.{k}')
+    return clean
+
+def _check_strict(out:dict, index:int, rid):
+    "The labelled aspect's two scores are known and strictly prefer the chosen response."
+    a = out['aspect']
+    c, r = out['chosen_scores'].get(a), out['rejected_scores'].get(a)
+    for f, v in (('chosen_scores', c), ('rejected_scores', r)):
+        if v is None:
+            raise RecordError('missing_score', index, rid, f'{f}.{a}', f'the labelled aspect {a!r} has no score')
+    if c == r:
+        detail = f'tie on the labelled aspect ({c} == {r}): no strict preference'
+        raise RecordError('tie', index, rid, f'chosen_scores.{a}', detail)
+    if c < r:
+        detail = f'the scores prefer the rejected response ({c} < {r})'
+        raise RecordError('score_order', index, rid, f'chosen_scores.{a}', detail)
+
+def _check_record(rec, index:int, allowed:set|None, strict:bool) -> dict:
+    "Validate one raw record; return its normalised copy or raise `RecordError`."
+    if not isinstance(rec, Mapping):
+        raise RecordError('wrong_type', index, None, '<record>', f'expected a mapping, got {type(rec).__name__}')
+    rid = _record_id(rec, index)
+    _check_texts(rec, index, rid, allowed)
+    out = dict(rec, source=_check_source(rec, index, rid))
+    if rid is not None:
+        _check_utf8(rid, index, None, 'id')
+    given = _given_scores(rec, index, rid)
     for f in given:
-        sc = rec[f]
-        if not isinstance(sc, Mapping): raise RecordError('wrong_type', index, rid, f, f'expected a mapping aspect->score, got {type(sc).__name__}')
-        clean = {}
-        for k, v in sc.items():
-            if not isinstance(k, str): raise RecordError('wrong_type', index, rid, f, f'aspect key {k!r} is not a str')
-            if allowed is not None and k not in allowed:
-                raise RecordError('unknown_aspect', index, rid, f'{f}.{k}', f'{k!r} is not one of {sorted(allowed)}')
-            if v is not None and not _is_number(v): raise RecordError('wrong_type', index, rid, f'{f}.{k}', f'expected a number or None, got {type(v).__name__}')
-            if v is not None and not math.isfinite(v): raise RecordError('nan_score', index, rid, f'{f}.{k}', f'score is {v} (use None for unknown)')
-            clean[k] = None if v is None else float(v)
-        out[f] = clean
+        out[f] = _check_scores(rec, f, index, rid, allowed)
     if strict and given and _has_known_scores(out):
-        a = rec['aspect']
-        c, r = out['chosen_scores'].get(a), out['rejected_scores'].get(a)
-        for f, v in (('chosen_scores', c), ('rejected_scores', r)):
-            if v is None: raise RecordError('missing_score', index, rid, f'{f}.{a}', f'the labelled aspect {a!r} has no score')
-        if c == r: raise RecordError('tie', index, rid, f'chosen_scores.{a}', f'tie on the labelled aspect ({c} == {r}): no strict preference')
-        if c < r: raise RecordError('score_order', index, rid, f'chosen_scores.{a}', f'the scores prefer the rejected response ({c} < {r})')
+        _check_strict(out, index, rid)
     return out
 
 # %% ../nbs/00b_data.ipynb #c010
+def _validate_one(rec, i:int, allowed:set|None, strict:bool, seen:dict) -> dict:
+    "Check record `i`; its id ('rec-<i>' when absent) must not be one of the ids `seen` so far (id -> index)."
+    out = _check_record(rec, i, allowed, strict)
+    rid = out['id'] = f'rec-{i}' if out.get('id') is None else str(out['id'])
+    if rid in seen:
+        detail = f'duplicate id: records {seen[rid]} and {i} both have id {rid!r}'
+        raise RecordError('duplicate_id', i, rid, 'id', detail)
+    seen[rid] = i
+    return out
+
 def _validate_records(records:Sequence, aspects:Sequence[str]|None, on_error:str, skipped:collections.Counter|None,
                       strict:bool, what:str) -> tuple[list[dict], list[int]]:
     "Validate raw records; returns the normalised good ones and their indices."
@@ -139,22 +202,22 @@ def _validate_records(records:Sequence, aspects:Sequence[str]|None, on_error:str
     good, idx, seen = [], [], {}
     for i, rec in enumerate(records):
         try:
-            out = _check_record(rec, i, allowed, strict)
-            if out.get('id') is None: out['id'] = f'rec-{i}'
-            rid = out['id'] = str(out['id'])
-            if rid in seen:
-                raise RecordError('duplicate_id', i, rid, 'id', f'duplicate id: records {seen[rid]} and {i} both have id {rid!r}')
-            seen[rid] = i
+            out = _validate_one(rec, i, allowed, strict, seen)
         except RecordError as e:
-            _handle(e, on_error, skipped); continue
-        good.append(out); idx.append(i)
+            _handle(e, on_error, skipped)
+            continue
+        good.append(out)
+        idx.append(i)
     _log_skipped(what, skipped - before, len(records))
     return good, idx
 
 # %% ../nbs/00b_data.ipynb #c011
 def _as_records(ds_or_records) -> list:
-    if isinstance(ds_or_records, Dataset): return ds_or_records.to_list()
-    if isinstance(ds_or_records, Mapping): raise TypeError('expected a Dataset or a sequence of records, got a single mapping')
+    "A `Dataset` or a sequence of records as a list of records; a single mapping is a TypeError."
+    if isinstance(ds_or_records, Dataset):
+        return ds_or_records.to_list()
+    if isinstance(ds_or_records, Mapping):
+        raise TypeError('expected a Dataset or a sequence of records, got a single mapping')
     return list(ds_or_records)
 
 def validate(ds_or_records, # a `Dataset` or a sequence of record dicts
@@ -177,7 +240,7 @@ def _features(aspects:Sequence[str]|None) -> Features:
     return Features(f)
 
 def from_records(records, # a sequence of record dicts (or a `Dataset`)
-                 aspects:Sequence[str]|None=None, # the dataset's aspects (score struct keys, in order); default inferred
+                 aspects:Sequence[str]|None=None, # the dataset's aspects (score struct keys, in order); None: inferred
                  on_error:str='raise', # 'raise' or 'skip' (see the table above)
                  skipped:collections.Counter|None=None, # counts per reason of skipped records
                  strict:bool=True, # records with scores must strictly prefer `chosen` on their own aspect
@@ -232,7 +295,8 @@ def aspect_index(ds:Dataset, # a fine-grained dataset
     pos = {a: j for j, a in enumerate(aspects)}
     out = []
     for i, (a, rid) in enumerate(zip(ds['aspect'], ds['id'])):
-        if a not in pos: raise ValueError(f"record {i} (id={rid!r}): field 'aspect': {a!r} is not one of {aspects} [unknown_aspect]")
+        if a not in pos:
+            raise ValueError(f"record {i} (id={rid!r}): field 'aspect': {a!r} is not one of {aspects} [unknown_aspect]")
         out.append(pos[a])
     return torch.tensor(out, dtype=torch.long)
 
@@ -243,8 +307,10 @@ def aggregate(sub_datasets:Mapping[str, Dataset], # {aspect: fine-grained sub-da
     if not sub_datasets: raise ValueError('aggregate: no sub-datasets given')
     aspects, rows = {}, []
     for key, sub in sub_datasets.items():
-        if not isinstance(key, str) or not key.strip(): raise ValueError(f'aggregate: aspect key {key!r} must be a non-empty str')
-        if not isinstance(sub, Dataset): raise ValueError(f'aggregate: sub-dataset {key!r} must be a datasets.Dataset, got {type(sub).__name__}')
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f'aggregate: aspect key {key!r} must be a non-empty str')
+        if not isinstance(sub, Dataset):
+            raise ValueError(f'aggregate: sub-dataset {key!r} must be a datasets.Dataset, got {type(sub).__name__}')
         if 'chosen_scores' in sub.column_names: aspects.update(dict.fromkeys(get_aspects(sub)))
         aspects[key] = None
         for r in sub.to_list(): rows.append({**r, 'aspect': key, 'id': f'{key}/{r["id"]}'})
@@ -256,28 +322,43 @@ def _rows(rows) -> list:
     if isinstance(rows, (str, Path)): return read_jsonl(rows)
     return _as_records(rows)
 
-def _progress(xs:list, desc:str): return tqdm(xs, desc=desc, leave=False, disable=len(xs) < 2000)
+def _progress(xs:list, desc:str):
+    "A progress bar over `xs`, drawn only for 2000 rows or more."
+    return tqdm(xs, desc=desc, leave=False, disable=len(xs) < 2000)
 
 def _row_field(row, i:int, field:str, kind=str, rid=None):
     "`row[field]` checked for presence and type, else a `RecordError` naming row `i`."
-    if not isinstance(row, Mapping): raise RecordError('wrong_type', i, rid, '<row>', f'expected a mapping, got {type(row).__name__}')
+    if not isinstance(row, Mapping):
+        raise RecordError('wrong_type', i, rid, '<row>', f'expected a mapping, got {type(row).__name__}')
     v = row.get(field)
-    if v is None: raise RecordError('missing_field', i, rid, field, 'missing')
-    if not isinstance(v, kind) or isinstance(v, bool): raise RecordError('wrong_type', i, rid, field, f'expected {getattr(kind, "__name__", kind)}, got {type(v).__name__}')
+    if v is None:
+        raise RecordError('missing_field', i, rid, field, 'missing')
+    if not isinstance(v, kind) or isinstance(v, bool):
+        detail = f'expected {getattr(kind, "__name__", kind)}, got {type(v).__name__}'
+        raise RecordError('wrong_type', i, rid, field, detail)
     return v
 
 def _uf_rating(v, i, field):
     "An UltraFeedback rating: '1'..'5' (or a number) -> float, 'N/A' -> None."
     if isinstance(v, str):
-        v = v.strip()
-        if v.upper() in ('N/A', 'NA', ''): return None
-        try: x = float(v)
-        except ValueError: raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a number or "N/A"') from None
-        if not math.isfinite(x): raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a finite number or "N/A"')
-        return x
-    if _is_number(v) and math.isfinite(v): return float(v)
-    if v is None: return None
+        return _uf_rating_text(v.strip(), i, field)
+    if _is_number(v) and math.isfinite(v):
+        return float(v)
+    if v is None:
+        return None
     raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a number or "N/A"')
+
+def _uf_rating_text(v:str, i:int, field:str) -> float|None:
+    "A rating given as text: '1'..'5' -> float, 'N/A' (or empty) -> None."
+    if v.upper() in ('N/A', 'NA', ''):
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a number or "N/A"') from None
+    if not math.isfinite(x):
+        raise RecordError('wrong_type', i, None, field, f'rating {v!r} is not a finite number or "N/A"')
+    return x
 
 def _uf_completions(row, i:int, stats:collections.Counter) -> list[tuple[str, dict]]:
     "(response, {aspect: rating or None}) for each completion of UltraFeedback row `i`."
@@ -286,42 +367,91 @@ def _uf_completions(row, i:int, stats:collections.Counter) -> list[tuple[str, di
     out = []
     for j, c in enumerate(comps):
         base = f'completions[{j}]'
-        if not isinstance(c, Mapping): raise RecordError('wrong_type', i, None, base, 'expected a mapping')
+        if not isinstance(c, Mapping):
+            raise RecordError('wrong_type', i, None, base, 'expected a mapping')
         resp = c.get('response')
-        if not isinstance(resp, str): raise RecordError('missing_field' if resp is None else 'wrong_type', i, None, f'{base}.response', 'missing or not a str')
+        if not isinstance(resp, str):
+            reason = 'missing_field' if resp is None else 'wrong_type'
+            raise RecordError(reason, i, None, f'{base}.response', 'missing or not a str')
         ann = c.get('annotations')
-        if not isinstance(ann, Mapping): raise RecordError('missing_field', i, None, f'{base}.annotations', 'missing or not a mapping')
-        ratings = {}
-        for a in ULTRAFEEDBACK_ASPECTS:
-            x = ann.get(a)
-            if isinstance(x, list) and x: x = x[0]  # the raw GitHub release stores a one-element list per aspect
-            if not isinstance(x, Mapping) or x.get('Rating') is None:  # no annotation: unknown, like "N/A", but counted apart
-                stats[f'missing_rating:{a}'] += 1; ratings[a] = None; continue
-            ratings[a] = _uf_rating(x['Rating'], i, f'{base}.annotations.{a}.Rating')
-        out.append((resp, ratings))
+        if not isinstance(ann, Mapping):
+            raise RecordError('missing_field', i, None, f'{base}.annotations', 'missing or not a mapping')
+        out.append((resp, _uf_ratings(ann, i, base, stats)))
     return out
 
+def _uf_ratings(ann:Mapping, i:int, base:str, stats:collections.Counter) -> dict:
+    "{aspect: rating or None} from one completion's annotations."
+    ratings = {}
+    for a in ULTRAFEEDBACK_ASPECTS:
+        x = ann.get(a)
+        if isinstance(x, list) and x: x = x[0]  # the raw GitHub release stores a one-element list per aspect
+        if isinstance(x, Mapping) and x.get('Rating') is not None:
+            ratings[a] = _uf_rating(x['Rating'], i, f'{base}.annotations.{a}.Rating')
+        else: # no annotation: unknown, like "N/A", but counted apart
+            stats[f'missing_rating:{a}'] += 1
+            ratings[a] = None
+    return ratings
+
 # %% ../nbs/00b_data.ipynb #c029
-def _uf_pairs(ratings:list[dict], texts:list[str], aspect:str, pairing:str, rng:random.Random, stats:collections.Counter) -> list[tuple[int, int]]:
+def _uf_all_pairs(ratings:list[dict], texts:list[str], rated:list[int], aspect:str, stats:collections.Counter) -> list:
+    "Every pair of rated completions with different ratings on `aspect` and different texts, higher rating first."
+    pairs = []
+    for x in range(len(rated)):
+        for y in range(x + 1, len(rated)):
+            a, b = rated[x], rated[y]
+            if texts[a].strip() == texts[b].strip():
+                stats['same_response'] += 1
+            elif ratings[a][aspect] == ratings[b][aspect]:
+                stats[f'tie:{aspect}'] += 1
+            else:
+                pairs.append((a, b) if ratings[a][aspect] > ratings[b][aspect] else (b, a))
+    return pairs
+
+def _uf_best_pair(ratings:list[dict], texts:list[str], rated:list[int], aspect:str, rng:random.Random,
+                  stats:collections.Counter) -> list:
+    "The best completion on `aspect` (the first of equals) and a random strictly lower-rated one with another text."
+    if len(rated) < 2:
+        return []
+    best = max(rated, key=lambda j: (ratings[j][aspect], -j))
+    lower = [j for j in rated if ratings[j][aspect] < ratings[best][aspect]]
+    same = [j for j in lower if texts[j].strip() == texts[best].strip()]
+    if same:
+        stats['same_response'] += len(same)
+        lower = [j for j in lower if j not in same]
+    if not lower:
+        stats[f'tie:{aspect}'] += 1
+        return []
+    return [(best, rng.choice(lower))]
+
+def _uf_pairs(ratings:list[dict], # {aspect: rating or None} per completion
+              texts:list[str], # the completions' responses
+              aspect:str, pairing:str, rng:random.Random, stats:collections.Counter,
+             ) -> list[tuple[int, int]]: # (chosen, rejected) completion indices
     "(chosen, rejected) completion indices for one aspect of one row."
     rated = [j for j, r in enumerate(ratings) if r[aspect] is not None]
     stats[f'na:{aspect}'] += len(ratings) - len(rated)
     if pairing == 'all_pairs':
-        pairs = []
-        for x in range(len(rated)):
-            for y in range(x + 1, len(rated)):
-                a, b = rated[x], rated[y]
-                if texts[a].strip() == texts[b].strip(): stats['same_response'] += 1
-                elif ratings[a][aspect] == ratings[b][aspect]: stats[f'tie:{aspect}'] += 1
-                else: pairs.append((a, b) if ratings[a][aspect] > ratings[b][aspect] else (b, a))
-        return pairs
-    if len(rated) < 2: return []
-    best = max(rated, key=lambda j: (ratings[j][aspect], -j))
-    lower = [j for j in rated if ratings[j][aspect] < ratings[best][aspect]]
-    same = [j for j in lower if texts[j].strip() == texts[best].strip()]
-    if same: stats['same_response'] += len(same); lower = [j for j in lower if j not in same]
-    if not lower: stats[f'tie:{aspect}'] += 1; return []
-    return [(best, rng.choice(lower))]
+        return _uf_all_pairs(ratings, texts, rated, aspect, stats)
+    return _uf_best_pair(ratings, texts, rated, aspect, rng, stats)
+
+def _uf_records(row:Mapping, i:int, comps:list, aspects:list[str], pairing:str, seed:int, stats, source:str) -> list:
+    "Fine-grained records of UltraFeedback row `i`: the pairs of each aspect, all ratings kept as scores."
+    ratings, texts, recs = [r for _, r in comps], [t for t, _ in comps], []
+    for a in aspects:
+        for cj, rj in _uf_pairs(ratings, texts, a, pairing, random.Random(f'{seed}-{i}-{a}'), stats):
+            stats[f'pairs:{a}'] += 1
+            recs.append(dict(id=f'uf-{i}-{a}-{cj}-{rj}', prompt=row['instruction'], chosen=texts[cj],
+                             rejected=texts[rj], aspect=a, chosen_scores=dict(ratings[cj]),
+                             rejected_scores=dict(ratings[rj]), source=source))
+    return recs
+
+def _known_aspects(aspects:Sequence[str]|None, known:list[str], what:str) -> list[str]:
+    "`aspects` (default: all of `known`), each one of `known`."
+    aspects = list(known if aspects is None else aspects)
+    bad = [a for a in aspects if a not in known]
+    if bad:
+        raise ValueError(f'aspects: {bad} are not {what} {known}')
+    return aspects
 
 def from_ultrafeedback(rows, # openbmb/UltraFeedback rows (list, Dataset or .jsonl path)
                        aspects:Sequence[str]|None=None, # aspects to build pairs for (default all four)
@@ -333,26 +463,68 @@ def from_ultrafeedback(rows, # openbmb/UltraFeedback rows (list, Dataset or .jso
                       ) -> Dataset:
     "Per-aspect pairs from UltraFeedback's fine-grained ratings; all four ratings kept as scores."
     check_on_error(on_error)
-    if pairing not in ('best_vs_random', 'all_pairs'): raise ValueError(f"pairing must be 'best_vs_random' or 'all_pairs', got {pairing!r}")
-    aspects = list(ULTRAFEEDBACK_ASPECTS if aspects is None else aspects)
-    bad = [a for a in aspects if a not in ULTRAFEEDBACK_ASPECTS]
-    if bad: raise ValueError(f'aspects: {bad} are not UltraFeedback aspects {ULTRAFEEDBACK_ASPECTS}')
+    if pairing not in ('best_vs_random', 'all_pairs'):
+        raise ValueError(f"pairing must be 'best_vs_random' or 'all_pairs', got {pairing!r}")
+    aspects = _known_aspects(aspects, ULTRAFEEDBACK_ASPECTS, 'UltraFeedback aspects')
     skipped = collections.Counter() if skipped is None else skipped
     stats = collections.Counter() if stats is None else stats
     rows, before, recs = _rows(rows), collections.Counter(skipped), []
     for i, row in enumerate(_progress(rows, 'UltraFeedback')):
-        try: comps = _uf_completions(row, i, stats)
-        except RecordError as e: _handle(e, on_error, skipped); continue
-        ratings = [r for _, r in comps]
-        for a in aspects:
-            for cj, rj in _uf_pairs(ratings, [t for t, _ in comps], a, pairing, random.Random(f'{seed}-{i}-{a}'), stats):
-                stats[f'pairs:{a}'] += 1
-                recs.append(dict(id=f'uf-{i}-{a}-{cj}-{rj}', prompt=row['instruction'], chosen=comps[cj][0], rejected=comps[rj][0],
-                                 aspect=a, chosen_scores=dict(ratings[cj]), rejected_scores=dict(ratings[rj]), source=source))
+        try:
+            comps = _uf_completions(row, i, stats)
+        except RecordError as e:
+            _handle(e, on_error, skipped)
+            continue
+        recs += _uf_records(row, i, comps, aspects, pairing, seed, stats, source)
     _log_skipped('from_ultrafeedback rows', skipped - before, len(rows))
     return from_records(recs, aspects=ULTRAFEEDBACK_ASPECTS, on_error=on_error, skipped=skipped)
 
 # %% ../nbs/00b_data.ipynb #c033
+def _hs_scores(row:Mapping, i:int) -> dict:
+    "The five HelpSteer ratings of row `i` as floats; a missing, non-numeric or NaN one makes a bad record."
+    scores = {}
+    for a in HELPSTEER_ASPECTS:
+        v = row.get(a)
+        if v is None:
+            raise RecordError('missing_score', i, None, a, 'rating missing')
+        if not _is_number(v):
+            raise RecordError('wrong_type', i, None, a, f'expected a number, got {type(v).__name__}')
+        if not math.isfinite(v):
+            raise RecordError('nan_score', i, None, a, f'rating is {v}')
+        scores[a] = float(v)
+    return scores
+
+def _hs_groups(rows:list, on_error:str, skipped:collections.Counter, source:str) -> dict:
+    "{prompt: [(row index, response, scores), ...]} in order of first appearance; bad rows raised or counted."
+    before, groups = collections.Counter(skipped), {}
+    for i, row in enumerate(_progress(rows, 'HelpSteer')):
+        try:
+            prompt, resp = _row_field(row, i, 'prompt'), _row_field(row, i, 'response')
+            scores = _hs_scores(row, i)
+        except RecordError as e:
+            _handle(e, on_error, skipped)
+            continue
+        groups.setdefault(prompt, []).append((i, resp, scores))
+    _log_skipped(f'from_{source} rows', skipped - before, len(rows))
+    return groups
+
+def _hs_pair_records(prompt:str, first:tuple, second:tuple, aspects:list[str], stats, source:str) -> list:
+    "Records for two responses to one prompt: one per attribute whose ratings differ, the higher-rated chosen."
+    (ia, ra, sa), (ib, rb, sb) = first, second
+    if ra.strip() == rb.strip():
+        stats['same_response_pairs'] += 1
+        return []
+    recs = []
+    for a in aspects:
+        if sa[a] == sb[a]:
+            stats[f'tie:{a}'] += 1
+            continue
+        (_, rc, sc), (_, rr, sr) = (first, second) if sa[a] > sb[a] else (second, first)
+        stats[f'pairs:{a}'] += 1
+        recs.append(dict(id=f'{source}-{ia}-{ib}-{a}', prompt=prompt, chosen=rc, rejected=rr, aspect=a,
+                         chosen_scores=dict(sc), rejected_scores=dict(sr), source=source))
+    return recs
+
 def from_helpsteer2(rows, # HelpSteer2 / HelpSteer rows (list, Dataset or .jsonl path)
                     aspects:Sequence[str]|None=None, # attributes to build pairs for (default all five)
                     on_error:str='raise', skipped:collections.Counter|None=None,
@@ -361,39 +533,15 @@ def from_helpsteer2(rows, # HelpSteer2 / HelpSteer rows (list, Dataset or .jsonl
                    ) -> Dataset:
     "All within-prompt pairs per attribute (higher rating chosen, ties skipped and counted); all five ratings kept."
     check_on_error(on_error)
-    aspects = list(HELPSTEER_ASPECTS if aspects is None else aspects)
-    bad = [a for a in aspects if a not in HELPSTEER_ASPECTS]
-    if bad: raise ValueError(f'aspects: {bad} are not HelpSteer attributes {HELPSTEER_ASPECTS}')
+    aspects = _known_aspects(aspects, HELPSTEER_ASPECTS, 'HelpSteer attributes')
     skipped = collections.Counter() if skipped is None else skipped
     stats = collections.Counter() if stats is None else stats
-    rows, before, groups = _rows(rows), collections.Counter(skipped), {}
-    for i, row in enumerate(_progress(rows, 'HelpSteer')):
-        try:
-            prompt, resp = _row_field(row, i, 'prompt'), _row_field(row, i, 'response')
-            scores = {}
-            for a in HELPSTEER_ASPECTS:
-                v = row.get(a)
-                if v is None: raise RecordError('missing_score', i, None, a, 'rating missing')
-                if not _is_number(v): raise RecordError('wrong_type', i, None, a, f'expected a number, got {type(v).__name__}')
-                if not math.isfinite(v): raise RecordError('nan_score', i, None, a, f'rating is {v}')
-                scores[a] = float(v)
-        except RecordError as e: _handle(e, on_error, skipped); continue
-        groups.setdefault(prompt, []).append((i, resp, scores))
-    _log_skipped(f'from_{source} rows', skipped - before, len(rows))
     recs = []
-    for prompt, g in groups.items():
+    for prompt, g in _hs_groups(_rows(rows), on_error, skipped, source).items():
         stats['prompts'] += 1
         if len(g) == 1: stats['single_response_prompts'] += 1
-        for x in range(len(g)):
-            for y in range(x + 1, len(g)):
-                (ia, ra, sa), (ib, rb, sb) = g[x], g[y]
-                if ra.strip() == rb.strip(): stats['same_response_pairs'] += 1; continue
-                for a in aspects:
-                    if sa[a] == sb[a]: stats[f'tie:{a}'] += 1; continue
-                    (ic, rc, sc), (ir, rr, sr) = (g[x], g[y]) if sa[a] > sb[a] else (g[y], g[x])
-                    stats[f'pairs:{a}'] += 1
-                    recs.append(dict(id=f'{source}-{ia}-{ib}-{a}', prompt=prompt, chosen=rc, rejected=rr, aspect=a,
-                                     chosen_scores=dict(sc), rejected_scores=dict(sr), source=source))
+        for x, y in itertools.combinations(range(len(g)), 2):
+            recs += _hs_pair_records(prompt, g[x], g[y], aspects, stats, source)
     return from_records(recs, aspects=HELPSTEER_ASPECTS, on_error=on_error, skipped=skipped)
 
 # %% ../nbs/00b_data.ipynb #c039
@@ -409,35 +557,67 @@ def messages_to_text(messages:Sequence[Mapping], # [{'role': ..., 'content': str
     return ''.join(_render_message(m) for m in messages) + (ASSISTANT if add_generation_prompt else '')
 
 def _check_messages(msgs, i, rid, field):
-    if not isinstance(msgs, list) or not msgs: raise RecordError('wrong_type' if msgs else 'empty_text', i, rid, field, 'expected a non-empty list of messages')
+    "A non-empty list of {'role': str, 'content': str}, else a `RecordError` naming the message."
+    if not isinstance(msgs, list) or not msgs:
+        reason = 'wrong_type' if msgs else 'empty_text'
+        raise RecordError(reason, i, rid, field, 'expected a non-empty list of messages')
     for j, m in enumerate(msgs):
         if not isinstance(m, Mapping) or not isinstance(m.get('role'), str) or not isinstance(m.get('content'), str):
             raise RecordError('wrong_type', i, rid, f'{field}[{j}]', 'expected {"role": str, "content": str}')
 
 def _response_text(msgs, i, rid, field) -> str:
+    "A response given as messages: it starts with an assistant turn, rendered as ' ' + content, then the template."
     _check_messages(msgs, i, rid, field)
-    if msgs[0]['role'] != 'assistant': raise RecordError('wrong_type', i, rid, f'{field}[0].role', f"the response must start with an assistant message, got {msgs[0]['role']!r}")
+    if msgs[0]['role'] != 'assistant':
+        detail = f"the response must start with an assistant message, got {msgs[0]['role']!r}"
+        raise RecordError('wrong_type', i, rid, f'{field}[0].role', detail)
     return ' ' + msgs[0]['content'] + messages_to_text(msgs[1:])
+
+def _implicit_prompt(c:list, r:list, i:int, rid) -> tuple[list, list, list]:
+    "Split two whole conversations into their shared leading messages (up to an assistant turn) and the responses."
+    _check_messages(c, i, rid, 'chosen')
+    _check_messages(r, i, rid, 'rejected')
+    n = 0
+    while n < min(len(c), len(r)) and c[n] == r[n]: n += 1
+    while n > 0 and c[n - 1]['role'] == 'assistant': n -= 1  # the prompt ends before an assistant turn
+    if n == 0:
+        detail = 'no shared leading messages (implicit prompt) in chosen and rejected'
+        raise RecordError('missing_field', i, rid, 'prompt', detail)
+    return c[:n], c[n:], r[n:]
 
 def _trl_texts(row:Mapping, i:int, rid) -> tuple[str, str, str]:
     "(prompt, chosen, rejected) text of one TRL row, plain or conversational."
     for f in ('chosen', 'rejected'):
-        if row.get(f) is None: raise RecordError('missing_field', i, rid, f, 'missing')
+        if row.get(f) is None:
+            raise RecordError('missing_field', i, rid, f, 'missing')
     p, c, r = row.get('prompt'), row['chosen'], row['rejected']
     if p is None:
-        if not (isinstance(c, list) and isinstance(r, list)): raise RecordError('missing_field', i, rid, 'prompt', 'missing (plain-text rows need a prompt; use from_hh for full transcripts)')
-        _check_messages(c, i, rid, 'chosen'); _check_messages(r, i, rid, 'rejected')
-        n = 0
-        while n < min(len(c), len(r)) and c[n] == r[n]: n += 1
-        while n > 0 and c[n - 1]['role'] == 'assistant': n -= 1  # the prompt ends before an assistant turn
-        if n == 0: raise RecordError('missing_field', i, rid, 'prompt', 'no shared leading messages (implicit prompt) in chosen and rejected')
-        p, c, r = c[:n], c[n:], r[n:]
+        if not (isinstance(c, list) and isinstance(r, list)):
+            detail = 'missing (plain-text rows need a prompt; use from_hh for full transcripts)'
+            raise RecordError('missing_field', i, rid, 'prompt', detail)
+        p, c, r = _implicit_prompt(c, r, i, rid)
     if isinstance(p, list):
         _check_messages(p, i, rid, 'prompt')
-        return messages_to_text(p, add_generation_prompt=True), _response_text(c, i, rid, 'chosen'), _response_text(r, i, rid, 'rejected')
+        prompt = messages_to_text(p, add_generation_prompt=True)
+        return prompt, _response_text(c, i, rid, 'chosen'), _response_text(r, i, rid, 'rejected')
     c = _response_text(c, i, rid, 'chosen')[1:] if isinstance(c, list) else c
     r = _response_text(r, i, rid, 'rejected')[1:] if isinstance(r, list) else r
     return p, c, r
+
+def _trl_record(row, i:int, rid:str, aspect:str|None, aspect_column:str, source:str) -> dict:
+    "One fine-grained record from TRL row `i` (scores copied when the row has them)."
+    if not isinstance(row, Mapping):
+        raise RecordError('wrong_type', i, rid, '<row>', 'expected a mapping')
+    p, c, r = _trl_texts(row, i, rid)
+    a = aspect if aspect is not None else row.get(aspect_column)
+    if a is None:
+        detail = 'no aspect: pass aspect= or give the rows an aspect column'
+        raise RecordError('missing_field', i, rid, aspect_column, detail)
+    src = row.get('source') if isinstance(row.get('source'), str) else source
+    rec = dict(id=rid, prompt=p, chosen=c, rejected=r, aspect=a, source=src)
+    for f in SCORE_FIELDS:
+        if row.get(f) is not None: rec[f] = row[f]
+    return rec
 
 def from_trl(rows, # TRL preference rows: prompt/chosen/rejected, plain strings or message lists
              aspect:str|None=None, # constant aspect for every row (wins over the column)
@@ -455,16 +635,11 @@ def from_trl(rows, # TRL preference rows: prompt/chosen/rejected, plain strings 
     for i, row in enumerate(_progress(rows, 'TRL')):
         rid = str(row['id']) if isinstance(row, Mapping) and row.get('id') is not None else f'{source}-{i}'
         try:
-            if not isinstance(row, Mapping): raise RecordError('wrong_type', i, rid, '<row>', 'expected a mapping')
-            p, c, r = _trl_texts(row, i, rid)
-            a = aspect if aspect is not None else row.get(aspect_column)
-            if a is None: raise RecordError('missing_field', i, rid, aspect_column, 'no aspect: pass aspect= or give the rows an aspect column')
-        except RecordError as e: _handle(e, on_error, skipped); continue
+            recs.append(_trl_record(row, i, rid, aspect, aspect_column, source))
+        except RecordError as e:
+            _handle(e, on_error, skipped)
+            continue
         stats['conversational' if isinstance(row.get('chosen'), list) else 'plain'] += 1
-        rec = dict(id=rid, prompt=p, chosen=c, rejected=r, aspect=a, source=row.get('source') if isinstance(row.get('source'), str) else source)
-        for f in SCORE_FIELDS:
-            if row.get(f) is not None: rec[f] = row[f]
-        recs.append(rec)
     _log_skipped('from_trl rows', skipped - before, len(rows))
     return from_records(recs, on_error=on_error, skipped=skipped, strict=strict)
 
@@ -484,6 +659,20 @@ def split_hh(chosen:str, # full chosen transcript
     n = k + len(ASSISTANT)
     return chosen[:n], chosen[n:], rejected[n:], True
 
+def _hh_record(row, i:int, rid:str, aspect:str, mismatch:str, stats:collections.Counter, source:str) -> dict:
+    "One fine-grained record from HH row `i`; transcripts that differ before the last turn are counted or refused."
+    c, r = _row_field(row, i, 'chosen', rid=rid), _row_field(row, i, 'rejected', rid=rid)
+    try:
+        p, rc, rr, differed = split_hh(c, r)
+    except ValueError as e:
+        raise RecordError('hh_split', i, rid, 'chosen', str(e)) from None
+    if differed and mismatch == 'error':
+        detail = 'chosen and rejected differ before the last Assistant turn'
+        raise RecordError('hh_prefix_mismatch', i, rid, 'rejected', detail)
+    if differed:
+        stats['hh_prefix_mismatch'] += 1
+    return dict(id=rid, prompt=p, chosen=rc, rejected=rr, aspect=aspect, source=source)
+
 def from_hh(rows, # Anthropic HH rows with full `chosen`/`rejected` transcripts
             aspect:str, # the aspect these pairs were labelled on, e.g. 'helpful' or 'harmless'
             mismatch:str='common', # 'common' (keep, count) or 'error' (a bad record) when prefixes differ
@@ -493,22 +682,18 @@ def from_hh(rows, # Anthropic HH rows with full `chosen`/`rejected` transcripts
            ) -> Dataset:
     "Fine-grained records from HH transcripts: prompt = shared prefix up to the last '\\n\\nAssistant:'."
     check_on_error(on_error)
-    if mismatch not in ('common', 'error'): raise ValueError(f"mismatch must be 'common' or 'error', got {mismatch!r}")
-    if not isinstance(aspect, str) or not aspect.strip(): raise ValueError(f'aspect must be a non-empty str, got {aspect!r}')
+    if mismatch not in ('common', 'error'):
+        raise ValueError(f"mismatch must be 'common' or 'error', got {mismatch!r}")
+    if not isinstance(aspect, str) or not aspect.strip():
+        raise ValueError(f'aspect must be a non-empty str, got {aspect!r}')
     skipped = collections.Counter() if skipped is None else skipped
     stats = collections.Counter() if stats is None else stats
     rows, before, recs = _rows(rows), collections.Counter(skipped), []
     for i, row in enumerate(_progress(rows, f'HH {aspect}')):
-        rid = f'{source}-{i}'
         try:
-            c, r = _row_field(row, i, 'chosen', rid=rid), _row_field(row, i, 'rejected', rid=rid)
-            try: p, rc, rr, differed = split_hh(c, r)
-            except ValueError as e: raise RecordError('hh_split', i, rid, 'chosen', str(e)) from None
-            if differed:
-                if mismatch == 'error': raise RecordError('hh_prefix_mismatch', i, rid, 'rejected', 'chosen and rejected differ before the last Assistant turn')
-                stats['hh_prefix_mismatch'] += 1
-        except RecordError as e: _handle(e, on_error, skipped); continue
-        recs.append(dict(id=rid, prompt=p, chosen=rc, rejected=rr, aspect=aspect, source=source))
+            recs.append(_hh_record(row, i, f'{source}-{i}', aspect, mismatch, stats, source))
+        except RecordError as e:
+            _handle(e, on_error, skipped)
     _log_skipped(f'from_hh({aspect}) rows', skipped - before, len(rows))
     return from_records(recs, on_error=on_error, skipped=skipped)
 
@@ -528,44 +713,76 @@ def detect_format(row:Mapping, # the first row of a file
     if {'chosen', 'rejected'} <= keys: return 'trl' if isinstance(row['chosen'], list) else 'hh'
     raise ValueError(f'cannot detect the format from fields {sorted(keys)}; expected one of {FORMATS}')
 
+def _read_folder(path:Path) -> Dataset:
+    "A `save_to_disk` folder: a `Dataset`, or the train split of a `DatasetDict`."
+    d = load_from_disk(str(path))
+    if not isinstance(d, DatasetDict):
+        return d
+    if 'train' not in d:
+        raise ValueError(f'{path}: a DatasetDict without a "train" split ({list(d)})')
+    return d['train']
+
+def _read_json(path:Path, on_error:str, skipped:collections.Counter|None) -> list:
+    "A .json file: a list of records, or {name: list}; a file that is not one JSON value is read as JSON lines."
+    try:
+        obj = json.loads(path.read_text(encoding='utf-8'))
+    except json.JSONDecodeError:
+        return read_jsonl(path, on_error, skipped)
+    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, list):
+        raise ValueError(f'{path}: expected a JSON list of records')
+    return obj
+
 def _read_any(path:Path, on_error:str='raise', skipped:collections.Counter|None=None, stream:bool=False):
     "A folder's `Dataset`, a .json file's list, or a JSON-lines file's rows (a lazy iterator when `stream`)."
     if path.is_dir():
-        d = load_from_disk(str(path))
-        if isinstance(d, DatasetDict):
-            if 'train' not in d: raise ValueError(f'{path}: a DatasetDict without a "train" split ({list(d)})')
-            d = d['train']
-        return d
+        return _read_folder(path)
     if path.name.endswith('.json'):
-        text = path.read_text(encoding='utf-8')
-        try: obj = json.loads(text)
-        except json.JSONDecodeError: return read_jsonl(path, on_error, skipped)
-        if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list): obj = next(iter(obj.values()))
-        if not isinstance(obj, list): raise ValueError(f'{path}: expected a JSON list of records')
-        return obj
+        return _read_json(path, on_error, skipped)
     return iter_jsonl(path, on_error, skipped) if stream else read_jsonl(path, on_error, skipped)
 
 def _first_rows(rows, k:int, cache:list) -> tuple:
-    "The first `k` rows and whether the source has no more: a list or `Dataset` is sliced, an iterator read only that far."
+    "The first `k` rows and whether the source has no more: a list or `Dataset` is sliced, an iterator read that far."
     if isinstance(rows, Dataset): return rows.select(range(min(k, len(rows)))), k >= len(rows)
     if isinstance(rows, list): return rows[:k], k >= len(rows)
     cache.extend(itertools.islice(rows, k - len(cache)))
     return cache[:k], len(cache) < k
+
+def _from_fine_grained(rows, common:dict, strict:bool, kwargs:dict) -> Dataset:
+    "Rows already in our schema; a saved `Dataset` keeps its aspect order and its stored settings (PD scale, weights)."
+    saved = isinstance(rows, Dataset)
+    if saved and 'chosen_scores' in rows.column_names:
+        kwargs = {'aspects': get_aspects(rows), **kwargs}
+    out = from_records(rows, strict=strict, **common, **kwargs)
+    if saved:
+        out.info.description = rows.info.description
+    return out
 
 def _convert(path:Path, rows, format:str, aspect, common:dict, stats, strict:bool, kwargs:dict) -> Dataset:
     "Rows in `format` -> a fine-grained `Dataset`."
     if format == 'ultrafeedback': return from_ultrafeedback(rows, stats=stats, **common, **kwargs)
     if format == 'helpsteer': return from_helpsteer2(rows, stats=stats, **common, **kwargs)
     if format == 'trl': return from_trl(rows, aspect=aspect, stats=stats, strict=strict, **common, **kwargs)
-    if format == 'hh':
-        if aspect is None: raise ValueError(f'{path}: HH transcripts carry no aspect; pass aspect=')
-        return from_hh(rows, aspect=aspect, stats=stats, **common, **kwargs)
-    if format == 'fine-grained':
-        if isinstance(rows, Dataset) and 'chosen_scores' in rows.column_names: kwargs = {'aspects': get_aspects(rows), **kwargs}
-        out = from_records(rows, strict=strict, **common, **kwargs)
-        if isinstance(rows, Dataset): out.info.description = rows.info.description   # keep stored settings (PD scale, weights)
-        return out
+    if format == 'hh' and aspect is None:
+        raise ValueError(f'{path}: HH transcripts carry no aspect; pass aspect=')
+    if format == 'hh': return from_hh(rows, aspect=aspect, stats=stats, **common, **kwargs)
+    if format == 'fine-grained': return _from_fine_grained(rows, common, strict, kwargs)
     raise ValueError(f'format must be "auto" or one of {FORMATS}, got {format!r}')
+
+def _convert_first(path:Path, rows, cache:list, limit:int, format:str, aspect, on_error:str, skipped, stats,
+                   strict:bool, kwargs:dict) -> Dataset:
+    "The first `limit` pairs: convert `limit` rows, then twice as many while skipped rows leave fewer pairs."
+    k = limit
+    while True:
+        part, ended = _first_rows(rows, k, cache)
+        tried, tried_stats = collections.Counter(), collections.Counter()
+        ds = _convert(path, part, format, aspect, dict(on_error=on_error, skipped=tried), tried_stats, strict, kwargs)
+        if len(ds) >= limit or ended: break
+        k *= 2
+    skipped.update(tried)
+    if stats is not None: stats.update(tried_stats)
+    return ds.select(range(min(limit, len(ds))))
 
 def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk folder
                format:str='auto', # 'auto' or one of `FORMATS`
@@ -578,40 +795,45 @@ def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk 
               ) -> Dataset:
     "Load a local preference file or folder in any supported schema as a fine-grained `Dataset`."
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f'{path}: no such file or folder')
-    if limit is not None and limit < 1: raise ValueError(f'limit must be >= 1, got {limit}')
+    if not path.exists():
+        raise FileNotFoundError(f'{path}: no such file or folder')
+    if limit is not None and limit < 1:
+        raise ValueError(f'limit must be >= 1, got {limit}')
     skipped = collections.Counter() if skipped is None else skipped
     rows, cache = _read_any(path, on_error, skipped, stream=limit is not None), []
     first, _ = _first_rows(rows, 1, cache)
-    if len(first) == 0: raise ValueError(f'{path}: no records')
-    if format == 'auto': format = detect_format(first[0])
-    if limit is None: return _convert(path, rows, format, aspect, dict(on_error=on_error, skipped=skipped), stats, strict, kwargs)
-    k = limit # read `limit` rows; read twice as many while skipped rows leave fewer than `limit` pairs
-    while True:
-        part, ended = _first_rows(rows, k, cache)
-        tried, tried_stats = collections.Counter(), collections.Counter()
-        ds = _convert(path, part, format, aspect, dict(on_error=on_error, skipped=tried), tried_stats, strict, kwargs)
-        if len(ds) >= limit or ended: break
-        k *= 2
-    skipped.update(tried)
-    if stats is not None: stats.update(tried_stats)
-    return ds.select(range(min(limit, len(ds))))
+    if len(first) == 0:
+        raise ValueError(f'{path}: no records')
+    if format == 'auto':
+        format = detect_format(first[0])
+    if limit is not None:
+        return _convert_first(path, rows, cache, limit, format, aspect, on_error, skipped, stats, strict, kwargs)
+    return _convert(path, rows, format, aspect, dict(on_error=on_error, skipped=skipped), stats, strict, kwargs)
 
 # %% ../nbs/00b_data.ipynb #c047
-HUB = {'ultrafeedback': ('openbmb/UltraFeedback', None), 'helpsteer2': ('nvidia/HelpSteer2', None), 'helpsteer': ('nvidia/HelpSteer', None),
-       'hh-helpful': ('Anthropic/hh-rlhf', 'helpful-base'), 'hh-harmless': ('Anthropic/hh-rlhf', 'harmless-base')}
+HUB = {'ultrafeedback': ('openbmb/UltraFeedback', None), 'helpsteer2': ('nvidia/HelpSteer2', None),
+       'helpsteer': ('nvidia/HelpSteer', None), 'hh-helpful': ('Anthropic/hh-rlhf', 'helpful-base'),
+       'hh-harmless': ('Anthropic/hh-rlhf', 'harmless-base')}
+
+def _convert_hub(name:str, rows, kw:dict) -> Dataset:
+    "Rows of hub dataset `name` through its converter."
+    if name == 'ultrafeedback': return from_ultrafeedback(rows, **kw)
+    if name in ('helpsteer2', 'helpsteer'): return from_helpsteer2(rows, source=name, **kw)
+    return from_hh(rows, aspect=kw.pop('aspect', name.split('-')[1]), source=kw.pop('source', name), **kw)
 
 def load_hub(name:str, # one of `HUB` or 'hh'
              split:str='train', # the split to load
              load_kwargs:dict|None=None, # extra arguments for `datasets.load_dataset`
-             on_error:str='skip', # tens of thousands of rows: 'skip' (count, print) bad records, or 'raise' on the first
+             on_error:str='skip', # tens of thousands of rows: 'skip' (count, print) bad records or 'raise' on one
              **kwargs, # passed to the converter (skipped=, stats= Counters are filled in)
             ) -> Dataset:
     "Download a public preference dataset with `datasets.load_dataset` and convert it; prints what was skipped."
     import datasets
     if name == 'hh':
-        return aggregate({a: load_hub(f'hh-{a}', split, load_kwargs, on_error, **kwargs) for a in ('helpful', 'harmless')})
-    if name not in HUB: raise ValueError(f"name must be one of {sorted(HUB) + ['hh']}, got {name!r}")
+        subsets = {a: load_hub(f'hh-{a}', split, load_kwargs, on_error, **kwargs) for a in ('helpful', 'harmless')}
+        return aggregate(subsets)
+    if name not in HUB:
+        raise ValueError(f"name must be one of {sorted(HUB) + ['hh']}, got {name!r}")
     repo, data_dir = HUB[name]
     lk = dict(load_kwargs or {})
     if data_dir: lk.setdefault('data_dir', data_dir)
@@ -619,10 +841,7 @@ def load_hub(name:str, # one of `HUB` or 'hh'
     skipped = kwargs.pop('skipped', None)
     skipped = collections.Counter() if skipped is None else skipped
     before = collections.Counter(skipped)
-    kw = dict(kwargs, on_error=on_error, skipped=skipped)
-    if name == 'ultrafeedback': ds = from_ultrafeedback(rows, **kw)
-    elif name in ('helpsteer2', 'helpsteer'): ds = from_helpsteer2(rows, source=name, **kw)
-    else: ds = from_hh(rows, aspect=kw.pop('aspect', name.split('-')[1]), source=kw.pop('source', name), **kw)
+    ds = _convert_hub(name, rows, dict(kwargs, on_error=on_error, skipped=skipped))
     new = skipped - before
     print(f"{name} ({split}): {len(rows)} rows -> {len(ds)} pairs; skipped {sum(new.values())} bad records"
           + (': ' + ', '.join(f'{k}={v}' for k, v in sorted(new.items())) if new else ''))
