@@ -322,6 +322,17 @@ def _rows(rows) -> list:
     if isinstance(rows, (str, Path)): return read_jsonl(rows)
     return _as_records(rows)
 
+def _counters(on_error:str, skipped:collections.Counter|None, stats:collections.Counter|None) -> tuple:
+    "Check the error policy; return the caller's `skipped` and `stats` counters, or new ones."
+    check_on_error(on_error)
+    skipped = collections.Counter() if skipped is None else skipped
+    return skipped, collections.Counter() if stats is None else stats
+
+def _check_choice(name:str, value, choices:tuple):
+    "ValueError naming the option unless `value` is one of `choices`."
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
+
 def _progress(xs:list, desc:str):
     "A progress bar over `xs`, drawn only for 2000 rows or more."
     return tqdm(xs, desc=desc, leave=False, disable=len(xs) < 2000)
@@ -462,12 +473,9 @@ def from_ultrafeedback(rows, # openbmb/UltraFeedback rows (list, Dataset or .jso
                        source:str='ultrafeedback',
                       ) -> Dataset:
     "Per-aspect pairs from UltraFeedback's fine-grained ratings; all four ratings kept as scores."
-    check_on_error(on_error)
-    if pairing not in ('best_vs_random', 'all_pairs'):
-        raise ValueError(f"pairing must be 'best_vs_random' or 'all_pairs', got {pairing!r}")
+    skipped, stats = _counters(on_error, skipped, stats)
+    _check_choice('pairing', pairing, ('best_vs_random', 'all_pairs'))
     aspects = _known_aspects(aspects, ULTRAFEEDBACK_ASPECTS, 'UltraFeedback aspects')
-    skipped = collections.Counter() if skipped is None else skipped
-    stats = collections.Counter() if stats is None else stats
     rows, before, recs = _rows(rows), collections.Counter(skipped), []
     for i, row in enumerate(_progress(rows, 'UltraFeedback')):
         try:
@@ -532,10 +540,8 @@ def from_helpsteer2(rows, # HelpSteer2 / HelpSteer rows (list, Dataset or .jsonl
                     source:str='helpsteer2',
                    ) -> Dataset:
     "All within-prompt pairs per attribute (higher rating chosen, ties skipped and counted); all five ratings kept."
-    check_on_error(on_error)
+    skipped, stats = _counters(on_error, skipped, stats)
     aspects = _known_aspects(aspects, HELPSTEER_ASPECTS, 'HelpSteer attributes')
-    skipped = collections.Counter() if skipped is None else skipped
-    stats = collections.Counter() if stats is None else stats
     recs = []
     for prompt, g in _hs_groups(_rows(rows), on_error, skipped, source).items():
         stats['prompts'] += 1
@@ -628,9 +634,7 @@ def from_trl(rows, # TRL preference rows: prompt/chosen/rejected, plain strings 
              strict:bool=True, # see `validate`; applies to rows that carry chosen_scores/rejected_scores
             ) -> Dataset:
     "Fine-grained records from TRL-style preference rows (conversations rendered with the HH template)."
-    check_on_error(on_error)
-    skipped = collections.Counter() if skipped is None else skipped
-    stats = collections.Counter() if stats is None else stats
+    skipped, stats = _counters(on_error, skipped, stats)
     rows, before, recs = _rows(rows), collections.Counter(skipped), []
     for i, row in enumerate(_progress(rows, 'TRL')):
         rid = str(row['id']) if isinstance(row, Mapping) and row.get('id') is not None else f'{source}-{i}'
@@ -681,13 +685,10 @@ def from_hh(rows, # Anthropic HH rows with full `chosen`/`rejected` transcripts
             source:str='hh',
            ) -> Dataset:
     "Fine-grained records from HH transcripts: prompt = shared prefix up to the last '\\n\\nAssistant:'."
-    check_on_error(on_error)
-    if mismatch not in ('common', 'error'):
-        raise ValueError(f"mismatch must be 'common' or 'error', got {mismatch!r}")
+    skipped, stats = _counters(on_error, skipped, stats)
+    _check_choice('mismatch', mismatch, ('common', 'error'))
     if not isinstance(aspect, str) or not aspect.strip():
         raise ValueError(f'aspect must be a non-empty str, got {aspect!r}')
-    skipped = collections.Counter() if skipped is None else skipped
-    stats = collections.Counter() if stats is None else stats
     rows, before, recs = _rows(rows), collections.Counter(skipped), []
     for i, row in enumerate(_progress(rows, f'HH {aspect}')):
         try:
