@@ -2,7 +2,9 @@
 
 `io ← data ← losses / divergence / theory ← selection ← reward ← train ← experiments (toy, text_toy) ← cli`, with the
 foundations (`io`, `stats`, `progress`, `tiny`, `memory`) importing nothing from the package and the harness
-`experiments` nothing above `selection`. A new module must be given its tier here.
+`experiments` nothing above `selection`. A new module must be given its tier here. And every
+`from pd_align.x import name` (in the package, tests, bench, tools and notebooks, inside functions too) names
+something that exists: a name moved to another module is imported from its new home everywhere.
 """
 import ast
 from pathlib import Path
@@ -55,3 +57,47 @@ def test_the_layer_check_can_fail():
     assert package_imports(src) == {'data', 'cli', 'io'}
     assert upward_imports('data', src) == ['data -> cli', 'data -> data']
     assert upward_imports('cli', src) == ['cli -> cli']
+
+
+def imported_names(source:str) -> list[tuple[str, str, int]]:
+    "(module, name, line) of every `from pd_align... import name` in `source`, anywhere in it."
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('pd_align'):
+            out += [(node.module, a.name, node.lineno) for a in node.names if a.name != '*']
+    return out
+
+
+def code_sources():
+    "(where, source) of every module, test, benchmark and tool, and every notebook code cell (shell lines dropped)."
+    import json
+    root = PKG.parent
+    for p in sorted([*PKG.glob('*.py'), *(root / 'tests').glob('*.py'), *(root / 'bench').glob('*.py'),
+                     *(root / 'tools').glob('*.py')]):
+        yield str(p.relative_to(root)), p.read_text(encoding='utf-8')
+    for p in sorted((root / 'nbs').glob('*.ipynb')):
+        for i, c in enumerate(json.loads(p.read_text())['cells']):
+            lines = ''.join(c['source']).splitlines()
+            if c['cell_type'] == 'code':
+                yield f'{p.relative_to(root)} cell {i}', '\n'.join(l for l in lines if not l.lstrip().startswith(('!', '%')))
+
+
+def missing_imports(sources) -> list[str]:
+    "'where:line: module.name' for every imported name that its module does not have (nor has as a submodule)."
+    import importlib
+    def exists(module, name):
+        submodule = module == 'pd_align' and (PKG / f'{name}.py').exists() # `from pd_align import train`
+        return submodule or hasattr(importlib.import_module(module), name)
+    return [f'{where}:{line}: {module}.{name}' for where, source in sources
+            for module, name, line in imported_names(source) if not exists(module, name)]
+
+
+def test_every_package_import_resolves():
+    "A name moved between modules is imported from its new home everywhere, also in imports inside functions."
+    bad = missing_imports(code_sources())
+    assert not bad, f'{len(bad)} imports of names that do not exist: {bad}'
+
+
+def test_the_import_check_can_fail():
+    src = 'def f():\n    from pd_align.data import atomic_write_json\n    from pd_align import train, nope\n'
+    assert missing_imports([('x.py', src)]) == ['x.py:2: pd_align.data.atomic_write_json', 'x.py:3: pd_align.nope']
