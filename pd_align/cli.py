@@ -154,7 +154,7 @@ def cmd_reward(args) -> int:
 def print_heldout_accuracy(report:dict, # `train_reward_cli`'s report (heldout_accuracy, heldout_n per aspect)
                           ):
     "Each head's accuracy on its own aspect's held-out pairs, with n, a 95% Wilson interval and the chance level 0.5."
-    from pd_align.data import format_rate
+    from pd_align.stats import format_rate
     acc, n = report.get('heldout_accuracy') or {}, report.get('heldout_n') or {}
     if not acc: return
     print('held-out pairwise accuracy (each head on its own aspect\'s held-out pairs):')
@@ -201,7 +201,8 @@ def feature_heads_score(args, ds, out) -> int:
 def cmd_select(args) -> int:
     "Select a training subset from a scored dataset and write it as a `datasets` folder and TRL JSONL."
     from datasets import load_from_disk
-    from pd_align.data import load_local, save_dataset_atomic, write_jsonl_atomic, atomic_write_json
+    from pd_align.data import load_local
+    from pd_align.io import save_dataset_atomic, write_jsonl_atomic, atomic_write_json
     from pd_align.selection import select
     scored = Path(args.scored)
     if not scored.exists(): raise CLIError(f'--scored {scored}: no such file or folder')
@@ -268,7 +269,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     "Implicit-reward accuracy and margins of a trained run on held-out pairs (+ a proxy-reward win rate)."
     from pd_align.train import eval_cli
-    from pd_align.data import format_rate
+    from pd_align.stats import format_rate
     if not Path(args.run).is_dir(): raise CLIError(f'--run {args.run}: no such folder')
     if args.reward_model and not Path(args.reward_model).is_dir():
         raise CLIError(f'--reward-model {args.reward_model}: no such folder')
@@ -406,7 +407,7 @@ def main(argv=None # arguments, default `sys.argv[1:]`
     if args.command is None:
         parser.print_help()
         return 0
-    from pd_align.data import progress_bars
+    from pd_align.progress import progress_bars
     _CREATED.clear()
     code = 1
     try:

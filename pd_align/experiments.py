@@ -13,7 +13,7 @@ import pandas
 import torch
 from tqdm.auto import tqdm
 import pd_align
-from .data import atomic_write_json, atomic_write_text, atomic_write_bytes
+from .io import atomic_write_json, atomic_write_text, atomic_write_bytes
 from .selection import METHODS as SELECTION_METHODS
 
 # %% auto #0

@@ -4,13 +4,14 @@
 
 # %% ../nbs/06a_features.ipynb #c002
 from __future__ import annotations
-import hashlib, json, math, os, shutil, time
+import hashlib, json, os, time
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
-from .data import atomic_write_json, aspect_index, get_aspects
+from .data import aspect_index, get_aspects
+from .io import atomic_write_json
 from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
@@ -230,7 +231,7 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
 def load_features(cache:str|Path, # cache folder
                   keys:list[str], # `text_key` of each wanted text
                   index:dict|None=None, # {key: (shard, row)} (read from the folder when None)
-                 ) -> dict: # feats {name: [N, d]} (NaN rows for missing keys), response_tokens, response_chars, found [N]
+                 ) -> dict: # feats {name: [N, d]} (NaN rows: missing keys), response_tokens, response_chars, found [N]
     "Features of `keys` from the cache's shards, in the order given."
     cache = Path(cache)
     index = _read_shards(cache) if index is None else index
@@ -336,7 +337,10 @@ def head_margins(heads:dict, # from `fit_heads`
                  remove_length:bool=False, # subtract beta * dlen (the length-free margin)
                 ) -> Tensor: # [N, K]
     "Margins of every head on every pair."
-    m = (dx / heads['scale']) @ heads['w'].T if heads['use_features'] else torch.zeros(len(dlen), len(heads['a']), dtype=dlen.dtype)
+    if heads['use_features']:
+        m = (dx / heads['scale']) @ heads['w'].T
+    else:
+        m = torch.zeros(len(dlen), len(heads['a']), dtype=dlen.dtype)
     m = m + dlen[:, None] * heads['a'][None]
     return m - dlen[:, None] * heads['beta'][None] if remove_length else m
 
@@ -355,7 +359,7 @@ def crossfit_margins(dx:Tensor, dlen:Tensor, aspect:Tensor, K:int,
                      k:int=5, # folds; 1 = in-sample (train and score on the same pairs)
                      seed:int=0,
                      **fit_kw, # passed to `fit_heads` (use_features, length_balance, l2_grid)
-                    ) -> dict: # margins, margins_nl [N, K], fold [N], folds (per fold: trained_on, n_pairs, n_prompts), heads
+                    ) -> dict: # margins, margins_nl [N, K], fold [N], folds (trained_on, n_pairs, n_prompts), heads
     "Margins of every pair from K heads that never trained on its prompt (k folds grouped by prompt)."
     groups = np.asarray(prompts)
     fold = prompt_folds(list(prompts), k, seed) if k > 1 else np.zeros(len(prompts), dtype=int)
@@ -399,7 +403,7 @@ def paired_bootstrap(estimates:dict, # {name: [N] estimated PD}
                      baseline:str|None=None, # report each estimate's difference to this one
                      metrics:dict=METRICS, # {name: fn(est, true) -> float}
                      B:int=1000, seed:int=0, level:float=0.95,
-                    ) -> list[dict]: # one row per estimate: metric, [lo, hi], and the difference to `baseline` with its CI
+                    ) -> list[dict]: # one row per estimate: metric, [lo, hi], the difference to `baseline` and its CI
     "Point values and prompt-clustered paired bootstrap intervals of each metric (and of differences to a baseline)."
     true, groups = np.asarray(true, dtype=float), np.asarray(groups)
     est = {k: np.asarray(v, dtype=float) for k, v in estimates.items()}
@@ -456,11 +460,13 @@ def default_cache(base:str) -> Path:
 
 def dataset_features(model, tokenizer, dataset, cache, settings:dict, rebuild:bool=False, progress:bool=True):
     "`build_features` for every response of `dataset`'s pairs with the stored settings."
-    return build_features(model, tokenizer, pair_items(dataset), cache, layers=settings['layers'], pools=settings['pools'],
-                          max_length=settings['max_length'], batch_size=settings.get('batch_size', 16), rebuild=rebuild,
-                          progress=progress)
+    return build_features(model, tokenizer, pair_items(dataset), cache, layers=settings['layers'],
+                          pools=settings['pools'], max_length=settings['max_length'],
+                          batch_size=settings.get('batch_size', 16), rebuild=rebuild, progress=progress)
 
-def _prompt_keys(prompts) -> list[str]: return sorted({hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts})
+def _prompt_keys(prompts) -> list[str]:
+    "Sorted unique SHA-1 digests of the prompts (what a saved head set records about its training prompts)."
+    return sorted({hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts})
 
 # %% ../nbs/06a_features.ipynb #c033
 def train_feature_heads_cli(data, # aggregated fine-grained pairs
@@ -505,7 +511,7 @@ def score_feature_heads_cli(data, # fine-grained pairs to score
                             rebuild:bool=False, progress:bool=True,
                            ) -> dict: # score.json content
     "Score every pair with feature heads (cross-fitted where they saw its prompt) and add PD."
-    from pd_align.data import save_dataset_atomic
+    from pd_align.io import save_dataset_atomic
     if len(data) == 0:
         raise ValueError('score: the dataset has no pairs')
     cfg = json.loads((Path(reward_model)/'feature_heads.json').read_text())

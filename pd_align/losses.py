@@ -145,7 +145,9 @@ def dfpo_loss(policy_chosen_logps:Tensor, # [N] log pi_theta(y_w|x)
     pd = _upcast(torch.as_tensor(pd, device=margin.device)).to(margin.dtype)
     w = _upcast(torch.as_tensor(aspect_weight, device=margin.device)).to(margin.dtype)
     if torch.isnan(pd).any(): raise ValueError(f"pd: NaN at index {torch.isnan(pd.reshape(-1)).nonzero()[0].item()}")
-    if not (w > 0).all(): raise ValueError(f"aspect_weight must be > 0; index {(~(w.reshape(-1) > 0)).nonzero()[0].item()} is not")
+    if not (w > 0).all():
+        first_bad = (~(w.reshape(-1) > 0)).nonzero()[0].item()
+        raise ValueError(f"aspect_weight must be > 0; index {first_bad} is not")
     t = beta * margin
     if pd.numel() != 1 or pd.item() != 0: t = t + pd
     if w.numel() != 1 or w.item() != 1: t = t / w

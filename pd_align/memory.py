@@ -4,7 +4,6 @@
 
 # %% ../nbs/07a_memory.ipynb #c002
 from __future__ import annotations
-import dataclasses
 from dataclasses import dataclass
 
 # %% auto #0

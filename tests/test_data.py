@@ -1,5 +1,5 @@
 "pd_align.data on the fixtures in tests/fixtures (hand-written rows in the real public schemas)."
-import collections, gzip, json, logging, math, os
+import collections, gzip, json, logging, math
 from pathlib import Path
 
 import pytest
@@ -9,9 +9,9 @@ from datasets import Dataset
 from conftest import FIXTURES
 import pd_align.data as D
 from pd_align.data import (COLUMNS, HELPSTEER_ASPECTS, ULTRAFEEDBACK_ASPECTS, add_lengths, aggregate, aspect_index,
-                           atomic_write_json, atomic_write_text, detect_format, from_helpsteer2, from_hh, from_records,
-                           from_trl, from_ultrafeedback, get_aspects, load_hub, load_local, messages_to_text, read_jsonl,
-                           save_dataset_atomic, scores_matrix, split_hh, validate, write_jsonl_atomic)
+                           detect_format, from_helpsteer2, from_hh, from_records, from_trl, from_ultrafeedback, get_aspects,
+                           load_hub, load_local, messages_to_text, scores_matrix, split_hh, validate)
+from pd_align.io import save_dataset_atomic
 
 def rows(name): return [json.loads(l) for l in (FIXTURES/name).read_text().splitlines() if l.strip()]
 def by_id(ds): return {r['id']: r for r in ds}
@@ -358,17 +358,7 @@ def test_split_hh_direct():
     assert split_hh('\n\nHuman: a\n\nAssistant: b', '\n\nHuman: a\n\nAssistant: c') == ('\n\nHuman: a\n\nAssistant:', ' b', ' c', False)
     with pytest.raises(ValueError): split_hh('x', 'y')
 
-# ---------------------------------------------------------------- files: read_jsonl, load_local, load_hub
-def test_read_jsonl_errors_name_file_and_line(tmp_path):
-    with pytest.raises(ValueError, match=r'bad_line.jsonl: line 3: invalid JSON'): read_jsonl(FIXTURES/'bad_line.jsonl')
-    with pytest.raises(ValueError, match=r'truncated.jsonl.gz: line \d+: unreadable or truncated'): read_jsonl(FIXTURES/'truncated.jsonl.gz')
-    p = tmp_path/'list.jsonl'; p.write_text('{"a": 1}\n[1, 2]\n')
-    with pytest.raises(ValueError, match=r'list.jsonl: line 2: expected a JSON object'): read_jsonl(p)
-    with pytest.raises(FileNotFoundError): read_jsonl(tmp_path/'nope.jsonl')
-    g = tmp_path/'ok.jsonl.gz'
-    g.write_bytes(gzip.compress((FIXTURES/'hh.jsonl').read_bytes()))
-    assert read_jsonl(g) == rows('hh.jsonl')
-
+# ---------------------------------------------------------------- files: load_local, load_hub (reading lines: test_io.py)
 @pytest.mark.parametrize('name,fmt', [('ultrafeedback.jsonl', 'ultrafeedback'), ('helpsteer2.jsonl', 'helpsteer'), ('hh.jsonl', 'hh'),
                                       ('trl_plain.jsonl', 'trl'), ('trl_conversational.jsonl', 'trl'), ('fine_grained.jsonl', 'fine-grained')])
 def test_detect_format(name, fmt):
@@ -451,40 +441,3 @@ def test_add_lengths_chars_and_tokens():
     assert t.column_names.count('chosen_len') == 1
     assert t['chosen_len'] == [len(tok(x, add_special_tokens=False)['input_ids']) for x in ds['chosen']]
     assert t['chosen_len'][0] == 3  # "Thank", "you", "."
-
-# ---------------------------------------------------------------- atomic writers
-def test_atomic_writers_roundtrip(tmp_path):
-    p = atomic_write_text(tmp_path/'a'/'b'/'t.txt', 'héllo\n')
-    assert p.read_text(encoding='utf-8') == 'héllo\n'
-    atomic_write_json(tmp_path/'r.json', {'t': torch.tensor([1, 2]), 'p': Path('x'), 's': {2, 1}})
-    assert json.loads((tmp_path/'r.json').read_text()) == {'t': [1, 2], 'p': 'x', 's': [1, 2]}
-    ds = from_hh(rows('hh.jsonl'), 'h')
-    write_jsonl_atomic(tmp_path/'o.jsonl.gz', ds)
-    assert read_jsonl(tmp_path/'o.jsonl.gz') == ds.to_list()
-    write_jsonl_atomic(tmp_path/'o.jsonl', [{'a': 'ü'}])
-    assert (tmp_path/'o.jsonl').read_text(encoding='utf-8') == '{"a": "ü"}\n'
-    assert sorted(os.listdir(tmp_path)) == ['a', 'o.jsonl', 'o.jsonl.gz', 'r.json']
-
-def test_atomic_writers_leave_nothing_on_failure(tmp_path):
-    atomic_write_text(tmp_path/'keep.json', 'old')
-    with pytest.raises(TypeError): atomic_write_json(tmp_path/'keep.json', {'x': object()})
-    with pytest.raises(TypeError): atomic_write_text(tmp_path/'keep.json', b'bytes')
-    def rows_then_crash():
-        yield {'a': 1}; yield {'a': 2}; raise RuntimeError('disk on fire')
-    with pytest.raises(RuntimeError): write_jsonl_atomic(tmp_path/'keep.json', rows_then_crash())
-    with pytest.raises(RuntimeError): write_jsonl_atomic(tmp_path/'new.jsonl', rows_then_crash())
-    assert (tmp_path/'keep.json').read_text() == 'old'
-    assert os.listdir(tmp_path) == ['keep.json']  # no partial file, no temp file
-
-def test_save_dataset_atomic(tmp_path, monkeypatch):
-    a, b = from_hh(rows('hh.jsonl'), 'h'), from_trl(rows('trl_plain.jsonl'))
-    save_dataset_atomic(a, tmp_path/'ds')
-    save_dataset_atomic(b, tmp_path/'ds')  # replaces
-    assert load_local(tmp_path/'ds')['id'] == b['id'] and os.listdir(tmp_path) == ['ds']
-    def broken(self, path, **kw):
-        Path(path).mkdir(); (Path(path)/'half.arrow').write_text('x'); raise OSError('no space left')
-    monkeypatch.setattr(Dataset, 'save_to_disk', broken)
-    with pytest.raises(OSError): save_dataset_atomic(a, tmp_path/'ds')
-    with pytest.raises(OSError): save_dataset_atomic(a, tmp_path/'other')
-    monkeypatch.undo()
-    assert os.listdir(tmp_path) == ['ds'] and load_local(tmp_path/'ds')['id'] == b['id']  # old folder intact

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pd_align.cli import main
-from pd_align.data import save_dataset_atomic
+from pd_align.io import save_dataset_atomic
 from pd_align.features import (FeatureCacheMismatch, build_features, crossfit_margins, pair_deltas, pair_items, prompt_folds,
                                head_margins, fit_heads)
 from pd_align.reward import CallCounter

@@ -4,7 +4,8 @@ import collections
 import pytest
 import datasets
 from conftest import FIXTURES
-from pd_align.data import load_hub, read_jsonl, RecordError
+from pd_align.data import load_hub, RecordError
+from pd_align.io import read_jsonl
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pd_align import data as D
-from pd_align.data import (RecordError, from_records, validate, read_jsonl, from_ultrafeedback, from_helpsteer2, from_trl,
-                           from_hh, write_jsonl_atomic, atomic_write_json, save_dataset_atomic, load_local, ULTRAFEEDBACK_ASPECTS,
-                           HELPSTEER_ASPECTS)
+from pd_align.data import (RecordError, from_records, validate, from_ultrafeedback, from_helpsteer2, from_trl, from_hh,
+                           load_local, ULTRAFEEDBACK_ASPECTS, HELPSTEER_ASPECTS)
+from pd_align.io import read_jsonl, write_jsonl_atomic, atomic_write_json, save_dataset_atomic
 
 FUZZ = dict(records=120, unicode_roundtrip=40, truncated_jsonl=80, truncated_gz=30, ultrafeedback=80, helpsteer=60, trl=60,
             hh=40, writer_failure=30, truncation=80)

@@ -60,3 +60,29 @@ def test_nbdev_clean_keeps_outputs_and_strips_execution_counts(tmp_path):
     cell = cleaned['cells'][0]
     assert cell['execution_count'] is None and cell['metadata'] == {}
     assert cell['outputs'] and 'image/png' in cell['outputs'][0]['data'], cleaned
+
+
+def notebook_map() -> dict:
+    "{notebook: module or None} from the map of the notebooks in nbs/index.ipynb (the README's table)."
+    import re
+    text = ''.join(''.join(c['source']) for c in json.loads((NBS / 'index.ipynb').read_text())['cells'])
+    rows = re.findall(r'^\| `(\w+)` \| (`pd_align\.(\w+)`|—) \|', text, flags=re.M)
+    return {name: mod or None for name, _, mod in rows}
+
+
+def default_exp(path:Path) -> str|None:
+    "The module a notebook exports to (its `#| default_exp`), or None."
+    import re
+    for c in json.loads(path.read_text())['cells']:
+        m = re.match(r'#\|\s*default_exp\s+(\S+)', ''.join(c['source']))
+        if c['cell_type'] == 'code' and m: return m.group(1)
+    return None
+
+
+def test_index_map_lists_every_notebook_and_its_module():
+    "The README's map of the notebooks stays true: every notebook, in file order, with the module it exports."
+    listed = notebook_map()
+    on_disk = sorted(p.stem for p in NBS.glob('*.ipynb') if p.stem != 'index')
+    assert list(listed) == on_disk, f'map {list(listed)} != notebooks {on_disk}'
+    wrong = {n: (m, default_exp(NBS / f'{n}.ipynb')) for n, m in listed.items() if default_exp(NBS / f'{n}.ipynb') != m}
+    assert not wrong, f'map says module, notebook exports: {wrong}'

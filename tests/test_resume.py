@@ -37,7 +37,7 @@ def kill_when(proc:subprocess.Popen, ready, timeout:float=STARTUP_S, what:str=''
 # ----------------------------------------------------------------------------- atomic writer killed mid-write
 WRITER = '''
 import sys, time
-from pd_align.data import write_jsonl_atomic
+from pd_align.io import write_jsonl_atomic
 def rows():
     for i in range(10_000):
         if i == 50: print('HALFWAY', flush=True)
@@ -50,7 +50,7 @@ def test_writer_killed_mid_write_keeps_old_file(tmp_path):
     """SIGKILL while write_jsonl_atomic streams rows (some already flushed to its temp file): the target keeps its
     complete old content. The temp file may stay behind (nothing can clean up after SIGKILL): it is a hidden
     `.<name>.*.tmp` sibling that readers never pick up."""
-    from pd_align.data import write_jsonl_atomic, read_jsonl
+    from pd_align.io import write_jsonl_atomic, read_jsonl
     target = tmp_path / 'out.jsonl'
     old = [{'old': i} for i in range(3)]
     write_jsonl_atomic(target, old)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pd_align.data import write_jsonl_atomic
+from pd_align.io import write_jsonl_atomic
 from pd_align.losses import sequence_logps
 from pd_align.tiny import tiny_model_and_tokenizer
 from pd_align.train import (DPOConfig, train_dpo, evaluate_dpo, tokenize_pairs, collate_pairs, pair_logps, reference_logps,

@@ -6,7 +6,8 @@ import torch
 
 trl = pytest.importorskip('trl')
 from datasets import load_dataset
-from pd_align.data import from_records, write_jsonl_atomic
+from pd_align.data import from_records
+from pd_align.io import write_jsonl_atomic
 from pd_align.losses import dpo_loss
 from pd_align.selection import select
 from pd_align.tiny import tiny_model_and_tokenizer, tiny_causal_lm
