@@ -18,8 +18,8 @@ from .reward import format_text, collate, _pad_id
 __all__ = ['CACHE_VERSION', 'L2_GRID', 'METRICS', 'load_backbone', 'forward_features', 'FeatureCacheMismatch', 'text_key',
            'model_fingerprint', 'build_features', 'load_features', 'pair_items', 'pair_deltas', 'fit_heads',
            'head_margins', 'prompt_folds', 'crossfit_margins', 'pd_from_margins', 'sign_agreement', 'paired_bootstrap',
-           'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features', 'train_feature_heads_cli',
-           'is_feature_heads', 'score_feature_heads_cli']
+           'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features', 'fit_feature_heads',
+           'score_feature_heads']
 
 # %% ../nbs/06a_features.ipynb #c005
 def load_backbone(name:str='smollm2', # 'smollm2', a hub name or a local folder of a causal LM
@@ -463,76 +463,76 @@ def dataset_features(model, tokenizer, dataset, cache, settings:dict, rebuild:bo
 def _prompt_keys(prompts) -> list[str]: return sorted({hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts})
 
 # %% ../nbs/06a_features.ipynb #c033
-def train_feature_heads_cli(data, # aggregated fine-grained pairs
-                            base:str, # backbone name ('smollm2', hub name, path)
-                            out:str|Path, # output folder
-                            cache:str|Path|None=None, # feature cache (default `default_cache(base)`)
-                            feature:str|None=None, # feature set (default 'mean{deepest layer}')
-                            layers:list[int]|None=None, pools=('last', 'mean'), max_length:int=256,
-                            k:int=5, length_balance:bool=False, rebuild:bool=False, seed:int=0, progress:bool=True,
-                           ) -> dict: # report: heldout accuracy per aspect (cross-fitted), features stats
-    "Cache features, cross-validate and fit K linear Bradley-Terry heads; save them to `out`."
+def fit_feature_heads(data, # aggregated fine-grained pairs
+                      base:str, # backbone name ('smollm2', hub name, path)
+                      cache:str|Path|None=None, # feature cache (default `default_cache(base)`)
+                      feature:str|None=None, # feature set (default 'mean{deepest layer}')
+                      layers:list[int]|None=None, pools=('last', 'mean'), max_length:int=256,
+                      k:int=5, length_balance:bool=False, rebuild:bool=False, seed:int=0, progress:bool=True,
+                     ) -> tuple[dict, dict]: # (heads, report: cross-fitted held-out accuracy per aspect, settings)
+    "Cache features, cross-validate and fit K linear Bradley-Terry heads on all pairs (only the cache is written)."
     model, tok = load_backbone(base)
     layers = layers or default_layers(len(_blocks(model)))
     settings = dict(layers=layers, pools=list(pools), max_length=max_length)
-    feats = dataset_features(model, tok, data, cache or default_cache(base), settings, rebuild, progress)
+    cache = cache or default_cache(base)
+    feats = dataset_features(model, tok, data, cache, settings, rebuild, progress)
     feature = feature or f'mean{max(layers)}'
     aspects = get_aspects(data)
+    prompts = list(data['prompt'])
     dx, dlen = pair_deltas(feats, feature)
     asp = aspect_index(data, aspects)
-    cf = crossfit_margins(dx, dlen, asp, len(aspects), list(data['prompt']), k=k, seed=seed, length_balance=length_balance)
-    acc = accuracy_by_aspect(cf['margins'], asp, aspects, list(data['prompt']), seed=seed)
-    heads = fit_heads(dx, dlen, asp, len(aspects), np.asarray(data['prompt']), length_balance=length_balance, seed=seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({k_: v for k_, v in heads.items()}, out/'heads.pt')
-    report = dict(kind='feature_heads', base=base, cache=str(cache or default_cache(base)), feature=feature,
-                  settings=settings, aspects=aspects, k=k, length_balance=length_balance, seed=seed,
-                  heldout_accuracy=acc, features=feats['stats'], features_fingerprint=feats['fingerprint'],
-                  n_train=len(data), train_prompts=_prompt_keys(data['prompt']))
-    atomic_write_json(out/'feature_heads.json', report)
-    return report
+    cf = crossfit_margins(dx, dlen, asp, len(aspects), prompts, k=k, seed=seed, length_balance=length_balance)
+    acc = accuracy_by_aspect(cf['margins'], asp, aspects, prompts, seed=seed)
+    heads = fit_heads(dx, dlen, asp, len(aspects), np.asarray(prompts), length_balance=length_balance, seed=seed)
+    report = dict(kind='feature_heads', base=base, cache=str(cache), feature=feature, settings=settings,
+                  aspects=aspects, k=k, length_balance=length_balance, seed=seed, heldout_accuracy=acc,
+                  features=feats['stats'], features_fingerprint=feats['fingerprint'], n_train=len(data),
+                  train_prompts=_prompt_keys(prompts))
+    return dict(heads), report
 
 # %% ../nbs/06a_features.ipynb #c034
-def is_feature_heads(path) -> bool:
-    "Whether `path` is a folder written by `train_feature_heads_cli`."
-    return (Path(path)/'feature_heads.json').exists()
+def _prompt_keys_each(prompts) -> list[str]:
+    return [hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts]
 
-def score_feature_heads_cli(data, # fine-grained pairs to score
-                            reward_model:str|Path, # folder written by `train_feature_heads_cli`
-                            out:str|Path, # output folder: `dataset/` and `score.json`
-                            keep_length:bool=False, # PD from margins with the length contribution (default: removed)
-                            rebuild:bool=False, progress:bool=True,
-                           ) -> dict: # score.json content
+def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed in place on the seen rows)
+                   dx:Tensor, dlen:Tensor, asp:Tensor, # the scored pairs' feature and length differences, aspects
+                   seen:np.ndarray, # [N] bool: the heads trained on this pair's prompt
+                   prompts:list[str], report:dict, keep_length:bool,
+                  ) -> tuple[np.ndarray, list]: # (fold of each pair, -1: scored by the saved heads; the folds)
+    "Cross-fitted margins for the pairs whose prompts the saved heads trained on."
+    fold = np.full(len(seen), -1)
+    if not seen.any():
+        return fold, []
+    seen_prompts = [p for p, s in zip(prompts, seen) if s]
+    cf = crossfit_margins(dx[seen], dlen[seen], asp[seen], len(report['aspects']), seen_prompts, k=report['k'],
+                          seed=report['seed'], length_balance=report['length_balance'])
+    margins[seen] = cf['margins'] if keep_length else cf['margins_nl']
+    fold[seen] = cf['fold']
+    return fold, [dict(f) for f in cf['folds']]
+
+def score_feature_heads(data, # fine-grained pairs to score
+                        heads:dict, # from `fit_feature_heads`
+                        report:dict, # its report (backbone, cache, settings, the keys of the training prompts)
+                        keep_length:bool=False, # PD from margins with the length contribution (default: removed)
+                        rebuild:bool=False, progress:bool=True,
+                       ) -> tuple: # (`data` with `pd` and `fold` columns, info: the cross-fitting folds, PD summary)
     "Score every pair with feature heads (cross-fitted where they saw its prompt) and add PD."
-    from pd_align.data import save_dataset_atomic
     if len(data) == 0:
         raise ValueError('score: the dataset has no pairs')
-    cfg = json.loads((Path(reward_model)/'feature_heads.json').read_text())
-    heads = torch.load(Path(reward_model)/'heads.pt', weights_only=False)
-    aspects = cfg['aspects']
-    model, tok = load_backbone(cfg['base'])
-    feats = dataset_features(model, tok, data, cfg['cache'], cfg['settings'], rebuild, progress)
-    dx, dlen = pair_deltas(feats, cfg['feature'])
+    aspects = report['aspects']
+    model, tok = load_backbone(report['base'])
+    feats = dataset_features(model, tok, data, report['cache'], report['settings'], rebuild, progress)
+    dx, dlen = pair_deltas(feats, report['feature'])
     asp = aspect_index(data, aspects)
-    seen = np.isin(_prompt_keys_each(data['prompt']), cfg['train_prompts'])
+    prompts = list(data['prompt'])
+    seen = np.isin(_prompt_keys_each(prompts), report['train_prompts'])
     margins = head_margins(heads, dx, dlen, remove_length=not keep_length)
-    fold = np.full(len(data), -1)
-    folds = []
-    if seen.any():
-        prompts = [p for p, s in zip(data['prompt'], seen) if s]
-        cf = crossfit_margins(dx[seen], dlen[seen], asp[seen], len(aspects), prompts, k=cfg['k'], seed=cfg['seed'],
-                              length_balance=cfg['length_balance'])
-        margins[seen] = cf['margins'] if keep_length else cf['margins_nl']
-        fold[seen], folds = cf['fold'], [{k_: v for k_, v in f.items()} for f in cf['folds']]
+    fold, folds = _crossfit_seen(margins, dx, dlen, asp, seen, prompts, report, keep_length)
     pdv = pd_from_margins(margins, asp)
-    ds = data.add_column('pd', pdv.tolist()).add_column('fold', fold.tolist())
-    save_dataset_atomic(ds, Path(out)/'dataset')
-    info = dict(reward_model=str(reward_model), kind='feature_heads', n=len(ds), aspects=aspects, feature=cfg['feature'],
-                keep_length=keep_length, crossfit=dict(k=cfg['k'], n_pairs=int(seen.sum()), folds=folds),
-                external=dict(n_pairs=int((~seen).sum()), note='scored by the saved heads (their prompts were not in training)'),
-                pd_mean=float(pdv.mean()), pd_negative_share=float((pdv < 0).double().mean()), features=feats['stats'])
-    atomic_write_json(Path(out)/'score.json', info)
-    return info
-
-def _prompt_keys_each(prompts) -> list[str]: return [hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts]
+    scored = data.add_column('pd', pdv.tolist()).add_column('fold', fold.tolist())
+    external = dict(n_pairs=int((~seen).sum()), note='scored by the saved heads (their prompts were not in training)')
+    info = dict(kind='feature_heads', n=len(scored), aspects=aspects, feature=report['feature'],
+                keep_length=keep_length, crossfit=dict(k=report['k'], n_pairs=int(seen.sum()), folds=folds),
+                external=external, pd_mean=float(pdv.mean()), pd_negative_share=float((pdv < 0).double().mean()),
+                features=feats['stats'])
+    return scored, info
