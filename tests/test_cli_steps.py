@@ -65,7 +65,8 @@ def test_score_json_has_one_place_for_pd_settings(tmp_path):
 
 
 def test_train_cli_jsonl_tiny(tmp_path):
-    rows = [{k: r[k] for k in ('prompt', 'chosen', 'rejected')} for r in load_local(FIXTURES / 'ultrafeedback.jsonl')]
+    uf = load_local(FIXTURES / 'ultrafeedback.jsonl') # 9 pairs
+    rows = [{k: r[k] for k in ('prompt', 'chosen', 'rejected', 'aspect')} for r in uf]
     write_jsonl_atomic(tmp_path / 'pairs.jsonl', rows)
     (tmp_path / 'cfg.yaml').write_text('batch_size: 4\nlr: 1e-3\nlora_r: 4\n')
     res = train_cli(tmp_path / 'pairs.jsonl', 'tiny', config_path=tmp_path / 'cfg.yaml', out=tmp_path / 'run',
