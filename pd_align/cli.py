@@ -455,7 +455,8 @@ def cmd_toy(args) -> int:
         print(f'wrote results.json, results.csv, runs.csv, worlds.csv, table.txt and the plots to {out}')
     return 0
 
-def add_toy(sub):
+def add_toy(sub, # `build_parser`'s sub-parsers
+            ):
     "The `toy` sub-parser."
     t = sub.add_parser('toy', help='toy world: conflict-share sweep, every baseline of the paper '
                                    '(default < 60 s on 2 CPU cores)')
@@ -486,7 +487,8 @@ def cmd_text_toy(args) -> int:
         print(f'\nwrote results.json, results.csv, runs.csv, data.csv, hypotheses.csv, table.txt and plots to {out}')
     return 0
 
-def add_text_toy(sub):
+def add_text_toy(sub, # `build_parser`'s sub-parsers
+                 ):
     "The `text-toy` sub-parser."
     t = sub.add_parser('text-toy', help='text-toy confirmatory run: tiny LM, held-out prompts, all baselines '
                                         '(default ~8 CPU-min)')
@@ -523,7 +525,10 @@ def cmd_reward(args) -> int:
     print(f'reward model saved to {out}')
     return 0
 
-def feature_heads_reward(args, ds, out) -> int:
+def feature_heads_reward(args, # the parsed `reward` options
+                         ds, # the loaded `--data`
+                         out:Path, # the prepared `--out`
+                        ) -> int:
     "`reward --heads features`: cached frozen-backbone features and K linear heads (`pd_align.features`)."
     if args.base == 'tiny':
         raise CLIError("--heads features needs --base: 'smollm2', a hub name or a local model folder")
@@ -538,7 +543,8 @@ def feature_heads_reward(args, ds, out) -> int:
     print(f'feature heads saved to {out}')
     return 0
 
-def add_reward(sub):
+def add_reward(sub, # `build_parser`'s sub-parsers
+               ):
     "The `reward` sub-parser."
     r = sub.add_parser('reward', help='train the K-head proxy reward model (one backbone, one head per aspect)')
     add_data(r)
@@ -580,7 +586,10 @@ def cmd_score(args) -> int:
     print(f'scored {len(ds)} pairs -> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
     return 0
 
-def feature_heads_score(args, ds, out) -> int:
+def feature_heads_score(args, # the parsed `score` options
+                        ds, # the loaded `--data`
+                        out:Path, # the prepared `--out`
+                       ) -> int:
     "`score` with feature heads: cross-fitted PD where the heads saw the prompt."
     info = score_feature_heads_cli(ds, args.reward_model, out, keep_length=args.keep_length,
                                    rebuild=args.rebuild_features)
@@ -592,7 +601,8 @@ def feature_heads_score(args, ds, out) -> int:
     print(f'-> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
     return 0
 
-def add_score(sub):
+def add_score(sub, # `build_parser`'s sub-parsers
+              ):
     "The `score` sub-parser."
     c = sub.add_parser('score', help='score all pairs on every aspect and add the preference divergence')
     add_data(c)
@@ -638,7 +648,8 @@ def cmd_select(args) -> int:
           f'{out}/train.jsonl')
     return 0
 
-def add_select(sub):
+def add_select(sub, # `build_parser`'s sub-parsers
+               ):
     "The `select` sub-parser."
     s = sub.add_parser('select', help='keep the most negative PD share (or a baseline) of a scored dataset')
     s.add_argument('--scored', required=True, help='output folder of `pd-align score` (or a file with a pd column)')
@@ -700,7 +711,8 @@ def cmd_train(args) -> int:
         print(f'pd-align train: warning: {reason}', file=sys.stderr)
     return 0
 
-def add_train(sub):
+def add_train(sub, # `build_parser`'s sub-parsers
+              ):
     "The `train` sub-parser."
     d = sub.add_parser('train', help='LoRA DPO (or DFPO) on a selected subset')
     d.add_argument('--data', required=True, help='`pd-align select` output folder, a datasets folder or a JSONL file')
@@ -747,7 +759,8 @@ def cmd_eval(args) -> int:
     print_eval(m)
     return 0
 
-def add_eval(sub):
+def add_eval(sub, # `build_parser`'s sub-parsers
+             ):
     "The `eval` sub-parser."
     e = sub.add_parser('eval', help='implicit-reward accuracy and margins of a trained run on preference pairs')
     e.add_argument('--run', required=True, help='output folder of `pd-align train`')
