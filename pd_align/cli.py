@@ -8,10 +8,14 @@ import argparse, os, re, shutil, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'cmd_toy',
-           'cmd_text_toy', 'add_text_toy', 'cmd_reward', 'print_heldout_accuracy', 'cmd_score', 'feature_heads_reward',
-           'feature_heads_score', 'cmd_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'cmd_eval',
-           'add_data', 'Parser', 'add_common', 'build_parser', 'main', 'console_main']
+__all__ = ['SUBCOMMANDS', 'CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec',
+           'load_data', 'train_reward_cli', 'score_cli', 'train_feature_heads_cli', 'is_feature_heads',
+           'load_feature_heads', 'score_feature_heads_cli', 'parse_overrides', 'cli_config', 'check_enough_pairs',
+           'train_cli', 'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'add_data', 'cmd_toy', 'add_toy',
+           'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy', 'cmd_reward', 'feature_heads_reward', 'add_reward',
+           'add_feature_head_options', 'cmd_score', 'feature_heads_score', 'add_score', 'cmd_select', 'add_select',
+           'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'add_train', 'print_eval', 'cmd_eval', 'add_eval',
+           'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -20,18 +24,22 @@ class CLIError(Exception):
 # %% ../nbs/11_cli.ipynb #c005
 def prepare_out(out:str|Path, # output folder
                 overwrite:bool=False, # allow writing into a non-empty folder
-                resume:bool=False, # allow continuing the work found in the folder
+                resume:bool=False, # allow continuing the work found in the folder (None: the command has no --resume)
                ) -> Path:
     "Check that `out` may be written to and create it (recorded: a failed command removes it again)."
     out = Path(out)
-    if out.exists() and not out.is_dir(): raise CLIError(f'--out {out}: exists and is not a folder')
+    if out.exists() and not out.is_dir():
+        raise CLIError(f'--out {out}: exists and is not a folder')
     if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise CLIError(f'--out {out}: folder exists and is not empty (pass --overwrite to write into it'
-                       + (', or --resume to continue the run in it)' if resume is not None else ')'))
+        hint = ', or --resume to continue the run in it)' if resume is not None else ')'
+        raise CLIError(f'--out {out}: folder exists and is not empty (pass --overwrite to write into it' + hint)
     new = _outermost_missing(out)
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise CLIError(f'--out {out}: cannot create the folder ({e.strerror})') from None
-    if new is not None: _CREATED.append(new)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f'--out {out}: cannot create the folder ({e.strerror})') from None
+    if new is not None:
+        _CREATED.append(new)
     return out
 
 _CREATED:list[Path] = [] # folders the running command created
@@ -40,7 +48,8 @@ def _outermost_missing(path:Path) -> Path|None:
     "The outermost not-yet-existing folder on the way to `path` (None when `path` exists)."
     missing = None
     for p in (path, *path.parents):
-        if p.exists(): break
+        if p.exists():
+            break
         missing = p
     return missing
 
@@ -48,9 +57,13 @@ def remove_created():
     "Remove the folders this command created while they hold no file (a failure before anything was written)."
     while _CREATED:
         folder = _CREATED.pop()
-        if folder.is_dir() and not any(p.is_file() for p in folder.rglob('*')): shutil.rmtree(folder)
+        if folder.is_dir() and not any(p.is_file() for p in folder.rglob('*')):
+            shutil.rmtree(folder)
 
-def check_apart(out:Path, src:Path, flag:str):
+def check_apart(out:Path, # the output folder
+                src:Path, # an input file or folder
+                flag:str, # the input's option, for the message
+               ):
     "Refuse an output folder that is, holds or sits inside the input `src`: writing there could destroy the input."
     o, s = Path(out).resolve(), Path(src).resolve()
     if o == s or o in s.parents or s in o.parents:
@@ -59,16 +72,20 @@ def check_apart(out:Path, src:Path, flag:str):
 # %% ../nbs/11_cli.ipynb #c007
 def parse_ratio(s:str) -> float:
     "A selection ratio in (0, 1]."
-    try: r = float(s)
-    except ValueError: raise argparse.ArgumentTypeError(f'ratio must be a number in (0, 1], got {s!r}')
-    if not 0 < r <= 1: raise argparse.ArgumentTypeError(f'ratio must be in (0, 1], got {s}')
+    try:
+        r = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'ratio must be a number in (0, 1], got {s!r}') from None
+    if not 0 < r <= 1:
+        raise argparse.ArgumentTypeError(f'ratio must be in (0, 1], got {s}')
     return r
 
 def parse_data_spec(spec:str) -> tuple[str|None, Path]:
     "`aspect=path` or `path`: a local preference file/folder, optionally naming the aspect that labelled it."
     m = re.fullmatch(r'([A-Za-z_][\w\-]*)=(.+)', spec)
     aspect, path = (m.group(1), Path(m.group(2))) if m else (None, Path(spec))
-    if not path.exists(): raise CLIError(f'--data {spec}: no such file or folder')
+    if not path.exists():
+        raise CLIError(f'--data {spec}: no such file or folder')
     return aspect, path
 
 # %% ../nbs/11_cli.ipynb #c010
@@ -83,9 +100,12 @@ def load_data(specs:list[str], # `--data` values
     parsed = [parse_data_spec(s) for s in specs]
     skipped = collections.Counter()
     def load(aspect, path):
-        try: return load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped, limit=limit)
-        except RecordError as e: raise CLIError(f'{path}: {e} (--on-error skip skips and counts bad records)') from None
-    if len(parsed) == 1: ds = load(*parsed[0])
+        try:
+            return load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped, limit=limit)
+        except RecordError as e:
+            raise CLIError(f'{path}: {e} (--on-error skip skips and counts bad records)') from None
+    if len(parsed) == 1:
+        ds = load(*parsed[0])
     else:
         aspects = [a for a, _ in parsed]
         if None in aspects or len(set(aspects)) != len(aspects):
@@ -97,26 +117,368 @@ def load_data(specs:list[str], # `--data` values
     return ds
 
 # %% ../nbs/11_cli.ipynb #c012
+def _json_report(report:dict, # a `fit_reward_model` report
+                ) -> dict:
+    "The JSON-friendly part of a training report: no index lists, tensors as lists."
+    from torch import Tensor
+    skip = ('train_index', 'heldout_index', 'heldout_scores')
+    return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in skip}
+
+def train_reward_cli(data, # aggregated fine-grained pairs
+                     base:str|None, # None: built-in tiny proxy; else a causal LM's local path or hub name
+                     out:str|Path, # output folder for the model (replaced)
+                     **options, # options of `pd_align.reward.fit_reward_model` (epochs, lora, lr, tiny, progress, ...)
+                    ) -> dict: # the training report (+ 'length_fit', 'out')
+    "`pd-align reward`: fit a K-head reward model and save it with its tokenizer and the report's summary."
+    from pd_align.reward import fit_reward_model
+    model, tok, report = fit_reward_model(data, base, **options)
+    model.save_pretrained(out, tok, extra=dict(train_report=_json_report(report)))
+    report['out'] = str(out)
+    return report
+
+def _score_summary(model, # the reward model that scored
+                   scored, # the scored pairs
+                   reward_model, # its folder
+                   stats:dict, # `score_dataset`'s counters (shards reused, texts scored)
+                  ) -> dict:
+    "The content of `score.json`: the model, the PD settings as used and the PD's mean and negative share."
+    import numpy as np
+    from pd_align.selection import pd_settings
+    pdv = np.asarray(scored['pd'])
+    return dict(reward_model=str(reward_model), n=len(scored), aspects=model.aspects,
+                pd_settings=pd_settings(scored), # as used: defaults + overrides
+                length_alpha=model.length_alpha.tolist(), pd_mean=float(pdv.mean()),
+                pd_negative_share=float((pdv < 0).mean()), **stats)
+
+def score_cli(data, # fine-grained pairs to score
+              reward_model:str|Path, # folder written by `train_reward_cli` / `save_pretrained`
+              out:str|Path, # output folder: `dataset/` (a `datasets` folder), `shards/` (resume), `score.json`
+              batch_size:int=32, resume:bool=True, shard_size:int=1024,
+              device=None, dtype:str='fp32',
+              scaling:str|None=None, gamma:float|None=None, weights=None, # PD settings (default: the model's)
+              progress:bool=True, # False: no progress bar at all, not even datasets' save bar
+             ) -> Path: # `out`
+    "`pd-align score`: score `data` with a saved reward model; write `out/dataset` (scores and `pd`) and `score.json`."
+    from pd_align.progress import progress_bars
+    from pd_align.io import save_dataset_atomic, atomic_write_json
+    from pd_align.reward import load_reward_model, score_dataset
+    out = Path(out)
+    stats = {}
+    with progress_bars(progress):
+        model, tok = load_reward_model(reward_model, device=device)
+        scored = score_dataset(model, tok, data, batch_size=batch_size, out_dir=out / 'shards', shard_size=shard_size,
+                               weights=weights, scaling=scaling, gamma=gamma, dtype=dtype, resume=resume,
+                               progress=progress, stats=stats)
+        save_dataset_atomic(scored, out / 'dataset')
+    atomic_write_json(out / 'score.json', _score_summary(model, scored, reward_model, stats))
+    return out
+
+# %% ../nbs/11_cli.ipynb #c013
+def _save_torch(obj, # tensors, dicts of tensors
+                path:Path):
+    "`torch.save` through an atomic write."
+    import io, torch
+    from pd_align.io import atomic_write_bytes
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+def train_feature_heads_cli(data, # aggregated fine-grained pairs
+                            base:str, # backbone name ('smollm2', hub name, path)
+                            out:str|Path, # output folder: `heads.pt`, `feature_heads.json`
+                            **options, # options of `pd_align.features.fit_feature_heads` (cache, feature, k, seed, ...)
+                           ) -> dict: # `fit_feature_heads`' report (saved as feature_heads.json)
+    "`pd-align reward --heads features`: fit K linear heads on cached features and save them with their report."
+    from pd_align.features import fit_feature_heads
+    from pd_align.io import atomic_write_json
+    heads, report = fit_feature_heads(data, base, **options)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_torch(heads, out/'heads.pt')
+    atomic_write_json(out/'feature_heads.json', report)
+    return report
+
+def is_feature_heads(path) -> bool:
+    "Whether `path` is a folder written by `train_feature_heads_cli`."
+    return (Path(path)/'feature_heads.json').exists()
+
+def load_feature_heads(path, # folder written by `train_feature_heads_cli`
+                      ) -> tuple[dict, dict]: # (heads, report)
+    "The heads and the report saved by `train_feature_heads_cli`."
+    import json, torch
+    report = json.loads((Path(path)/'feature_heads.json').read_text())
+    return torch.load(Path(path)/'heads.pt', weights_only=False), report
+
+def score_feature_heads_cli(data, # fine-grained pairs to score
+                            reward_model:str|Path, # folder written by `train_feature_heads_cli`
+                            out:str|Path, # output folder: `dataset/` and `score.json`
+                            keep_length:bool=False, # PD from margins with the length contribution (default: removed)
+                            rebuild:bool=False, progress:bool=True,
+                           ) -> dict: # score.json content
+    "`pd-align score` with feature heads: `score_feature_heads`, then `out/dataset` and `out/score.json`."
+    from pd_align.features import score_feature_heads
+    from pd_align.io import save_dataset_atomic, atomic_write_json
+    heads, report = load_feature_heads(reward_model)
+    scored, info = score_feature_heads(data, heads, report, keep_length=keep_length, rebuild=rebuild,
+                                       progress=progress)
+    save_dataset_atomic(scored, Path(out)/'dataset')
+    info = {'reward_model': str(reward_model), **info}
+    atomic_write_json(Path(out)/'score.json', info)
+    return info
+
+# %% ../nbs/11_cli.ipynb #c019
+def _parse_override(v):
+    "'1e-3' -> 0.001, 'null' -> None, '[q_proj, v_proj]' -> list; other strings stay strings."
+    if not isinstance(v, str):
+        return v
+    import yaml
+    try:
+        return float(v) if re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+', v) else yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+
+def _typed(name:str, # a DPOConfig field
+           value, # the parsed value
+           raw, # what the user wrote (for the message)
+          ):
+    "`value` checked against the declared type of DPOConfig field `name` ('int|None', 'float', 'bool', 'str', 'Any')."
+    import dataclasses
+    from pd_align.train import DPOConfig
+    kinds = [k.strip() for k in str({f.name: f.type for f in dataclasses.fields(DPOConfig)}[name]).split('|')]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if 'Any' in kinds or (value is None and 'None' in kinds):
+        return value
+    if 'int' in kinds and number and float(value).is_integer():
+        return int(value)
+    if 'float' in kinds and number:
+        return float(value)
+    if ('bool' in kinds and isinstance(value, bool)) or ('str' in kinds and isinstance(value, str)):
+        return value
+    raise ValueError(f"{name} must be {' or '.join(kinds)}, got {raw!r}")
+
+def parse_overrides(overrides:dict|None, # field -> value; strings are read as yaml scalars ('1e-3', 'null', 'true')
+                   ) -> dict: # canonical field names (TRL aliases renamed) -> values of the declared types
+    "Check `field=value` overrides against `DPOConfig`'s fields and types: a ValueError names the field."
+    import dataclasses
+    from pd_align.train import DPOConfig, _ALIASES
+    fields = {f.name for f in dataclasses.fields(DPOConfig)}
+    out = {}
+    for key, raw in (overrides or {}).items():
+        name = _ALIASES.get(key, key)
+        if name not in fields:
+            raise ValueError(f"unknown DPOConfig field {key!r}; known: {', '.join(sorted(fields))}")
+        out[name] = _typed(name, _parse_override(raw), raw)
+    return out
+
+def cli_config(config_path=None, # .json/.yaml DPOConfig file
+               overrides:dict|None=None, # `field=value` overrides (see `parse_overrides`)
+               out=None, # output folder
+              ): # DPOConfig
+    "The run's `DPOConfig`: file, then overrides, checked (types and ranges) before any data or model is loaded."
+    from pd_align.train import DPOConfig
+    base = DPOConfig.from_file(config_path).to_dict() if config_path else {}
+    return DPOConfig.from_dict({**base, **parse_overrides(overrides), 'output_dir': None if out is None else str(out)})
+
+def check_enough_pairs(n_pairs:int, # pairs in the training data
+                       config, # the run's DPOConfig
+                       world:int|None=None, # processes (default: $WORLD_SIZE, else 1)
+                      ):
+    "A ValueError (before any model is built) when `n_pairs` cannot fill one optimizer step."
+    world = world or int(os.environ.get('WORLD_SIZE', 1))
+    need = config.batch_size * config.grad_accum * world
+    if n_pairs < need:
+        raise ValueError(f"{n_pairs} pairs are fewer than one optimizer step needs: batch_size {config.batch_size} x "
+                         f"grad_accum {config.grad_accum} x {world} process(es) = {need}; lower batch_size")
+
+def _selection_of(data) -> dict|None:
+    "The `selection.json` of a `pd-align select` output folder that holds (or is) `data`."
+    import json
+    for folder in (Path(data), Path(data).parent):
+        if (folder / 'selection.json').is_file():
+            sel = json.loads((folder / 'selection.json').read_text())
+            if sel.get('source') and Path(sel['source']).exists():
+                sel['source'] = str(Path(sel['source']).resolve())
+            return sel
+    return None
+
+def train_cli(data, # a `save_to_disk` folder, a .jsonl/.jsonl.gz file, or a .json list
+              model:str='tiny', # hub name / local path, 'tiny' (built-in, tokenizer trained on the data) or 'smollm2'
+              config_path=None, # .json/.yaml DPOConfig file
+              out='run', # output folder (checkpoints, final/, dpo_config.json, log_history.json)
+              overrides:dict|None=None, # field -> value (strings are parsed as yaml scalars: '1e-3', 'null', 'true')
+              eval_data=None, # optional evaluation pairs (same formats as `data`)
+              resume:bool=False, # continue from the latest checkpoint in `out`
+             ): # `DPOResult`
+    "`pd-align train`: DPO/DFPO from files with `train_dpo`, the selection that made the data noted in the run."
+    from pd_align.data import load_local
+    from pd_align.train import train_dpo
+    config = cli_config(config_path, overrides, out)
+    ds = load_local(data)
+    check_enough_pairs(len(ds), config)
+    eval_ds = load_local(eval_data) if eval_data else None
+    notes = {'train_data': str(Path(data).resolve()), 'selection': _selection_of(data)}
+    return train_dpo(str(model), ds, config, eval_dataset=eval_ds, resume_from_checkpoint=resume or None,
+                     run_notes=notes)
+
+# %% ../nbs/11_cli.ipynb #c022
+def _train_ids(run:Path) -> set|None:
+    "The ids of the pairs a run trained on (None when its data had no ids)."
+    import json
+    f = Path(run) / 'train_ids.json'
+    return set(json.loads(f.read_text())) if f.exists() else None
+
+def heldout_pairs(run, # a run trained on a `pd-align select` output
+                 ): # (Dataset of the scored pairs the run did not train on, where they came from)
+    "The pairs a run left out: the selection's scored pairs minus those it trained on (by id)."
+    import json
+    from pd_align.data import load_local
+    info = json.loads((Path(run) / 'run_info.json').read_text())
+    source = (info.get('selection') or {}).get('source')
+    ids = _train_ids(run)
+    if not source or ids is None:
+        raise ValueError(f"{run}: no held-out pairs are known (the run was not trained on a `pd-align select` output "
+                         "with ids); pass the pairs to evaluate on")
+    folder = Path(source)
+    ds = load_local(folder / 'dataset' if (folder / 'dataset').is_dir() else folder)
+    keep = [i for i, x in enumerate(ds['id']) if str(x) not in ids]
+    if not keep:
+        raise ValueError(f"{run}: every pair of {source} was used for training; no held-out pairs are left")
+    return ds.select(keep), f'{source} minus the {len(ids)} training pairs'
+
+def _split_training_pairs(ds, # evaluation pairs
+                          run, # the run folder
+                          train_overlap:str, # 'warn', 'exclude' or 'error'
+                         ) -> tuple: # (pairs to evaluate, how many of `ds` the run trained on; None: unknown)
+    "Drop, keep with a warning, or refuse the evaluation pairs the run trained on (by id)."
+    ids = _train_ids(run)
+    if ids is None or 'id' not in ds.column_names:
+        return ds, None
+    seen = [str(x) in ids for x in ds['id']]
+    n = sum(seen)
+    if not n:
+        return ds, 0
+    what = f"{n} of the {len(ds)} evaluation pairs were used to train this run (same id)"
+    if train_overlap == 'error' or (train_overlap == 'exclude' and n == len(ds)):
+        raise ValueError(f"{what}: in-sample accuracy says nothing about held-out pairs; evaluate on other pairs")
+    if train_overlap == 'exclude':
+        warnings.warn(f"{what}: they are left out; evaluating on the other {len(ds) - n}", stacklevel=3)
+        return ds.select([i for i, s in enumerate(seen) if not s]), n
+    warnings.warn(f"{what}: the metrics are (partly) IN-SAMPLE", stacklevel=3)
+    return ds, n
+
+def _reward_win(model, tok, ref, config, # the run, as `load_run` returns it
+                ds, # the evaluation pairs (their distinct prompts are sampled)
+                reward_model, # a `pd-align reward` folder
+                n_prompts:int, max_new_tokens:int, seed:int,
+               ) -> dict: # `reward_win_rate`'s result + win_rate_ci, reward_model, aspects
+    "Proxy-reward win rate of the policy's samples over the reference's on the first `n_prompts` distinct prompts."
+    import json
+    from pd_align.reward import load_reward_model
+    from pd_align.stats import wilson_interval
+    from pd_align.train import reward_win_rate
+    rm, rtok = load_reward_model(reward_model)
+    prompts = list({json.dumps(p): p for p in ds['prompt']}.values())[:n_prompts]
+    res = reward_win_rate(model, ref, tok, prompts, rm, rtok, max_new_tokens=max_new_tokens, seed=seed,
+                          apply_chat_template=config.apply_chat_template)
+    lo, hi = wilson_interval(res['win_rate'] * res['n'], res['n'])
+    return {**res, 'win_rate_ci': [lo, hi], 'reward_model': str(reward_model), 'aspects': list(rm.aspects)}
+
+def eval_cli(run, # a `train_dpo` / `train_cli` output folder
+             data=None, # pairs to evaluate on (any format `load_local` reads); None: the run's held-out pairs
+             out=None, # json file for the metrics (default run/eval.json)
+             batch_size:int|None=None, # evaluation batch size (default: the run's)
+             train_overlap:str='warn', # evaluation pairs the run trained on (by id): 'warn', 'exclude' or 'error'
+             reward_model=None, # a `pd-align reward` folder: adds the proxy-reward win rate over the reference
+             n_prompts:int=64, # prompts sampled for the win rate
+             max_new_tokens:int=64, seed:int=0,
+             progress:bool=False, # progress bar over the evaluation batches
+            ) -> dict: # `evaluate_dpo` metrics, accuracy_ci, n_train_overlap, data, run (+ reward_win)
+    "`pd-align eval`: implicit-reward evaluation of a trained run (and optionally a reward-model win rate)."
+    from pd_align.data import load_local
+    from pd_align.stats import wilson_interval
+    from pd_align.io import atomic_write_json
+    from pd_align.train import load_run, evaluate_dpo
+    if train_overlap not in ('warn', 'exclude', 'error'):
+        raise ValueError(f"train_overlap must be 'warn', 'exclude' or 'error', got {train_overlap!r}")
+    model, tok, ref, config = load_run(run)
+    ds, source = heldout_pairs(run) if data is None else (load_local(data), str(data))
+    ds, overlap = _split_training_pairs(ds, run, train_overlap)
+    cfg = config.replace(output_dir=None, save_steps=0, **({'eval_batch_size': batch_size} if batch_size else {}))
+    if cfg.loss == 'dfpo' and 'pd' not in ds.column_names:
+        cfg = cfg.replace(loss='dpo') # accuracy and margins need no pd
+    metrics = evaluate_dpo(model, tok, ds, cfg, ref_model=ref, progress=progress)
+    metrics.update(accuracy_ci=list(wilson_interval(metrics['accuracy'] * metrics['n'], metrics['n'])),
+                   n_train_overlap=overlap, in_sample=bool(overlap) and train_overlap == 'warn',
+                   loss_type=cfg.loss, data=source, run=str(run))
+    if reward_model is not None:
+        metrics['reward_win'] = _reward_win(model, tok, ref, config, ds, reward_model, n_prompts, max_new_tokens, seed)
+    atomic_write_json(Path(out) if out else Path(run) / 'eval.json', metrics)
+    return metrics
+
+# %% ../nbs/11_cli.ipynb #c026
+class Parser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose errors are one line (`pd-align toy: error: ...`), exit code 2."
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+def add_common(p:argparse.ArgumentParser, # a sub-command's parser
+               out_required:bool=True, # the command must write somewhere
+               resume:bool=False, # the command can continue its work in --out
+              ):
+    "Options every writing sub-command shares."
+    p.add_argument('--out', required=out_required, help='output folder (new or empty)')
+    p.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    if resume:
+        p.add_argument('--resume', action='store_true', help='continue the run found in --out')
+    p.add_argument('--seed', type=int, default=0, help='random seed')
+
+def add_data(p:argparse.ArgumentParser):
+    "The `--data` options of the commands that read preference files."
+    p.add_argument('--data', action='append', required=True, metavar='[ASPECT=]PATH',
+                   help='preference file or folder; repeat as aspect=path to aggregate one sub-dataset per aspect')
+    p.add_argument('--format', default='auto', help='auto, ultrafeedback, helpsteer, hh, trl or fine-grained')
+    p.add_argument('--on-error', default='raise', choices=['raise', 'skip'],
+                   help='bad records: stop, or skip and count them')
+    p.add_argument('--limit', type=int, default=None,
+                   help='keep the first N pairs of each --data and read no further (quick runs)')
+
+# %% ../nbs/11_cli.ipynb #c027
 def cmd_toy(args) -> int:
-    "Run the conflict-share sweep with every baseline; print the table with 95% intervals and a key of the method names."
+    "Run the conflict-share sweep with every baseline; print the table with 95% intervals and a key of the methods."
     from pd_align.toy import run_toy, toy_table
     from pd_align.experiments import method_key
     out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
     res = run_toy(seeds=args.seeds, ratio=args.ratio, shares=args.shares, out=out, seed=args.seed, quick=args.quick)
     print(toy_table(res.summary))
     print(method_key(res.summary['method'].unique()))
-    print(f"gold: expected gold reward of the policy (reward units), mean ± 95% t-interval over {res.config['seeds']} seeds; "
-          "vs_full / vs_random: paired difference to ALL / RAND on the same data, ± 95% t-interval")
+    print(f"gold: expected gold reward of the policy (reward units), mean ± 95% t-interval over {res.config['seeds']} "
+          "seeds; vs_full / vs_random: paired difference to ALL / RAND on the same data, ± 95% t-interval")
     print(f"{len(res.runs)} policies trained in {res.config['seconds']:.1f} s")
-    if out: print(f'wrote results.json, results.csv, runs.csv, worlds.csv, table.txt and the plots to {out}')
+    if out:
+        print(f'wrote results.json, results.csv, runs.csv, worlds.csv, table.txt and the plots to {out}')
     return 0
 
-# %% ../nbs/11_cli.ipynb #c901
+def add_toy(sub, # `build_parser`'s sub-parsers
+            ):
+    "The `toy` sub-parser."
+    t = sub.add_parser('toy', help='toy world: conflict-share sweep, every baseline of the paper '
+                                   '(default < 60 s on 2 CPU cores)')
+    t.add_argument('--seeds', type=int, default=None, help='seeds (default 10; 3 with --quick)')
+    t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
+    t.add_argument('--shares', default=None, help="comma-separated conflict shares in [0, 1] "
+                                                  "(default '0,0.1,0.2,0.3,0.4'; '0.1,0.3' with --quick)")
+    t.add_argument('--quick', action='store_true',
+                   help='small setting for CI: 3 seeds, 2 shares, smaller worlds (seconds)')
+    add_common(t, out_required=False)
+    t.set_defaults(handler=cmd_toy)
+
+# %% ../nbs/11_cli.ipynb #c029
 def cmd_text_toy(args) -> int:
     "Run the text-toy confirmatory experiment (held-out prompts, every baseline, conflict sweep) and print its tables."
     from pd_align.text_toy import run_text_toy_confirmatory, confirmatory_table
     from pd_align.experiments import method_key
-    if args.workers < 1: raise CLIError(f'--workers must be >= 1, got {args.workers}')
+    if args.workers < 1:
+        raise CLIError(f'--workers must be >= 1, got {args.workers}')
     out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
     res, hyp = run_text_toy_confirmatory(args.protocol, quick=args.quick, out=out, progress=False, workers=args.workers)
     for share in sorted(res.summary['share'].unique()):
@@ -124,12 +486,15 @@ def cmd_text_toy(args) -> int:
         print(confirmatory_table(res.summary, share) + '\n')
     print(hyp.to_string(index=False, float_format=lambda v: f'{v:+.3f}'))
     print(method_key(res.summary['method'].unique()))
-    if out: print(f'\nwrote results.json, results.csv, runs.csv, data.csv, hypotheses.csv, table.txt and plots to {out}')
+    if out:
+        print(f'\nwrote results.json, results.csv, runs.csv, data.csv, hypotheses.csv, table.txt and plots to {out}')
     return 0
 
-def add_text_toy(sub):
+def add_text_toy(sub, # `build_parser`'s sub-parsers
+                 ):
     "The `text-toy` sub-parser."
-    t = sub.add_parser('text-toy', help='text-toy confirmatory run: tiny LM, held-out prompts, all baselines (default ~8 CPU-min)')
+    t = sub.add_parser('text-toy', help='text-toy confirmatory run: tiny LM, held-out prompts, all baselines '
+                                        '(default ~8 CPU-min)')
     t.add_argument('--quick', action='store_true', help='smoke size (seconds): the same experiment on a tiny scale')
     t.add_argument('--protocol', default=None, help='protocol JSON (default: the pre-registered one, `Protocol()`)')
     t.add_argument('--workers', type=int, default=1, help='seeds run in parallel processes')
@@ -137,201 +502,57 @@ def add_text_toy(sub):
     t.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
     t.set_defaults(handler=cmd_text_toy)
 
-# %% ../nbs/11_cli.ipynb #c014
-def cmd_reward(args) -> int:
-    "Train the K-head proxy reward model on `--data` and save it to `--out`."
-    from pd_align.reward import train_reward_cli
-    ds = load_data(args.data, args.format, args.on_error, args.limit)
-    out = prepare_out(args.out, args.overwrite, resume=None)
-    if args.heads == 'features': return feature_heads_reward(args, ds, out)
-    report = train_reward_cli(ds, base=None if args.base == 'tiny' else args.base, out=out, lora=args.lora or None,
-                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, length_penalty=args.length_penalty,
-                              tau=args.tau, max_length=args.max_length, dtype=args.dtype, seed=args.seed)
-    print_heldout_accuracy(report)
-    print(f'reward model saved to {out}')
-    return 0
-
+# %% ../nbs/11_cli.ipynb #c031
 def print_heldout_accuracy(report:dict, # `train_reward_cli`'s report (heldout_accuracy, heldout_n per aspect)
                           ):
     "Each head's accuracy on its own aspect's held-out pairs, with n, a 95% Wilson interval and the chance level 0.5."
     from pd_align.stats import format_rate
     acc, n = report.get('heldout_accuracy') or {}, report.get('heldout_n') or {}
-    if not acc: return
+    if not acc:
+        return
     print('held-out pairwise accuracy (each head on its own aspect\'s held-out pairs):')
     for a, v in acc.items():
         print(f'  {a}: ' + (format_rate(v, n[a]) if n.get(a) else 'no held-out pairs'))
 
-def cmd_score(args) -> int:
-    "Score every pair of `--data` on all aspects, add PD, write `--out/dataset`."
-    from pd_align.reward import score_cli
-    from pd_align.features import is_feature_heads
+def cmd_reward(args) -> int:
+    "Train the K-head proxy reward model on `--data` and save it to `--out`."
     ds = load_data(args.data, args.format, args.on_error, args.limit)
-    out = prepare_out(args.out, args.overwrite, resume=args.resume)
-    if is_feature_heads(args.reward_model): return feature_heads_score(args, ds, out)
-    score_cli(ds, args.reward_model, out, batch_size=args.batch_size, resume=args.resume, dtype=args.dtype)
-    print(f'scored {len(ds)} pairs -> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
+    out = prepare_out(args.out, args.overwrite, resume=None)
+    if args.heads == 'features':
+        return feature_heads_reward(args, ds, out)
+    report = train_reward_cli(ds, base=None if args.base == 'tiny' else args.base, out=out, lora=args.lora or None,
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              length_penalty=args.length_penalty, tau=args.tau, max_length=args.max_length,
+                              dtype=args.dtype, seed=args.seed)
+    print_heldout_accuracy(report)
+    print(f'reward model saved to {out}')
     return 0
 
-def feature_heads_reward(args, ds, out) -> int:
+def feature_heads_reward(args, # the parsed `reward` options
+                         ds, # the loaded `--data`
+                         out:Path, # the prepared `--out`
+                        ) -> int:
     "`reward --heads features`: cached frozen-backbone features and K linear heads (`pd_align.features`)."
-    from pd_align.features import train_feature_heads_cli
-    if args.base == 'tiny': raise CLIError("--heads features needs --base: 'smollm2', a hub name or a local model folder")
+    if args.base == 'tiny':
+        raise CLIError("--heads features needs --base: 'smollm2', a hub name or a local model folder")
     rep = train_feature_heads_cli(ds, args.base, out, cache=args.features_cache, feature=args.feature, k=args.folds,
                                   max_length=args.feature_max_length, rebuild=args.rebuild_features, seed=args.seed)
     f = rep['features']
-    print(f"features: {f['computed']} computed ({f['per_second']} responses/s), {f['from_cache']} from the cache {rep['cache']}")
+    print(f"features: {f['computed']} computed ({f['per_second']} responses/s), "
+          f"{f['from_cache']} from the cache {rep['cache']}")
     for a, v in rep['heldout_accuracy'].items():
         print(f"held-out accuracy ({rep['k']} folds by prompt) {a}: {v['accuracy']:.3f} "
               f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] n={v['n']} (chance 0.5)")
     print(f'feature heads saved to {out}')
     return 0
 
-def feature_heads_score(args, ds, out) -> int:
-    "`score` with feature heads: cross-fitted PD where the heads saw the prompt."
-    from pd_align.features import score_feature_heads_cli
-    info = score_feature_heads_cli(ds, args.reward_model, out, keep_length=args.keep_length, rebuild=args.rebuild_features)
-    cf = info['crossfit']
-    print(f"scored {info['n']} pairs: {cf['n_pairs']} cross-fitted over {cf['k']} folds by prompt "
-          + '; '.join(f"fold {f['fold']}: {f['n_pairs']} pairs by heads trained on folds {f['trained_on']}" for f in cf['folds'])
-          + f"; {info['external']['n_pairs']} by the saved heads (unseen prompts)")
-    print(f'-> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
-    return 0
-
-# %% ../nbs/11_cli.ipynb #c015
-def cmd_select(args) -> int:
-    "Select a training subset from a scored dataset and write it as a `datasets` folder and TRL JSONL."
-    from datasets import load_from_disk
-    from pd_align.data import load_local
-    from pd_align.io import save_dataset_atomic, write_jsonl_atomic, atomic_write_json
-    from pd_align.selection import select
-    scored = Path(args.scored)
-    if not scored.exists(): raise CLIError(f'--scored {scored}: no such file or folder')
-    ds = load_from_disk(str(scored/'dataset')) if (scored/'dataset').is_dir() else load_local(scored)
-    check_apart(Path(args.out), scored, '--scored')
-    out = prepare_out(args.out, args.overwrite, resume=None)
-    sub = select(ds, method=args.method, ratio=args.ratio, seed=args.seed, per_aspect=args.per_aspect)
-    save_dataset_atomic(sub, out/'dataset')
-    keep = [c for c in ('id', 'aspect', 'pd', 'orig_index') if c in sub.column_names]
-    write_jsonl_atomic(out/'train.jsonl', ({'prompt': r['prompt'], 'chosen': r['chosen'], 'rejected': r['rejected'],
-                                            **{c: r[c] for c in keep}} for r in sub))
-    summary = dict(method=args.method, ratio=args.ratio, per_aspect=args.per_aspect, seed=args.seed,
-                   n_scored=len(ds), n_selected=len(sub), source=str(scored.resolve()))
-    if 'pd' in sub.column_names and len(sub): summary['mean_pd_selected'] = sum(sub['pd']) / len(sub)
-    atomic_write_json(out/'selection.json', summary)
-    print(f'selected {len(sub)} of {len(ds)} pairs ({args.method}, ratio {args.ratio}) -> {out}/dataset, {out}/train.jsonl')
-    return 0
-
-# %% ../nbs/11_cli.ipynb #c017
-def dataset_path(path:str) -> str:
-    "The dataset inside a `pd-align select`/`score` output folder, else `path` itself."
-    p = Path(path)
-    if not p.exists(): raise CLIError(f'--data {path}: no such file or folder')
-    return str(p/'dataset') if (p/'dataset').is_dir() else str(p)
-
-def parse_sets(items:list[str]) -> dict:
-    "`field=value` overrides for `DPOConfig`, each checked against the field's declared type (one line naming it)."
-    from pd_align.train import parse_overrides
-    bad = [i for i in items if '=' not in i]
-    if bad: raise CLIError(f'--set {bad[0]}: expected field=value')
-    sets = dict(i.split('=', 1) for i in items)
-    for k, v in sets.items():
-        try: parse_overrides({k: v})
-        except ValueError as e: raise CLIError(f'--set {k}={v}: {e}') from None
-    return sets
-
-def profile_sets(args) -> dict:
-    "The `DPOConfig` fields of `--profile` (none without it); with `--config` too, which wins is unclear: refused."
-    if not getattr(args, 'profile', None): return {}
-    if args.config:
-        raise CLIError('--profile and --config both set the DPO sizes: use one (and --set to change single fields)')
-    from pd_align.profiles import dpo_overrides
-    return dpo_overrides(args.profile)
-
-def cmd_train(args) -> int:
-    "LoRA DPO on `--data`; checkpoints, the final model and the log history go to `--out`."
-    from pd_align.train import train_cli, cli_config, learning_detected
-    sets = parse_sets(args.set)
-    try: cli_config(args.config, sets, args.out) # every setting checked before data or model are loaded
-    except (ValueError, OSError) as e: raise CLIError(f'--config/--set: {e}') from None
-    data = dataset_path(args.data)
-    check_apart(Path(args.out), Path(data), '--data')
-    sets = profile_sets(args) | parse_sets(args.set) # checked before --out is created
-    out = prepare_out(args.out, args.overwrite, resume=args.resume)
-    result = train_cli(data, model=args.model, config_path=args.config, out=out, overrides=sets,
-                       eval_data=dataset_path(args.eval_data) if args.eval_data else None, resume=args.resume)
-    last = result.history[-1] if getattr(result, 'history', None) else {}
-    shown = ', '.join(f'{k} {v:.4g}' for k, v in last.items() if isinstance(v, float))
-    print(f'trained -> {out}' + (f' (last logged: {shown})' if shown else ''))
-    learned, reason = learning_detected(result.history, result.config.loss)
-    if not learned: print(f'pd-align train: warning: {reason}', file=sys.stderr)
-    return 0
-
-def cmd_eval(args) -> int:
-    "Implicit-reward accuracy and margins of a trained run on held-out pairs (+ a proxy-reward win rate)."
-    from pd_align.train import eval_cli
-    from pd_align.stats import format_rate
-    if not Path(args.run).is_dir(): raise CLIError(f'--run {args.run}: no such folder')
-    if args.reward_model and not Path(args.reward_model).is_dir():
-        raise CLIError(f'--reward-model {args.reward_model}: no such folder')
-    data = dataset_path(args.data) if args.data else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always', UserWarning)
-        m = eval_cli(args.run, data, out=args.out, batch_size=args.batch_size, reward_model=args.reward_model,
-                     train_overlap='warn' if args.include_train_pairs else 'exclude', n_prompts=args.n_prompts,
-                     max_new_tokens=args.max_new_tokens, seed=args.seed, progress=True)
-    for w in caught:
-        if issubclass(w.category, UserWarning): print(f'pd-align eval: WARNING: {w.message}', file=sys.stderr)
-    print(f"pairs: {m['data']}" + (' (IN-SAMPLE: includes training pairs)' if m.get('in_sample') else ''))
-    print(f"implicit-reward accuracy: {format_rate(m['accuracy'], m['n'])}")
-    skip = ('accuracy', 'accuracy_ci', 'n', 'data', 'run', 'reward_win', 'in_sample')
-    print('\n'.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}' for k, v in m.items() if k not in skip))
-    if 'reward_win' in m:
-        w = m['reward_win']
-        print(f"proxy-reward win rate of the policy over the reference ({w['n']} prompts, ties count half): "
-              f"{format_rate(w['win_rate'], w['n'])}, ties {w['tie_rate']:.3f}")
-    return 0
-
-# %% ../nbs/11_cli.ipynb #c018
-def add_data(p:argparse.ArgumentParser):
-    "The `--data` options of the commands that read preference files."
-    p.add_argument('--data', action='append', required=True, metavar='[ASPECT=]PATH',
-                   help='preference file or folder; repeat as aspect=path to aggregate one sub-dataset per aspect')
-    p.add_argument('--format', default='auto', help='auto, ultrafeedback, helpsteer, hh, trl or fine-grained')
-    p.add_argument('--on-error', default='raise', choices=['raise', 'skip'], help='bad records: stop, or skip and count them')
-    p.add_argument('--limit', type=int, default=None, help='keep the first N pairs of each --data and read no further (quick runs)')
-
-# %% ../nbs/11_cli.ipynb #c019
-class Parser(argparse.ArgumentParser):
-    "An `ArgumentParser` whose errors are one line (`pd-align toy: error: ...`), exit code 2."
-    def error(self, message): self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
-
-def add_common(p:argparse.ArgumentParser, out_required:bool=True, resume:bool=False):
-    "Options every writing sub-command shares."
-    p.add_argument('--out', required=out_required, help='output folder (new or empty)')
-    p.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
-    if resume: p.add_argument('--resume', action='store_true', help='continue the run found in --out')
-    p.add_argument('--seed', type=int, default=0, help='random seed')
-
-def build_parser() -> argparse.ArgumentParser:
-    "The `pd-align` argument parser, one sub-parser per pipeline step."
-    p = Parser(prog='pd-align', description='Fine-grained preference data selection (preference divergence) and DPO.')
-    p.add_argument('--debug', action='store_true', help='show tracebacks')
-    p.add_argument('--quiet', action='store_true', help='no progress bars (also accepted after the command)')
-    sub = p.add_subparsers(dest='command', metavar='COMMAND')
-
-    t = sub.add_parser('toy', help='toy world: conflict-share sweep, every baseline of the paper (default < 60 s on 2 CPU cores)')
-    t.add_argument('--seeds', type=int, default=None, help='seeds (default 10; 3 with --quick)')
-    t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
-    t.add_argument('--shares', default=None, help="comma-separated conflict shares in [0, 1] (default '0,0.1,0.2,0.3,0.4'; "
-                                                  "'0.1,0.3' with --quick)")
-    t.add_argument('--quick', action='store_true', help='small setting for CI: 3 seeds, 2 shares, smaller worlds (seconds)')
-    add_common(t, out_required=False)
-    t.set_defaults(handler=cmd_toy)
-    add_text_toy(sub)
-
+def add_reward(sub, # `build_parser`'s sub-parsers
+               ):
+    "The `reward` sub-parser."
     r = sub.add_parser('reward', help='train the K-head proxy reward model (one backbone, one head per aspect)')
     add_data(r)
-    r.add_argument('--base', default='tiny', help="'tiny' (built-in, trained here), 'smollm2', or a causal LM path / hub name")
+    r.add_argument('--base', default='tiny',
+                   help="'tiny' (built-in, trained here), 'smollm2', or a causal LM path / hub name")
     r.add_argument('--lora', action='store_true', help='LoRA on the backbone')
     r.add_argument('--epochs', type=float, default=1.0)
     r.add_argument('--batch-size', type=int, default=8)
@@ -340,16 +561,52 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--tau', type=float, default=float('inf'), help='length-balanced sampling temperature (inf: 50/50)')
     r.add_argument('--max-length', type=int, default=512)
     r.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'])
-    r.add_argument('--heads', default='model', choices=['model', 'features'],
-                   help="'model': train a K-head reward model; 'features': linear heads on cached frozen features of --base")
-    r.add_argument('--features-cache', default=None, help='feature cache folder (default ~/.cache/pd_align/features/BASE)')
-    r.add_argument('--feature', default=None, help="feature set for --heads features, e.g. 'mean16' (default: mean, deepest layer)")
-    r.add_argument('--feature-max-length', type=int, default=256, help='tokens per text for the feature cache')
-    r.add_argument('--folds', type=int, default=5, help='cross-fitting folds by prompt (--heads features)')
-    r.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')
+    add_feature_head_options(r)
     add_common(r)
     r.set_defaults(handler=cmd_reward)
 
+def add_feature_head_options(r:argparse.ArgumentParser):
+    "The `reward` options of `--heads features`."
+    r.add_argument('--heads', default='model', choices=['model', 'features'],
+                   help="'model': train a K-head reward model; 'features': linear heads on cached frozen features "
+                        "of --base")
+    r.add_argument('--features-cache', default=None,
+                   help='feature cache folder (default ~/.cache/pd_align/features/BASE)')
+    r.add_argument('--feature', default=None,
+                   help="feature set for --heads features, e.g. 'mean16' (default: mean, deepest layer)")
+    r.add_argument('--feature-max-length', type=int, default=256, help='tokens per text for the feature cache')
+    r.add_argument('--folds', type=int, default=5, help='cross-fitting folds by prompt (--heads features)')
+    r.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')
+
+# %% ../nbs/11_cli.ipynb #c032
+def cmd_score(args) -> int:
+    "Score every pair of `--data` on all aspects, add PD, write `--out/dataset`."
+    ds = load_data(args.data, args.format, args.on_error, args.limit)
+    out = prepare_out(args.out, args.overwrite, resume=args.resume)
+    if is_feature_heads(args.reward_model):
+        return feature_heads_score(args, ds, out)
+    score_cli(ds, args.reward_model, out, batch_size=args.batch_size, resume=args.resume, dtype=args.dtype)
+    print(f'scored {len(ds)} pairs -> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
+    return 0
+
+def feature_heads_score(args, # the parsed `score` options
+                        ds, # the loaded `--data`
+                        out:Path, # the prepared `--out`
+                       ) -> int:
+    "`score` with feature heads: cross-fitted PD where the heads saw the prompt."
+    info = score_feature_heads_cli(ds, args.reward_model, out, keep_length=args.keep_length,
+                                   rebuild=args.rebuild_features)
+    cf = info['crossfit']
+    folds = '; '.join(f"fold {f['fold']}: {f['n_pairs']} pairs by heads trained on folds {f['trained_on']}"
+                      for f in cf['folds'])
+    print(f"scored {info['n']} pairs: {cf['n_pairs']} cross-fitted over {cf['k']} folds by prompt " + folds
+          + f"; {info['external']['n_pairs']} by the saved heads (unseen prompts)")
+    print(f'-> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
+    return 0
+
+def add_score(sub, # `build_parser`'s sub-parsers
+              ):
+    "The `score` sub-parser."
     c = sub.add_parser('score', help='score all pairs on every aspect and add the preference divergence')
     add_data(c)
     c.add_argument('--reward-model', required=True, help='folder written by `pd-align reward`')
@@ -360,6 +617,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(c, resume=True)
     c.set_defaults(handler=cmd_score)
 
+# %% ../nbs/11_cli.ipynb #c034
+def _write_subset(sub, # the selected pairs
+                  out:Path, # output folder
+                 ):
+    "The subset as a `datasets` folder (`out/dataset`) and TRL JSONL (`out/train.jsonl`, with id, aspect and pd)."
+    from pd_align.io import save_dataset_atomic, write_jsonl_atomic
+    save_dataset_atomic(sub, out/'dataset')
+    keep = [c for c in ('id', 'aspect', 'pd', 'orig_index') if c in sub.column_names]
+    rows = ({'prompt': r['prompt'], 'chosen': r['chosen'], 'rejected': r['rejected'], **{c: r[c] for c in keep}}
+            for r in sub)
+    write_jsonl_atomic(out/'train.jsonl', rows)
+
+def cmd_select(args) -> int:
+    "Select a training subset from a scored dataset and write it as a `datasets` folder and TRL JSONL."
+    from datasets import load_from_disk
+    from pd_align.data import load_local
+    from pd_align.io import atomic_write_json
+    from pd_align.selection import select
+    scored = Path(args.scored)
+    if not scored.exists():
+        raise CLIError(f'--scored {scored}: no such file or folder')
+    ds = load_from_disk(str(scored/'dataset')) if (scored/'dataset').is_dir() else load_local(scored)
+    check_apart(Path(args.out), scored, '--scored')
+    out = prepare_out(args.out, args.overwrite, resume=None)
+    sub = select(ds, method=args.method, ratio=args.ratio, seed=args.seed, per_aspect=args.per_aspect)
+    _write_subset(sub, out)
+    summary = dict(method=args.method, ratio=args.ratio, per_aspect=args.per_aspect, seed=args.seed,
+                   n_scored=len(ds), n_selected=len(sub), source=str(scored.resolve()))
+    if 'pd' in sub.column_names and len(sub):
+        summary['mean_pd_selected'] = sum(sub['pd']) / len(sub)
+    atomic_write_json(out/'selection.json', summary)
+    print(f'selected {len(sub)} of {len(ds)} pairs ({args.method}, ratio {args.ratio}) -> {out}/dataset, '
+          f'{out}/train.jsonl')
+    return 0
+
+def add_select(sub, # `build_parser`'s sub-parsers
+               ):
+    "The `select` sub-parser."
     s = sub.add_parser('select', help='keep the most negative PD share (or a baseline) of a scored dataset')
     s.add_argument('--scored', required=True, help='output folder of `pd-align score` (or a file with a pd column)')
     s.add_argument('--method', default='pd', choices=['pd', 'pd_high', 'random', 'margin', 'holistic', 'full'])
@@ -368,36 +663,142 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(s)
     s.set_defaults(handler=cmd_select)
 
+# %% ../nbs/11_cli.ipynb #c036
+def dataset_path(path:str) -> str:
+    "The dataset inside a `pd-align select`/`score` output folder, else `path` itself."
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f'--data {path}: no such file or folder')
+    return str(p/'dataset') if (p/'dataset').is_dir() else str(p)
+
+def parse_sets(items:list[str]) -> dict:
+    "`field=value` overrides for `DPOConfig`, each checked against the field's declared type (one line naming it)."
+    bad = [i for i in items if '=' not in i]
+    if bad:
+        raise CLIError(f'--set {bad[0]}: expected field=value')
+    sets = dict(i.split('=', 1) for i in items)
+    for k, v in sets.items():
+        try:
+            parse_overrides({k: v})
+        except ValueError as e:
+            raise CLIError(f'--set {k}={v}: {e}') from None
+    return sets
+
+def profile_sets(args) -> dict:
+    "The `DPOConfig` fields of `--profile` (none without it); with `--config` too, which wins is unclear: refused."
+    if not getattr(args, 'profile', None):
+        return {}
+    if args.config:
+        raise CLIError('--profile and --config both set the DPO sizes: use one (and --set to change single fields)')
+    from pd_align.profiles import dpo_overrides
+    return dpo_overrides(args.profile)
+
+def cmd_train(args) -> int:
+    "LoRA DPO on `--data`; checkpoints, the final model and the log history go to `--out`."
+    from pd_align.train import learning_detected
+    sets = parse_sets(args.set)
+    try:
+        cli_config(args.config, sets, args.out) # every setting checked before data or model are loaded
+    except (ValueError, OSError) as e:
+        raise CLIError(f'--config/--set: {e}') from None
+    data = dataset_path(args.data)
+    check_apart(Path(args.out), Path(data), '--data')
+    sets = profile_sets(args) | parse_sets(args.set) # checked before --out is created
+    out = prepare_out(args.out, args.overwrite, resume=args.resume)
+    result = train_cli(data, model=args.model, config_path=args.config, out=out, overrides=sets,
+                       eval_data=dataset_path(args.eval_data) if args.eval_data else None, resume=args.resume)
+    last = result.history[-1] if getattr(result, 'history', None) else {}
+    shown = ', '.join(f'{k} {v:.4g}' for k, v in last.items() if isinstance(v, float))
+    print(f'trained -> {out}' + (f' (last logged: {shown})' if shown else ''))
+    learned, reason = learning_detected(result.history, result.config.loss)
+    if not learned:
+        print(f'pd-align train: warning: {reason}', file=sys.stderr)
+    return 0
+
+def add_train(sub, # `build_parser`'s sub-parsers
+              ):
+    "The `train` sub-parser."
     d = sub.add_parser('train', help='LoRA DPO (or DFPO) on a selected subset')
     d.add_argument('--data', required=True, help='`pd-align select` output folder, a datasets folder or a JSONL file')
     d.add_argument('--model', default='tiny', help="'tiny', 'smollm2', or a causal LM path / hub name")
     d.add_argument('--config', default=None, help='DPOConfig as .json or .yaml')
     d.add_argument('--profile', default=None, choices=['t4', 'l4', 'a100'],
-                   help="the GPU tutorial's DPO sizes and precision for a card (pd_align.profiles); --set overrides them")
-    d.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='override a DPOConfig field (repeatable)')
+                   help="the GPU tutorial's DPO sizes and precision for a card (pd_align.profiles); "
+                        '--set overrides them')
+    d.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                   help='override a DPOConfig field (repeatable)')
     d.add_argument('--eval-data', default=None, help='pairs to evaluate on during training')
     add_common(d, resume=True)
     d.set_defaults(handler=cmd_train)
 
+# %% ../nbs/11_cli.ipynb #c037
+def print_eval(m:dict, # `eval_cli`'s metrics
+              ):
+    "The evaluation in lines: pairs, accuracy with n and a 95% interval, the other metrics, the win rate."
+    from pd_align.stats import format_rate
+    print(f"pairs: {m['data']}" + (' (IN-SAMPLE: includes training pairs)' if m.get('in_sample') else ''))
+    print(f"implicit-reward accuracy: {format_rate(m['accuracy'], m['n'])}")
+    skip = ('accuracy', 'accuracy_ci', 'n', 'data', 'run', 'reward_win', 'in_sample')
+    print('\n'.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}' for k, v in m.items() if k not in skip))
+    if 'reward_win' in m:
+        w = m['reward_win']
+        print(f"proxy-reward win rate of the policy over the reference ({w['n']} prompts, ties count half): "
+              f"{format_rate(w['win_rate'], w['n'])}, ties {w['tie_rate']:.3f}")
+
+def cmd_eval(args) -> int:
+    "Implicit-reward accuracy and margins of a trained run on held-out pairs (+ a proxy-reward win rate)."
+    if not Path(args.run).is_dir():
+        raise CLIError(f'--run {args.run}: no such folder')
+    if args.reward_model and not Path(args.reward_model).is_dir():
+        raise CLIError(f'--reward-model {args.reward_model}: no such folder')
+    data = dataset_path(args.data) if args.data else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', UserWarning)
+        m = eval_cli(args.run, data, out=args.out, batch_size=args.batch_size, reward_model=args.reward_model,
+                     train_overlap='warn' if args.include_train_pairs else 'exclude', n_prompts=args.n_prompts,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, progress=True)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f'pd-align eval: WARNING: {w.message}', file=sys.stderr)
+    print_eval(m)
+    return 0
+
+def add_eval(sub, # `build_parser`'s sub-parsers
+             ):
+    "The `eval` sub-parser."
     e = sub.add_parser('eval', help='implicit-reward accuracy and margins of a trained run on preference pairs')
     e.add_argument('--run', required=True, help='output folder of `pd-align train`')
     e.add_argument('--data', default=None,
                    help="pairs to evaluate on (default: the scored pairs the run's selection left out); "
                         'pairs the run trained on (same id) are left out with a warning')
-    e.add_argument('--include-train-pairs', action='store_true', help='keep training pairs in --data (in-sample, flagged)')
+    e.add_argument('--include-train-pairs', action='store_true',
+                   help='keep training pairs in --data (in-sample, flagged)')
     e.add_argument('--reward-model', default=None,
-                   help='`pd-align reward` folder: also the proxy-reward win rate of policy samples over reference samples')
+                   help='`pd-align reward` folder: also the proxy-reward win rate of policy samples over reference '
+                        'samples')
     e.add_argument('--n-prompts', type=int, default=64, help='prompts sampled for the win rate')
     e.add_argument('--max-new-tokens', type=int, default=64, help='tokens sampled per response for the win rate')
     e.add_argument('--seed', type=int, default=0, help='sampling seed')
     e.add_argument('--out', default=None, help='metrics JSON (default RUN/eval.json)')
     e.add_argument('--batch-size', type=int, default=None)
     e.set_defaults(handler=cmd_eval)
+
+# %% ../nbs/11_cli.ipynb #c039
+SUBCOMMANDS = (add_toy, add_text_toy, add_reward, add_score, add_select, add_train, add_eval)
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `pd-align` argument parser, one sub-parser per pipeline step."
+    p = Parser(prog='pd-align', description='Fine-grained preference data selection (preference divergence) and DPO.')
+    p.add_argument('--debug', action='store_true', help='show tracebacks')
+    p.add_argument('--quiet', action='store_true', help='no progress bars (also accepted after the command)')
+    sub = p.add_subparsers(dest='command', metavar='COMMAND')
+    for add in SUBCOMMANDS:
+        add(sub)
     for command in sub.choices.values(): # `pd-align CMD --quiet` works too; SUPPRESS keeps a global --quiet
         command.add_argument('--quiet', action='store_true', default=argparse.SUPPRESS, help='no progress bars')
     return p
 
-# %% ../nbs/11_cli.ipynb #c020
+# %% ../nbs/11_cli.ipynb #c040
 def main(argv=None # arguments, default `sys.argv[1:]`
         ) -> int:
     "Run `pd-align`; returns the process exit code."
@@ -411,10 +812,12 @@ def main(argv=None # arguments, default `sys.argv[1:]`
     _CREATED.clear()
     code = 1
     try:
-        with progress_bars(not args.quiet): code = args.handler(args) or 0
+        with progress_bars(not args.quiet):
+            code = args.handler(args) or 0
         return code
     except (CLIError, ValueError, OSError, ImportError) as e:
-        if args.debug: raise
+        if args.debug:
+            raise
         print(f'pd-align {args.command}: error: {e}', file=sys.stderr)
         code = 2
         return code
@@ -423,7 +826,8 @@ def main(argv=None # arguments, default `sys.argv[1:]`
         code = 130
         return code
     finally:
-        if code != 0: remove_created() # a failed command leaves no empty --out folder behind
+        if code != 0:
+            remove_created() # a failed command leaves no empty --out folder behind
 
 def console_main():
     "Entry point of the `pd-align` script."

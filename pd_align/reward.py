@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'AspectRewardModel', 'reward_model_from_base', 'pair_texts', 'tiny_reward_model', 'format_text', 'encode',
            'collate', 'score_texts', 'CallCounter', 'split_heldout', 'pair_scores', 'pairwise_accuracy',
            'train_reward_models', 'accuracy_table', 'corrected_scores', 'fit_length_penalty', 'score_dataset',
-           'rating_pd', 'plot_reward_diagnostics', 'load_reward_model', 'train_reward_cli', 'score_cli']
+           'rating_pd', 'plot_reward_diagnostics', 'load_reward_model', 'fit_reward_model']
 
 # %% ../nbs/06_reward.ipynb #c008
 _LORA_DEFAULTS = dict(r=8, alpha=16, dropout=0.0, target_modules=['q_proj', 'v_proj'])
@@ -777,69 +777,51 @@ def load_reward_model(path:str|Path, # folder written by `save_pretrained` (with
     return model, tok
 
 # %% ../nbs/06_reward.ipynb #c061
-def _summary(report:dict) -> dict:
-    "The JSON-friendly part of a training report (no index lists)."
-    skip = ('train_index', 'heldout_index', 'heldout_scores')
-    return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in report.items() if k not in skip}
-
 from .progress import honours_progress
 
+def _default_lr(base:str|None, # None: the built-in tiny proxy
+                lora, # LoRA settings (or None: full fine-tuning)
+               ) -> float:
+    "3e-3 for the built-in tiny proxy, 2e-4 with LoRA, 1e-5 for full fine-tuning of a real backbone."
+    if base is None:
+        return 3e-3
+    return 2e-4 if lora else 1e-5
+
+def _labelled_aspects(data) -> list[str]:
+    "The aspects that label pairs in `data`, in the dataset's aspect order (then any the order does not name)."
+    labelled = list(dict.fromkeys(data['aspect']))
+    known = get_aspects(data)
+    return [a for a in known if a in labelled] + [a for a in labelled if a not in known]
+
 @honours_progress # progress=False: no bar at all, not even datasets' map/save bars
-def train_reward_cli(data:Dataset, # aggregated fine-grained pairs
-                     base:str|None, # None: built-in tiny proxy; else a causal LM's local path or hub name
-                     out:str|Path, # output folder for the model (replaced)
-                     aspects:list[str]|None=None, # heads (default: the aspects that label pairs in `data`, in dataset order)
+def fit_reward_model(data:Dataset, # aggregated fine-grained pairs
+                     base:str|None=None, # None: built-in tiny proxy; else a causal LM's local path or hub name
+                     aspects:list[str]|None=None, # heads (default: the aspects that label pairs in `data`)
                      lora:bool|dict|None=None, # LoRA on the backbone
                      epochs:float=1.0, batch_size:int=8, grad_accum:int=1,
                      lr:float|None=None, # default 3e-3 (tiny), 2e-4 (LoRA), 1e-5 (full fine-tuning)
                      head_lr:float|None=None, # default max(lr, 1e-3)
-                     heldout:float=0.2, length_balance:bool=True, tau:float=float('inf'), length_penalty:float|dict=0.0,
+                     heldout:float=0.2, length_balance:bool=True, tau:float=float('inf'),
+                     length_penalty:float|dict=0.0,
                      fit_length:bool=True, # fit alpha_j on the held-out pairs
                      max_length:int=512, dtype:str='fp32', device=None, seed:int=0,
                      tiny:dict|None=None, # options of `tiny_reward_model` (hidden_size, n_layers, vocab_size, ...)
                      progress:bool=True,
-                    ) -> dict: # training report (+ 'length_fit', 'out')
-    "Build, train, length-correct and save a K-head reward model; the CLI's `train-reward` step."
-    labelled = list(dict.fromkeys(data['aspect']))
-    order = [a for a in get_aspects(data) if a in labelled] + [a for a in labelled if a not in get_aspects(data)]
-    aspects = list(aspects) if aspects is not None else order
+                    ) -> tuple: # (model, tokenizer, `train_reward_models` report + 'length_fit')
+    "Build, train and length-correct a K-head reward model; nothing is written."
+    aspects = list(aspects) if aspects is not None else _labelled_aspects(data)
     if base is None:
-        model, tok = tiny_reward_model(aspects, pair_texts(data), lora=lora, seed=seed, **{'max_positions': max_length, **(tiny or {})})
-        lr = lr or 3e-3
+        options = {'max_positions': max_length, **(tiny or {})}
+        model, tok = tiny_reward_model(aspects, pair_texts(data), lora=lora, seed=seed, **options)
     else:
         model, tok = reward_model_from_base(base, aspects, lora=lora, max_length=max_length, seed=seed)
-        lr = lr or (2e-4 if lora else 1e-5)
+    lr = lr or _default_lr(base, lora)
     report = train_reward_models(model, tok, data, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                                 head_lr=head_lr or max(lr, 1e-3), heldout=heldout, length_balance=length_balance, tau=tau,
-                                 length_penalty=length_penalty, dtype=dtype, device=device, seed=seed, progress=progress)
+                                 head_lr=head_lr or max(lr, 1e-3), heldout=heldout, length_balance=length_balance,
+                                 tau=tau, length_penalty=length_penalty, dtype=dtype, device=device, seed=seed,
+                                 progress=progress)
     if fit_length and len(report['heldout_index']) >= 3:
-        held = data.select(report['heldout_index'])   # scored already for the held-out accuracy: reuse the scores
+        held = data.select(report['heldout_index']) # scored already for the held-out accuracy: reuse the scores
         report['length_fit'] = fit_length_penalty(model, tok, held, dtype=dtype, progress=progress,
                                                   scores=report['heldout_scores'])
-    model.save_pretrained(out, tok, extra=dict(train_report=_summary(report)))
-    report['out'] = str(out)
-    return report
-
-@honours_progress # progress=False: no bar at all, not even datasets' map/save bars
-def score_cli(data:Dataset, # fine-grained pairs to score
-              reward_model:str|Path, # folder written by `train_reward_cli` / `save_pretrained`
-              out:str|Path, # output folder: `dataset/` (a `datasets` folder), `shards/` (resume), `score.json`
-              batch_size:int=32, resume:bool=True, shard_size:int=1024,
-              device=None, dtype:str='fp32',
-              scaling:str|None=None, gamma:float|None=None, weights=None, # PD settings (default: the model's)
-              progress:bool=True,
-             ) -> Path: # `out`
-    "Score `data` with a saved reward model; writes `out/dataset` with chosen/rejected scores and `pd`; the CLI's `score` step."
-    model, tok = load_reward_model(reward_model, device=device)
-    out = Path(out)
-    stats = {}
-    scored = score_dataset(model, tok, data, batch_size=batch_size, out_dir=out / 'shards', shard_size=shard_size,
-                           weights=weights, scaling=scaling, gamma=gamma, dtype=dtype, resume=resume, progress=progress,
-                           stats=stats)
-    save_dataset_atomic(scored, out / 'dataset')
-    pdv = np.asarray(scored['pd'])
-    atomic_write_json(out / 'score.json', dict(reward_model=str(reward_model), n=len(scored), aspects=model.aspects,
-                                               pd_settings=pd_settings(scored), # as used: defaults + overrides
-                                               length_alpha=model.length_alpha.tolist(), pd_mean=float(pdv.mean()),
-                                               pd_negative_share=float((pdv < 0).mean()), **stats))
-    return out
+    return model, tok, report

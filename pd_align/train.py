@@ -24,8 +24,7 @@ from .losses import sequence_logps, dpo_loss, dfpo_loss
 __all__ = ['DPOConfig', 'tokenize_pairs', 'collate_pairs', 'is_peft', 'pair_logps', 'reference_logps', 'precompute_reference',
            'make_accelerator', 'load_policy', 'add_lora', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
            'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo', 'weights_fingerprint', 'learning_detected',
-           'model_card', 'sample_responses', 'reward_win_rate', 'parse_overrides', 'cli_config', 'check_enough_pairs',
-           'train_cli', 'load_run', 'heldout_pairs', 'eval_cli']
+           'model_card', 'sample_responses', 'reward_win_rate', 'load_run']
 
 # %% ../nbs/07_train.ipynb #c006
 _ALIASES = {'learning_rate': 'lr', 'num_train_epochs': 'epochs', 'per_device_train_batch_size': 'batch_size',
@@ -1033,82 +1032,16 @@ def reward_win_rate(policy, # trained policy
                       for p, a, b, x, y in zip(prompts, pol, ref, hp.tolist(), hr.tolist())]
     return out
 
-# %% ../nbs/07_train.ipynb #c055
-def _parse_override(v):
-    "'1e-3' -> 0.001, 'null' -> None, '[q_proj, v_proj]' -> list; other strings stay strings."
-    if not isinstance(v, str): return v
-    import yaml
-    try: return float(v) if re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+', v) else yaml.safe_load(v)
-    except yaml.YAMLError: return v
-
-def _typed(name:str, value, raw):
-    "`value` checked against the declared type of DPOConfig field `name` ('int|None', 'float', 'bool', 'str', 'Any')."
-    kinds = [k.strip() for k in str({f.name: f.type for f in dataclasses.fields(DPOConfig)}[name]).split('|')]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if 'Any' in kinds or (value is None and 'None' in kinds): return value
-    if 'int' in kinds and number and float(value).is_integer(): return int(value)
-    if 'float' in kinds and number: return float(value)
-    if ('bool' in kinds and isinstance(value, bool)) or ('str' in kinds and isinstance(value, str)): return value
-    raise ValueError(f"{name} must be {' or '.join(kinds)}, got {raw!r}")
-
-def parse_overrides(overrides:dict|None, # field -> value; strings are read as yaml scalars ('1e-3', 'null', 'true')
-                   ) -> dict: # canonical field names (TRL aliases renamed) -> values of the declared types
-    "Check `field=value` overrides against `DPOConfig`'s fields and types: a ValueError names the field."
-    fields, out = {f.name for f in dataclasses.fields(DPOConfig)}, {}
-    for key, raw in (overrides or {}).items():
-        name = _ALIASES.get(key, key)
-        if name not in fields: raise ValueError(f"unknown DPOConfig field {key!r}; known: {', '.join(sorted(fields))}")
-        out[name] = _typed(name, _parse_override(raw), raw)
-    return out
-
-def cli_config(config_path=None, # .json/.yaml DPOConfig file
-               overrides:dict|None=None, # `field=value` overrides (see `parse_overrides`)
-               out=None, # output folder
-              ) -> DPOConfig:
-    "The run's `DPOConfig`: file, then overrides, checked (types and ranges) before any data or model is loaded."
-    base = DPOConfig.from_file(config_path).to_dict() if config_path else {}
-    return DPOConfig.from_dict({**base, **parse_overrides(overrides), 'output_dir': None if out is None else str(out)})
-
-def check_enough_pairs(n_pairs:int, config:DPOConfig, world:int|None=None):
-    "A ValueError (before any model is built) when `n_pairs` cannot fill one optimizer step."
-    world = world or int(os.environ.get('WORLD_SIZE', 1))
-    need = config.batch_size * config.grad_accum * world
-    if n_pairs < need:
-        raise ValueError(f"{n_pairs} pairs are fewer than one optimizer step needs: batch_size {config.batch_size} x "
-                         f"grad_accum {config.grad_accum} x {world} process(es) = {need}; lower batch_size")
-
-def _selection_of(data) -> dict|None:
-    "The `selection.json` of a `pd-align select` output folder that holds (or is) `data`."
-    for folder in (Path(data), Path(data).parent):
-        if (folder / 'selection.json').is_file():
-            sel = json.loads((folder / 'selection.json').read_text())
-            if sel.get('source') and Path(sel['source']).exists(): sel['source'] = str(Path(sel['source']).resolve())
-            return sel
-    return None
-
-def train_cli(data, # a `save_to_disk` folder, a .jsonl/.jsonl.gz file, or a .json list
-              model:str='tiny', # hub name / local path, 'tiny' (built-in, tokenizer trained on the data) or 'smollm2'
-              config_path=None, # .json/.yaml DPOConfig file
-              out='run', # output folder (checkpoints, final/, dpo_config.json, log_history.json)
-              overrides:dict|None=None, # field -> value (strings are parsed as yaml scalars: '1e-3', 'null', 'true')
-              eval_data=None, # optional evaluation pairs (same formats as `data`)
-              resume:bool=False, # continue from the latest checkpoint in `out`
-             ) -> DPOResult:
-    "Train DPO/DFPO from files: the function behind `pd-align train`."
-    from pd_align.data import load_local
-    config = cli_config(config_path, overrides, out)
-    ds = load_local(data)
-    check_enough_pairs(len(ds), config)
-    eval_ds = load_local(eval_data) if eval_data else None
-    notes = {'train_data': str(Path(data).resolve()), 'selection': _selection_of(data)}
-    return train_dpo(str(model), ds, config, eval_dataset=eval_ds, resume_from_checkpoint=resume or None,
-                     run_notes=notes)
-
 # %% ../nbs/07_train.ipynb #c057
-def _check_base(base, info:dict, src, run:Path):
+def _check_base(base, # the model found under the run's base name
+                info:dict, # the run's run_info.json
+                src, # where `base` was loaded from
+                run:Path, # the run folder (named in the error)
+               ):
     "A clear error when the model found under the run's base name is not the one the run started from."
     want = info.get('base_fingerprint')
-    if not want: return
+    if not want:
+        return
     got = weights_fingerprint(base)
     if got != want:
         raise ValueError(f"{run}: the base model {src} is not the one this run started from (weights fingerprint "
@@ -1120,8 +1053,10 @@ def load_run(run, # a `train_dpo` output folder (with final/, run_info.json, dpo
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from pd_align.tiny import activation_checkpointing_name
     run = Path(run)
-    if not (run / 'run_info.json').exists(): raise ValueError(f"{run} is not a finished run (no run_info.json)")
-    info, config = json.loads((run / 'run_info.json').read_text()), DPOConfig.from_file(run / 'dpo_config.json')
+    if not (run / 'run_info.json').exists():
+        raise ValueError(f"{run} is not a finished run (no run_info.json)")
+    info = json.loads((run / 'run_info.json').read_text())
+    config = DPOConfig.from_file(run / 'dpo_config.json')
     if info['base_model'] is None:
         raise ValueError(f"{run}: the base model is unknown (training started from an unnamed peft model object)")
     tok = AutoTokenizer.from_pretrained(run / 'final')
@@ -1130,83 +1065,7 @@ def load_run(run, # a `train_dpo` output folder (with final/, run_info.json, dpo
     _check_base(base, info, src, run)
     if info['peft']:
         from peft import PeftModel
-        with activation_checkpointing_name(base): policy = PeftModel.from_pretrained(base, run / 'final')
+        with activation_checkpointing_name(base):
+            policy = PeftModel.from_pretrained(base, run / 'final')
         return policy, tok, None, config
     return AutoModelForCausalLM.from_pretrained(run / 'final'), tok, base, config
-
-def _train_ids(run:Path) -> set|None:
-    f = Path(run) / 'train_ids.json'
-    return set(json.loads(f.read_text())) if f.exists() else None
-
-def heldout_pairs(run, # a run trained on a `pd-align select` output
-                 ): # (Dataset of the scored pairs the run did not train on, where they came from)
-    "The pairs a run left out: the selection's scored pairs minus those it trained on (by id)."
-    from pd_align.data import load_local
-    info = json.loads((Path(run) / 'run_info.json').read_text())
-    source, ids = (info.get('selection') or {}).get('source'), _train_ids(run)
-    if not source or ids is None:
-        raise ValueError(f"{run}: no held-out pairs are known (the run was not trained on a `pd-align select` output "
-                         "with ids); pass the pairs to evaluate on")
-    folder = Path(source)
-    ds = load_local(folder / 'dataset' if (folder / 'dataset').is_dir() else folder)
-    keep = [i for i, x in enumerate(ds['id']) if str(x) not in ids]
-    if not keep: raise ValueError(f"{run}: every pair of {source} was used for training; no held-out pairs are left")
-    return ds.select(keep), f'{source} minus the {len(ids)} training pairs'
-
-def _split_training_pairs(ds, run, train_overlap:str):
-    "(pairs to evaluate, how many of `ds` the run trained on): drop, keep with a warning, or refuse the overlap by id."
-    import warnings
-    ids = _train_ids(run)
-    if ids is None or 'id' not in ds.column_names: return ds, None
-    seen = [str(x) in ids for x in ds['id']]
-    n = sum(seen)
-    if not n: return ds, 0
-    what = f"{n} of the {len(ds)} evaluation pairs were used to train this run (same id)"
-    if train_overlap == 'error' or (train_overlap == 'exclude' and n == len(ds)):
-        raise ValueError(f"{what}: in-sample accuracy says nothing about held-out pairs; evaluate on other pairs")
-    if train_overlap == 'exclude':
-        warnings.warn(f"{what}: they are left out; evaluating on the other {len(ds) - n}", stacklevel=3)
-        return ds.select([i for i, s in enumerate(seen) if not s]), n
-    warnings.warn(f"{what}: the metrics are (partly) IN-SAMPLE", stacklevel=3)
-    return ds, n
-
-def _reward_win(model, tok, ref, config, ds, reward_model, n_prompts:int, max_new_tokens:int, seed:int) -> dict:
-    "Proxy-reward win rate of the policy's samples over the reference's on the first `n_prompts` distinct prompts."
-    from pd_align.reward import load_reward_model
-    from pd_align.stats import wilson_interval
-    rm, rtok = load_reward_model(reward_model)
-    prompts = list({json.dumps(p): p for p in ds['prompt']}.values())[:n_prompts]
-    res = reward_win_rate(model, ref, tok, prompts, rm, rtok, max_new_tokens=max_new_tokens, seed=seed,
-                          apply_chat_template=config.apply_chat_template)
-    lo, hi = wilson_interval(res['win_rate'] * res['n'], res['n'])
-    return {**res, 'win_rate_ci': [lo, hi], 'reward_model': str(reward_model), 'aspects': list(rm.aspects)}
-
-def eval_cli(run, # a `train_dpo` / `train_cli` output folder
-             data=None, # pairs to evaluate on (any format `load_local` reads); None: the run's held-out pairs
-             out=None, # json file for the metrics (default run/eval.json)
-             batch_size:int|None=None, # evaluation batch size (default: the run's)
-             train_overlap:str='warn', # evaluation pairs the run trained on (by id): 'warn', 'exclude' or 'error'
-             reward_model=None, # a `pd-align reward` folder: adds the proxy-reward win rate over the reference
-             n_prompts:int=64, # prompts sampled for the win rate
-             max_new_tokens:int=64, seed:int=0,
-             progress:bool=False, # progress bar over the evaluation batches
-            ) -> dict: # `evaluate_dpo` metrics, accuracy_ci, n_train_overlap, data, run (+ reward_win)
-    "Implicit-reward evaluation of a trained run (and optionally a reward-model win rate): behind `pd-align eval`."
-    from pd_align.data import load_local
-    from pd_align.stats import wilson_interval
-    if train_overlap not in ('warn', 'exclude', 'error'):
-        raise ValueError(f"train_overlap must be 'warn', 'exclude' or 'error', got {train_overlap!r}")
-    model, tok, ref, config = load_run(run)
-    ds, source = heldout_pairs(run) if data is None else (load_local(data), str(data))
-    ds, overlap = _split_training_pairs(ds, run, train_overlap)
-    cfg = config.replace(output_dir=None, save_steps=0, **({'eval_batch_size': batch_size} if batch_size else {}))
-    if cfg.loss == 'dfpo' and 'pd' not in ds.column_names:
-        cfg = cfg.replace(loss='dpo') # accuracy and margins need no pd
-    metrics = evaluate_dpo(model, tok, ds, cfg, ref_model=ref, progress=progress)
-    metrics.update(accuracy_ci=list(wilson_interval(metrics['accuracy'] * metrics['n'], metrics['n'])),
-                   n_train_overlap=overlap, in_sample=bool(overlap) and train_overlap == 'warn',
-                   loss_type=cfg.loss, data=source, run=str(run))
-    if reward_model is not None:
-        metrics['reward_win'] = _reward_win(model, tok, ref, config, ds, reward_model, n_prompts, max_new_tokens, seed)
-    atomic_write_json(Path(out) if out else Path(run) / 'eval.json', metrics)
-    return metrics

@@ -203,7 +203,7 @@ def test_run_folder_keeps_no_base_copy_and_has_a_model_card(pipeline):
 
 def test_named_base_is_loaded_by_path_and_checked(tmp_path):
     from pd_align.tiny import tiny_causal_lm, train_tokenizer
-    from pd_align.train import train_cli
+    from pd_align.cli import train_cli
     rows = synthetic_pairs(4, **DEMO)
     tok = train_tokenizer([r[k] for r in rows for k in ('prompt', 'chosen', 'rejected')], vocab_size=300)
     tiny_causal_lm(len(tok), seed=1).save_pretrained(tmp_path / 'base'); tok.save_pretrained(tmp_path / 'base')
@@ -228,7 +228,7 @@ def test_quiet_and_progress_false_draw_no_bars(pipeline, tmp_path):
     assert not BAR.search(err), err
     _, err = ok('select', '--scored', d / 'scored', '--ratio', 0.5, '--out', tmp_path / 's', '--quiet')
     assert not BAR.search(err), err
-    from pd_align.reward import train_reward_cli, score_cli
+    from pd_align.cli import train_reward_cli, score_cli
     ds = load_local(UF)
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf):
@@ -238,8 +238,7 @@ def test_quiet_and_progress_false_draw_no_bars(pipeline, tmp_path):
 
 def test_no_deprecated_gradient_checkpointing_property(tmp_path):
     "peft reads `is_gradient_checkpointing` when it wraps a model; our wrappers answer through the current API."
-    from pd_align.train import train_cli, eval_cli
-    from pd_align.reward import train_reward_cli
+    from pd_align.cli import train_cli, eval_cli, train_reward_cli
     write_jsonl_atomic(tmp_path / 'pairs.jsonl', synthetic_pairs(4, **DEMO))
     with warnings.catch_warnings():
         warnings.filterwarnings('error', message='.*is_gradient_checkpointing.*')

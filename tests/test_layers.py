@@ -1,8 +1,7 @@
-"""The layer rule of the README: a module imports only from layers below its own (function-level imports included).
+"""The layer rule of the README: a module imports only from layers to its left (function-level imports included).
 
-`io ← data ← losses / divergence / theory ← selection ← reward ← train ← experiments (toy, text_toy) ← cli`, with the
-foundations (`io`, `stats`, `progress`, `tiny`, `memory`) importing nothing from the package and the harness
-`experiments` nothing above `selection`. A new module must be given its tier here. And every
+The layers are read from the README's layer line (made from nbs/index.ipynb), so the sentence a reader sees and the
+imports the package makes cannot drift apart; a new module must be placed in that line. And every
 `from pd_align.x import name` (in the package, tests, bench, tools and notebooks, inside functions too) names
 something that exists: a name moved to another module is imported from its new home everywhere.
 """
@@ -10,17 +9,14 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / 'pd_align'
-TIERS = [('io', 'stats', 'progress', 'tiny', 'memory'), # foundations: nothing from the package
-         ('profiles',), # per-card sizes, checked with `memory`
-         ('data',),
-         ('losses', 'divergence', 'theory'),
-         ('selection',),
-         ('experiments',), # the harness: nothing above `selection`, so every world plugs into it
-         ('reward',),
-         ('features',),
-         ('train',),
-         ('toy', 'text_toy'),
-         ('cli',)]
+
+def readme_tiers() -> list[tuple[str, ...]]:
+    "The layers of the README's layer line (the one line starting with `io,), lowest first."
+    lines = [l for l in (PKG.parent / 'README.md').read_text(encoding='utf-8').splitlines() if l.startswith('`io, ')]
+    assert len(lines) == 1, 'the README states the layers in exactly one line starting with `io, '
+    return [tuple(m.strip() for m in tier.split(',')) for tier in lines[0].split('`')[1].split('←')]
+
+TIERS = readme_tiers()
 TIER = {m: i for i, tier in enumerate(TIERS) for m in tier}
 MODULES = sorted(p.stem for p in PKG.glob('*.py') if p.stem not in ('_modidx', '__init__'))
 
@@ -44,7 +40,9 @@ def upward_imports(module:str, source:str) -> list[str]:
 
 
 def test_every_module_has_a_tier():
-    assert not set(MODULES) - set(TIER), f'add {sorted(set(MODULES) - set(TIER))} to TIERS in tests/test_layers.py'
+    named = [m for tier in TIERS for m in tier]
+    assert len(named) == len(set(named)), f'a module is named twice in the layer line: {named}'
+    assert set(named) == set(MODULES), f'the README layer line and the modules differ: {set(named) ^ set(MODULES)}'
 
 
 def test_no_module_imports_upwards():

@@ -1,5 +1,5 @@
 """Per-aspect reward models (pd_align.reward): K heads in one pass, training, length de-biasing, resumable scoring,
-save/load, the fixtures' train -> score -> select path, and estimated PD against the true PD of a synthetic world.
+save/load, and estimated PD against the true PD of a synthetic world.
 
 Tiny models only; one torch thread (tiny matrices: threading only adds overhead and suffers on shared CI cores)."""
 import json, math
@@ -13,8 +13,9 @@ from pd_align.data import from_ultrafeedback, from_helpsteer2, add_lengths, aspe
 from pd_align.divergence import spearman
 from pd_align.selection import select
 from pd_align.synthetic import SYNTHETIC_ASPECTS, synthetic_pairs
-from pd_align.reward import (AspectRewardModel, CallCounter, tiny_reward_model, pair_texts, format_text, score_texts, pair_scores, train_reward_models, fit_length_penalty,
-                             score_dataset, rating_pd, load_reward_model, train_reward_cli, score_cli, accuracy_table,
+from pd_align.reward import (AspectRewardModel, CallCounter, tiny_reward_model,
+                             pair_texts, format_text, score_texts, pair_scores, train_reward_models, fit_length_penalty,
+                             score_dataset, rating_pd, load_reward_model, fit_reward_model, accuracy_table,
                              split_heldout, corrected_scores, reward_model_from_base)
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
@@ -263,46 +264,13 @@ def test_lora_adapter_round_trip(world, tmp_path):
     assert score_dataset(m, tok, ds, progress=False)['pd'] == score_dataset(m2, tok2, ds, progress=False)['pd']
 
 
-# ---------- the whole path on the real-schema fixtures ----------
-
-def _fixture(name):
-    if name == 'ultrafeedback': return from_ultrafeedback(FIXTURES / 'ultrafeedback.jsonl', pairing='all_pairs')
-    return from_helpsteer2(FIXTURES / 'helpsteer2.jsonl')
+# (the train -> score -> select path on the real-schema fixtures, through `pd_align.cli`: tests/test_cli_steps.py)
 
 
-@pytest.mark.parametrize('name', ['ultrafeedback', 'helpsteer2'])
-def test_train_score_select_on_fixtures(name, tmp_path):
-    data = _fixture(name)
-    rep = train_reward_cli(data, None, tmp_path / 'rm', epochs=2, batch_size=4, heldout=0.2,
-                           tiny=dict(hidden_size=32, vocab_size=400), progress=False)
-    labelled = list(dict.fromkeys(data['aspect']))
-    assert rep['aspects'] == [a for a in get_aspects(data) if a in labelled]
-    cfg = json.loads((tmp_path / 'rm' / 'reward_config.json').read_text())
-    assert cfg['extra']['train_report']['heldout_accuracy'] == rep['heldout_accuracy']
-    out = score_cli(data, tmp_path / 'rm', tmp_path / 'scored', batch_size=8, shard_size=8, progress=False)
-    scored = load_from_disk(str(out / 'dataset'))
-    assert len(scored) == len(data) and np.isfinite(scored['pd']).all()
-    assert get_aspects(scored) == rep['aspects']
-    assert scored['orig_chosen_scores'] == data['chosen_scores']       # the ratings are kept
-    summary = json.loads((out / 'score.json').read_text())
-    assert summary['n'] == len(data) and summary['reused_shards'] == 0
-    rescored = score_dataset(*load_reward_model(tmp_path / 'rm'), scored, progress=False)   # scoring a scored set
-    assert rescored['orig_chosen_scores'] == data['chosen_scores']
-    np.testing.assert_allclose(rescored['pd'], scored['pd'], atol=1e-6)   # other batch sizes: float noise only
-    again = score_cli(data, tmp_path / 'rm', tmp_path / 'scored', batch_size=8, shard_size=8, progress=False)
-    assert json.loads((again / 'score.json').read_text())['reused_shards'] == math.ceil(len(data) / 8)
-    sub = select(scored, method='pd', ratio=0.3)
-    sub.save_to_disk(str(tmp_path / 'subset'))
-    loaded = load_from_disk(str(tmp_path / 'subset'))
-    assert {'prompt', 'chosen', 'rejected'} <= set(loaded.column_names)
-    assert len(loaded) == math.ceil(0.3 * len(data))
-    assert max(loaded['pd']) <= np.quantile(scored['pd'], 0.3 + 1 / len(data)) + 1e-12
-
-
-# ---------- issue 15 item 7, issue 16 item 15 ----------
+# ---------- issue 15 item 7 ----------
 
 def test_training_and_length_fit_reuse_scores(world, tmp_path, monkeypatch):
-    """Issue 15 item 7: `train_reward_cli` runs the backbone for the training steps and once per unique held-out text, and
+    """Issue 15 item 7: `fit_reward_model` runs the backbone for the training steps and once per unique held-out text, and
     nothing else: the training accuracy comes from the training steps' own margins and `fit_length_penalty` reuses the
     held-out scores of the accuracy (counted with a forward hook on the backbone, as in the scoring test)."""
     import pd_align.reward as reward
@@ -314,8 +282,8 @@ def test_training_and_length_fit_reuse_scores(world, tmp_path, monkeypatch):
     monkeypatch.setattr(reward, 'tiny_reward_model', counted)
     small = world.select(range(0, 900, 6))                       # 150 pairs, 50 per aspect
     B = 8
-    rep = train_reward_cli(small, None, tmp_path / 'rm', epochs=1, batch_size=B, tiny=dict(hidden_size=32, vocab_size=400),
-                           progress=False)
+    model, _, rep = fit_reward_model(small, None, epochs=1, batch_size=B, tiny=dict(hidden_size=32, vocab_size=400),
+                                     progress=False)
     counter, tok = counters[0]
     held = small.select(rep['heldout_index'])
     texts = {format_text(p, y, tok) for p, y in zip(list(held['prompt']) * 2, list(held['chosen']) + list(held['rejected']))}
@@ -325,24 +293,8 @@ def test_training_and_length_fit_reuse_scores(world, tmp_path, monkeypatch):
     assert set(rep['train_accuracy']) == set(SYNTHETIC_ASPECTS) and all(0 <= v <= 1 for v in rep['train_accuracy'].values())
     assert set(rep['length_fit']) == set(SYNTHETIC_ASPECTS)
     # reusing the scores gives the same fit as scoring again
-    m2, t2 = load_reward_model(tmp_path / 'rm')
-    fresh = fit_length_penalty(m2, t2, held, progress=False)
+    fresh = fit_length_penalty(model, tok, held, progress=False)
     for a in SYNTHETIC_ASPECTS: assert fresh[a]['alpha'] == pytest.approx(rep['length_fit'][a]['alpha'], abs=1e-5)
-
-
-def test_score_json_has_one_place_for_pd_settings(world, tmp_path):
-    """Issue 16 item 15: score.json records the PD settings once, as used (the model's defaults with the overrides
-    applied), under `pd_settings`; they are the settings stored with the scored dataset."""
-    small = world.select(range(0, 900, 10))
-    train_reward_cli(small, None, tmp_path / 'rm', epochs=1, batch_size=8, tiny=dict(hidden_size=32, vocab_size=400),
-                     fit_length=False, progress=False)
-    out = score_cli(small, tmp_path / 'rm', tmp_path / 'scored', gamma=0.8, weights=[1, 1, 2], progress=False)
-    summary = json.loads((out / 'score.json').read_text())
-    assert not {'scaling', 'gamma', 'weights'} & set(summary), sorted(summary)
-    st = summary['pd_settings']
-    assert st['gamma'] == 0.8 and st['scaling'] == 'quantile' and st['weights'] == pytest.approx([0.25, 0.25, 0.5])
-    from pd_align.selection import pd_settings
-    assert st == pd_settings(load_from_disk(str(out / 'dataset')))
 
 
 def test_micro_batches_of_each_step():

@@ -9,7 +9,7 @@ from pd_align.io import write_jsonl_atomic
 from pd_align.losses import sequence_logps
 from pd_align.tiny import tiny_model_and_tokenizer
 from pd_align.train import (DPOConfig, train_dpo, evaluate_dpo, tokenize_pairs, collate_pairs, pair_logps, reference_logps,
-                            latest_checkpoint, add_lora, eval_cli, load_run, train_cli, reward_win_rate, sample_responses, is_peft)
+                            latest_checkpoint, add_lora, load_run, reward_win_rate, sample_responses, is_peft)
 from pd_align.synthetic import synthetic_pairs, DEMO
 
 
@@ -283,29 +283,7 @@ def test_config_files_and_errors(tmp_path, tiny):
         train_dpo(copy.deepcopy(model), rows, DPOConfig(**BASE, max_steps=1, save_steps=1), tokenizer=tok)
 
 
-def test_train_cli_jsonl_tiny(tmp_path):
-    rows = synthetic_pairs(8, seed=3, **DEMO)
-    write_jsonl_atomic(tmp_path / 'pairs.jsonl', rows)
-    (tmp_path / 'cfg.yaml').write_text('batch_size: 4\nlr: 1e-3\nlora_r: 4\n')
-    res = train_cli(tmp_path / 'pairs.jsonl', 'tiny', config_path=tmp_path / 'cfg.yaml', out=tmp_path / 'run',
-                    overrides={'max_steps': '2', 'beta': '0.2'})
-    assert res.config.max_steps == 2 and res.config.beta == 0.2 and res.config.lora_r == 4
-    assert {'final', 'dpo_config.json', 'log_history.json'} <= {p.name for p in (tmp_path / 'run').iterdir()}
-    assert (tmp_path / 'run' / 'final' / 'adapter_model.safetensors').exists()
-    assert (tmp_path / 'run' / 'final' / 'tokenizer.json').exists()
-    assert len(res.train_log) == 2
-    # pd-align eval: the run folder loads back and evaluates like the in-memory model
-    m = eval_cli(tmp_path / 'run', tmp_path / 'pairs.jsonl')
-    want = evaluate_dpo(res.model, res.tokenizer, rows, res.config)
-    assert abs(m['loss'] - want['loss']) < 1e-5 and m['accuracy'] == want['accuracy']
-    assert json.loads((tmp_path / 'run' / 'eval.json').read_text())['n'] == 16
-    # a full fine-tune: the reference is the saved starting model
-    full = train_cli(tmp_path / 'pairs.jsonl', 'tiny', out=tmp_path / 'full', overrides={'max_steps': 2, 'batch_size': 4, 'lora_r': 'null', 'lr': '1e-3'})
-    policy, tok, ref, cfg = load_run(tmp_path / 'full')
-    assert cfg.lora_r is None and ref is not None
-    m = eval_cli(tmp_path / 'full', tmp_path / 'pairs.jsonl')
-    want = evaluate_dpo(full.model, full.tokenizer, rows, full.config, ref_model=full.ref_model)
-    assert abs(m['loss'] - want['loss']) < 1e-5
+# `train_cli` / `eval_cli` (pd_align.cli): tests/test_cli_steps.py
 
 
 def test_reward_win_rate_with_a_programmatic_reward(tiny):
