@@ -825,10 +825,10 @@ def _convert_hub(name:str, rows, kw:dict) -> Dataset:
 def load_hub(name:str, # one of `HUB` or 'hh'
              split:str='train', # the split to load
              load_kwargs:dict|None=None, # extra arguments for `datasets.load_dataset`
-             on_error:str='skip', # tens of thousands of rows: 'skip' (count, print) bad records or 'raise' on one
+             on_error:str='skip', # tens of thousands of rows: 'skip' (count, log) bad records or 'raise' on one
              **kwargs, # passed to the converter (skipped=, stats= Counters are filled in)
             ) -> Dataset:
-    "Download a public preference dataset with `datasets.load_dataset` and convert it; prints what was skipped."
+    "Download a public preference dataset with `datasets.load_dataset` and convert it; logs what was skipped."
     import datasets
     if name == 'hh':
         subsets = {a: load_hub(f'hh-{a}', split, load_kwargs, on_error, **kwargs) for a in ('helpful', 'harmless')}
@@ -844,8 +844,7 @@ def load_hub(name:str, # one of `HUB` or 'hh'
     before = collections.Counter(skipped)
     ds = _convert_hub(name, rows, dict(kwargs, on_error=on_error, skipped=skipped))
     new = skipped - before
-    print(f"{name} ({split}): {len(rows)} rows -> {len(ds)} pairs; skipped {sum(new.values())} bad records"
-          + (': ' + ', '.join(f'{k}={v}' for k, v in sorted(new.items())) if new else ''))
+    _log.info(f"{name} ({split}): {len(rows)} rows -> {len(ds)} pairs, {sum(new.values())} skipped (the converter logs why)")
     return ds
 
 # %% ../nbs/00b_data.ipynb #c049
