@@ -844,7 +844,8 @@ def load_hub(name:str, # one of `HUB` or 'hh'
     before = collections.Counter(skipped)
     ds = _convert_hub(name, rows, dict(kwargs, on_error=on_error, skipped=skipped))
     new = skipped - before
-    _log.info(f"{name} ({split}): {len(rows)} rows -> {len(ds)} pairs, {sum(new.values())} skipped (the converter logs why)")
+    # the converter has logged what it skipped and why
+    _log.info(f"{name} ({split}): {len(rows)} rows -> {len(ds)} pairs, {sum(new.values())} records skipped")
     return ds
 
 # %% ../nbs/00b_data.ipynb #c049
