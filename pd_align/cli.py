@@ -11,11 +11,11 @@ from pathlib import Path
 __all__ = ['SUBCOMMANDS', 'CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec',
            'load_data', 'train_reward_cli', 'score_cli', 'train_feature_heads_cli', 'is_feature_heads',
            'load_feature_heads', 'score_feature_heads_cli', 'parse_overrides', 'cli_config', 'check_enough_pairs',
-           'train_cli', 'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'add_data', 'cmd_toy', 'add_toy',
-           'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy', 'cmd_reward', 'feature_heads_reward', 'add_reward',
-           'add_feature_head_options', 'cmd_score', 'feature_heads_score', 'add_score', 'cmd_select', 'add_select',
-           'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'add_train', 'print_eval', 'cmd_eval', 'add_eval',
-           'build_parser', 'main', 'console_main']
+           'train_cli', 'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'print_method_key', 'print_written',
+           'add_data', 'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy', 'cmd_reward',
+           'feature_heads_reward', 'add_reward', 'add_feature_head_options', 'cmd_score', 'feature_heads_score',
+           'add_score', 'cmd_select', 'add_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train',
+           'add_train', 'print_eval', 'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -424,13 +424,27 @@ class Parser(argparse.ArgumentParser):
 def add_common(p:argparse.ArgumentParser, # a sub-command's parser
                out_required:bool=True, # the command must write somewhere
                resume:bool=False, # the command can continue its work in --out
+               seed:bool=True, # a --seed option (not for runs whose seeds a protocol fixes)
               ):
     "Options every writing sub-command shares."
     p.add_argument('--out', required=out_required, help='output folder (new or empty)')
     p.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
     if resume:
         p.add_argument('--resume', action='store_true', help='continue the run found in --out')
-    p.add_argument('--seed', type=int, default=0, help='random seed')
+    if seed:
+        p.add_argument('--seed', type=int, default=0, help='random seed')
+
+def print_method_key(res):
+    "The key of the method names in an experiment's tables (the paper's names)."
+    from pd_align.experiments import method_key
+    print(method_key(res.summary['method'].unique()))
+
+def print_written(out:Path|None, # the command's --out (None: nothing was written)
+                  what:str, # the files written, in words
+                 ):
+    "One line saying where an experiment's results went."
+    if out is not None:
+        print(f'wrote {what} to {out}')
 
 def add_data(p:argparse.ArgumentParser):
     "The `--data` options of the commands that read preference files."
@@ -446,16 +460,14 @@ def add_data(p:argparse.ArgumentParser):
 def cmd_toy(args) -> int:
     "Run the conflict-share sweep with every baseline; print the table with 95% intervals and a key of the methods."
     from pd_align.toy import run_toy, toy_table
-    from pd_align.experiments import method_key
     out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
     res = run_toy(seeds=args.seeds, ratio=args.ratio, shares=args.shares, out=out, seed=args.seed, quick=args.quick)
     print(toy_table(res.summary))
-    print(method_key(res.summary['method'].unique()))
+    print_method_key(res)
     print(f"gold: expected gold reward of the policy (reward units), mean ± 95% t-interval over {res.config['seeds']} "
           "seeds; vs_full / vs_random: paired difference to ALL / RAND on the same data, ± 95% t-interval")
     print(f"{len(res.runs)} policies trained in {res.config['seconds']:.1f} s")
-    if out:
-        print(f'wrote results.json, results.csv, runs.csv, worlds.csv, table.txt and the plots to {out}')
+    print_written(out, 'results.json, results.csv, runs.csv, worlds.csv, table.txt and the plots')
     return 0
 
 def add_toy(sub, # `build_parser`'s sub-parsers
@@ -476,7 +488,6 @@ def add_toy(sub, # `build_parser`'s sub-parsers
 def cmd_text_toy(args) -> int:
     "Run the text-toy confirmatory experiment (held-out prompts, every baseline, conflict sweep) and print its tables."
     from pd_align.text_toy import run_text_toy_confirmatory, confirmatory_table
-    from pd_align.experiments import method_key
     if args.workers < 1:
         raise CLIError(f'--workers must be >= 1, got {args.workers}')
     out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
@@ -485,9 +496,8 @@ def cmd_text_toy(args) -> int:
         print(f'conflict share {share:.0%}')
         print(confirmatory_table(res.summary, share) + '\n')
     print(hyp.to_string(index=False, float_format=lambda v: f'{v:+.3f}'))
-    print(method_key(res.summary['method'].unique()))
-    if out:
-        print(f'\nwrote results.json, results.csv, runs.csv, data.csv, hypotheses.csv, table.txt and plots to {out}')
+    print_method_key(res)
+    print_written(out, 'results.json, results.csv, runs.csv, data.csv, hypotheses.csv, table.txt and the plots')
     return 0
 
 def add_text_toy(sub, # `build_parser`'s sub-parsers
@@ -498,8 +508,7 @@ def add_text_toy(sub, # `build_parser`'s sub-parsers
     t.add_argument('--quick', action='store_true', help='smoke size (seconds): the same experiment on a tiny scale')
     t.add_argument('--protocol', default=None, help='protocol JSON (default: the pre-registered one, `Protocol()`)')
     t.add_argument('--workers', type=int, default=1, help='seeds run in parallel processes')
-    t.add_argument('--out', default=None, help='output folder (new or empty)')
-    t.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    add_common(t, out_required=False, seed=False) # the protocol fixes the seeds
     t.set_defaults(handler=cmd_text_toy)
 
 # %% ../nbs/11_cli.ipynb #c031
