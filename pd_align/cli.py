@@ -643,7 +643,7 @@ def cmd_select(args) -> int:
     from datasets import load_from_disk
     from pd_align.data import load_local
     from pd_align.io import atomic_write_json
-    from pd_align.selection import select
+    from pd_align.selection import select, pd_settings
     scored = Path(args.scored)
     if not scored.exists():
         raise CLIError(f'--scored {scored}: no such file or folder')
@@ -653,7 +653,8 @@ def cmd_select(args) -> int:
     sub = select(ds, method=args.method, ratio=args.ratio, seed=args.seed, per_aspect=args.per_aspect)
     _write_subset(sub, out)
     summary = dict(method=args.method, ratio=args.ratio, per_aspect=args.per_aspect, seed=args.seed,
-                   n_scored=len(ds), n_selected=len(sub), source=str(scored.resolve()))
+                   n_scored=len(ds), n_selected=len(sub), source=str(scored.resolve()),
+                   pd_settings=pd_settings(ds)) # how PD was computed; train.jsonl (TRL rows) cannot carry it
     if 'pd' in sub.column_names and len(sub):
         summary['mean_pd_selected'] = sum(sub['pd']) / len(sub)
     atomic_write_json(out/'selection.json', summary)

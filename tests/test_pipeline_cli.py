@@ -27,7 +27,10 @@ def test_fixture_pipeline(tmp_path):
     assert max(sub['pd']) <= min(p for i, p in enumerate(scored['pd']) if i not in set(sub['orig_index']))
     rows = [json.loads(l) for l in (tmp_path/'subset'/'train.jsonl').read_text().splitlines()]
     assert len(rows) == len(sub) and all({'prompt', 'chosen', 'rejected', 'pd', 'id'} <= r.keys() for r in rows)
-    assert json.loads((tmp_path/'subset'/'selection.json').read_text())['n_selected'] == len(sub)
+    selection = json.loads((tmp_path/'subset'/'selection.json').read_text())
+    assert selection['n_selected'] == len(sub)
+    from pd_align.selection import pd_settings # the PD settings travel with the subset: its folder and selection.json
+    assert selection['pd_settings'] == pd_settings(scored) == pd_settings(sub) and selection['pd_settings']['aspects']
     run('train', '--data', tmp_path/'subset', '--out', tmp_path/'run', '--set', 'max_steps=2', '--set', 'batch_size=2')
     run('eval', '--run', tmp_path/'run', '--out', tmp_path/'eval.json') # default: the scored pairs the selection left out
     metrics = json.loads((tmp_path/'eval.json').read_text())
