@@ -10,9 +10,9 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec',
            'load_data', 'train_reward_cli', 'score_cli', 'train_feature_heads_cli', 'is_feature_heads',
-           'load_feature_heads', 'score_feature_heads_cli', 'parse_overrides', 'cli_config', 'check_enough_pairs',
-           'train_cli', 'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'print_method_key', 'print_written',
-           'add_data', 'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy', 'cmd_reward',
+           'load_feature_heads', 'score_feature_heads_cli', 'parse_overrides', 'cli_config', 'train_cli',
+           'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'print_method_key', 'print_written', 'add_data',
+           'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy', 'cmd_reward',
            'feature_heads_reward', 'add_reward', 'add_feature_head_options', 'cmd_score', 'feature_heads_score',
            'add_score', 'cmd_select', 'add_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train',
            'add_train', 'print_eval', 'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main']
@@ -174,15 +174,6 @@ def score_cli(data, # fine-grained pairs to score
     return out
 
 # %% ../nbs/11_cli.ipynb #c013
-def _save_torch(obj, # tensors, dicts of tensors
-                path:Path):
-    "`torch.save` through an atomic write."
-    import io, torch
-    from pd_align.io import atomic_write_bytes
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
 def train_feature_heads_cli(data, # aggregated fine-grained pairs
                             base:str, # backbone name ('smollm2', hub name, path)
                             out:str|Path, # output folder: `heads.pt`, `feature_heads.json`
@@ -190,11 +181,11 @@ def train_feature_heads_cli(data, # aggregated fine-grained pairs
                            ) -> dict: # `fit_feature_heads`' report (saved as feature_heads.json)
     "`pd-align reward --heads features`: fit K linear heads on cached features and save them with their report."
     from pd_align.features import fit_feature_heads
-    from pd_align.io import atomic_write_json
+    from pd_align.io import atomic_write_json, atomic_write_torch
     heads, report = fit_feature_heads(data, base, **options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _save_torch(heads, out/'heads.pt')
+    atomic_write_torch(out/'heads.pt', heads)
     atomic_write_json(out/'feature_heads.json', report)
     return report
 
@@ -279,17 +270,6 @@ def cli_config(config_path=None, # .json/.yaml DPOConfig file
     base = DPOConfig.from_file(config_path).to_dict() if config_path else {}
     return DPOConfig.from_dict({**base, **parse_overrides(overrides), 'output_dir': None if out is None else str(out)})
 
-def check_enough_pairs(n_pairs:int, # pairs in the training data
-                       config, # the run's DPOConfig
-                       world:int|None=None, # processes (default: $WORLD_SIZE, else 1)
-                      ):
-    "A ValueError (before any model is built) when `n_pairs` cannot fill one optimizer step."
-    world = world or int(os.environ.get('WORLD_SIZE', 1))
-    need = config.batch_size * config.grad_accum * world
-    if n_pairs < need:
-        raise ValueError(f"{n_pairs} pairs are fewer than one optimizer step needs: batch_size {config.batch_size} x "
-                         f"grad_accum {config.grad_accum} x {world} process(es) = {need}; lower batch_size")
-
 def _selection_of(data) -> dict|None:
     "The `selection.json` of a `pd-align select` output folder that holds (or is) `data`."
     import json
@@ -311,7 +291,7 @@ def train_cli(data, # a `save_to_disk` folder, a .jsonl/.jsonl.gz file, or a .js
              ): # `DPOResult`
     "`pd-align train`: DPO/DFPO from files with `train_dpo`, the selection that made the data noted in the run."
     from pd_align.data import load_local
-    from pd_align.train import train_dpo
+    from pd_align.train import train_dpo, check_enough_pairs
     config = cli_config(config_path, overrides, out)
     ds = load_local(data)
     check_enough_pairs(len(ds), config)

@@ -11,7 +11,7 @@ import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 from .data import aspect_index, get_aspects
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_torch
 from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
@@ -179,11 +179,6 @@ def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device) 
     return dict(keys=keys, keys_digest=_digest(keys), feats=feats, response_tokens=torch.tensor(resp_len),
                 response_chars=torch.tensor([len(y) for _, y in items]), seconds=time.time() - t)
 
-def _save_shard(path:Path, shard:dict):
-    tmp = path.with_suffix('.tmp')
-    torch.save(shard, tmp)
-    os.replace(tmp, path)
-
 # %% ../nbs/06a_features.ipynb #c013
 def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    tokenizer, # its tokenizer
@@ -216,7 +211,7 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
     for c, chunk in enumerate(tqdm(chunks, desc='feature shards', disable=not progress or len(chunks) < 2)):
         shard = _compute_shard(model, tokenizer, [items[first[k]] for k in chunk], chunk, settings, batch_size, device)
         path = cache/f'shard-{n0 + c:05d}.pt'
-        _save_shard(path, shard)
+        atomic_write_torch(path, shard)
         index.update({k: (path, i) for i, k in enumerate(chunk)})
     seconds = time.time() - t
     n_new = sum(len(c) for c in chunks)
@@ -464,9 +459,13 @@ def dataset_features(model, tokenizer, dataset, cache, settings:dict, rebuild:bo
                           pools=settings['pools'], max_length=settings['max_length'],
                           batch_size=settings.get('batch_size', 16), rebuild=rebuild, progress=progress)
 
+def _prompt_keys_each(prompts) -> list[str]:
+    "The SHA-1 digest of each prompt (how a saved head set recognises its training prompts)."
+    return [hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts]
+
 def _prompt_keys(prompts) -> list[str]:
-    "Sorted unique SHA-1 digests of the prompts (what a saved head set records about its training prompts)."
-    return sorted({hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts})
+    "Sorted unique digests of the prompts (what a saved head set records about its training prompts)."
+    return sorted(set(_prompt_keys_each(prompts)))
 
 # %% ../nbs/06a_features.ipynb #c033
 def fit_feature_heads(data, # aggregated fine-grained pairs
@@ -497,9 +496,6 @@ def fit_feature_heads(data, # aggregated fine-grained pairs
     return dict(heads), report
 
 # %% ../nbs/06a_features.ipynb #c034
-def _prompt_keys_each(prompts) -> list[str]:
-    return [hashlib.sha1(p.encode('utf-8', 'surrogatepass')).hexdigest() for p in prompts]
-
 def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed in place on the seen rows)
                    dx:Tensor, dlen:Tensor, asp:Tensor, # the scored pairs' feature and length differences, aspects
                    seen:np.ndarray, # [N] bool: the heads trained on this pair's prompt

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 # %% auto #0
-__all__ = ['check_on_error', 'iter_jsonl', 'read_jsonl', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_json',
-           'write_jsonl_atomic', 'save_dataset_atomic']
+__all__ = ['check_on_error', 'iter_jsonl', 'read_jsonl', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_torch',
+           'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic']
 
 # %% ../nbs/00_io.ipynb #c005
 def check_on_error(on_error:str, # 'raise' or 'skip'
@@ -145,6 +145,13 @@ def atomic_write_text(path:str|Path, text:str) -> Path:
 def atomic_write_bytes(path:str|Path, data:bytes) -> Path:
     "Write `data` to `path` atomically (a PNG, a safetensors blob...)."
     return _atomic_open(Path(path), lambda f: f.write(data), binary=True)
+
+def atomic_write_torch(path:str|Path, # the output file (a feature-cache shard, saved heads, a log-prob cache)
+                       obj, # anything `torch.save` writes
+                      ) -> Path:
+    "`torch.save(obj)` to `path` atomically: a reader never sees a half-written file."
+    import torch
+    return _atomic_open(Path(path), lambda f: torch.save(obj, f), binary=True)
 
 def atomic_write_json(path:str|Path, # the output file (.gz compresses)
                       obj, # what to write: tensors, numpy values, paths and sets are converted

@@ -17,14 +17,14 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from .data import get_aspects
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_torch
 from .losses import sequence_logps, dpo_loss, dfpo_loss
 
 # %% auto #0
 __all__ = ['DPOConfig', 'tokenize_pairs', 'collate_pairs', 'is_peft', 'pair_logps', 'reference_logps', 'precompute_reference',
            'make_accelerator', 'load_policy', 'add_lora', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo', 'weights_fingerprint', 'learning_detected',
-           'model_card', 'sample_responses', 'reward_win_rate', 'load_run']
+           'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo', 'check_enough_pairs', 'weights_fingerprint',
+           'learning_detected', 'model_card', 'sample_responses', 'reward_win_rate', 'load_run']
 
 # %% ../nbs/07_train.ipynb #c006
 _ALIASES = {'learning_rate': 'lr', 'num_train_epochs': 'epochs', 'per_device_train_batch_size': 'batch_size',
@@ -376,9 +376,7 @@ def precompute_reference(model, # the policy (peft) or the reference itself (ful
     pos = {e['index']: k for k, e in enumerate(examples)}
     for i, a, b in rows: out[pos[i]] = torch.tensor([a, b])
     if cache is not None and (accelerator is None or accelerator.is_main_process):
-        tmp = Path(cache).with_suffix('.tmp')
-        torch.save({'fingerprint': fp, 'logps': out}, tmp)
-        os.replace(tmp, cache)
+        atomic_write_torch(cache, {'fingerprint': fp, 'logps': out})
     return out
 
 def _no_grad_logps(model, batch):
@@ -738,11 +736,21 @@ def _setup_reference(model, tokenizer, examples:list[dict], eval_examples:list[d
     eval_cache = precompute(eval_examples, 'ref_logps_eval.pt') if eval_examples else None
     return ref_model, ref_cache, eval_cache
 
+def check_enough_pairs(n_pairs:int, # pairs in the training data
+                       config:DPOConfig, # the run's settings
+                       world:int|None=None, # processes (default: $WORLD_SIZE, else 1)
+                      ):
+    "A ValueError when `n_pairs` cannot fill one optimizer step (`pd-align train` asks before building a model)."
+    world = world or int(os.environ.get('WORLD_SIZE', 1))
+    need = config.batch_size * config.grad_accum * world
+    if n_pairs < need:
+        raise ValueError(f"{n_pairs} pairs are fewer than one optimizer step needs: batch_size {config.batch_size} x "
+                         f"grad_accum {config.grad_accum} x {world} process(es) = {need}; lower batch_size")
+
 def _step_counts(n_pairs:int, config:DPOConfig, world:int) -> tuple[int, int]:
     "`(steps_per_epoch, total)` optimizer steps; an epoch's incomplete last step is dropped."
-    per_step = config.batch_size * config.grad_accum * world
-    steps_per_epoch = n_pairs // per_step
-    if steps_per_epoch == 0: raise ValueError(f"{n_pairs} pairs are fewer than one optimizer step needs ({per_step})")
+    check_enough_pairs(n_pairs, config, world)
+    steps_per_epoch = n_pairs // (config.batch_size * config.grad_accum * world)
     return steps_per_epoch, config.max_steps or config.epochs * steps_per_epoch
 
 def _schedule(optimizer, config:DPOConfig, total:int):
