@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Mapping
 
 # %% auto #0
 __all__ = ['check_on_error', 'iter_jsonl', 'read_jsonl', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_torch',
-           'atomic_write_json', 'write_jsonl_atomic', 'save_dataset_atomic']
+           'atomic_write_json', 'write_jsonl_atomic', 'atomic_write_folder', 'save_dataset_atomic']
 
 # %% ../nbs/00_io.ipynb #c005
 def check_on_error(on_error:str, # 'raise' or 'skip'
@@ -176,16 +176,16 @@ def _restore(old:Path, path:Path):
     if old.exists():
         os.replace(old, path)
 
-def save_dataset_atomic(ds, # a `datasets.Dataset` (anything with `save_to_disk`)
-                        path:str|Path, # the output folder; an existing one is replaced
+def atomic_write_folder(path:str|Path, # the output folder; an existing one is replaced
+                        fill, # called as `fill(tmp)`: writes the whole folder at `tmp` (which does not exist yet)
                        ) -> Path:
-    "`ds.save_to_disk` into a temp sibling folder, then swap it into `path` (an existing folder is replaced)."
+    "Write a folder at a temp sibling, then swap it into `path`: the old folder stays until the new one is complete."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}'
     old = path.parent / f'.{path.name}.old-{uuid.uuid4().hex[:8]}'
     try:
-        ds.save_to_disk(str(tmp))
+        fill(tmp)
         if path.exists():
             os.replace(path, old)
         try:
@@ -199,3 +199,9 @@ def save_dataset_atomic(ds, # a `datasets.Dataset` (anything with `save_to_disk`
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+def save_dataset_atomic(ds, # a `datasets.Dataset` (anything with `save_to_disk`)
+                        path:str|Path, # the output folder; an existing one is replaced
+                       ) -> Path:
+    "`ds.save_to_disk` into a temp sibling folder, then swap it into `path` (an existing folder is replaced)."
+    return atomic_write_folder(path, lambda tmp: ds.save_to_disk(str(tmp)))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_reward.ipynb #c002
 from __future__ import annotations
-import hashlib, inspect, json, logging, math, os, shutil, time, uuid
+import hashlib, inspect, json, logging, math, os, shutil, time
 from pathlib import Path
 import numpy as np
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from datasets import Dataset, Features, Value
 from .data import get_aspects, aspect_index, scores_matrix, from_records, add_lengths, messages_to_text
-from .io import atomic_write_json, save_dataset_atomic
+from .io import atomic_write_json, save_dataset_atomic, atomic_write_folder
 from .divergence import (preference_divergence, scale_margins, spearman, agreement_matrix, plot_pd_histogram,
                                  plot_agreement)
 from .selection import length_balanced, normalise_weights, with_pd_settings, pd_settings
@@ -689,16 +689,6 @@ def plot_reward_diagnostics(scored, # output of `score_dataset`
 _CONFIG = 'reward_config.json'
 _WEIGHTS = 'model.safetensors'
 
-def _swap_dir(tmp:Path, path:Path):
-    "Move the finished folder `tmp` to `path`, replacing an existing folder."
-    old = path.parent / f'.{path.name}.old-{uuid.uuid4().hex[:8]}'
-    if path.exists(): os.replace(path, old)
-    try: os.replace(tmp, path)
-    except BaseException:
-        if old.exists(): os.replace(old, path)
-        raise
-    if old.exists(): shutil.rmtree(old, ignore_errors=True)
-
 def _save_pretrained(self:AspectRewardModel, path:str|Path, # output folder (replaced if it exists)
                      tokenizer=None, # saved alongside when given
                      extra:dict|None=None, # more JSON-able metadata for the config
@@ -717,16 +707,13 @@ def _save_pretrained(self:AspectRewardModel, path:str|Path, # output folder (rep
                backbone_config=self.backbone_config.to_dict(), lora=self.lora, weights='adapter' if adapter else 'full',
                length_alpha=self.length_alpha.tolist(), length_rho=list(self.length_rho), length_unit='response tokens',
                pd=self.pd_settings, max_length=self.max_length, extra=extra or {})
-    tmp = path.parent / f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}'
-    try:
+    def fill(tmp:Path):
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / _WEIGHTS))
         atomic_write_json(tmp / _CONFIG, cfg)
-        if tokenizer is not None: tokenizer.save_pretrained(str(tmp))
-        _swap_dir(tmp, path)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    return path
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return atomic_write_folder(path, fill)
 
 def _from_pretrained(cls, path:str|Path, # a folder written by `save_pretrained`
                      device=None, # where to put the model

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from .data import get_aspects
-from .io import atomic_write_json, atomic_write_torch
+from .io import atomic_write_json, atomic_write_torch, atomic_write_folder
 from .losses import sequence_logps, dpo_loss, dfpo_loss
 
 # %% auto #0
@@ -852,13 +852,11 @@ def _finish(run:_Run, dataset, run_notes:dict|None) -> DPOResult:
     return DPOResult(model, run.tokenizer, run.history, run.config, run.out_dir, None if run.peft else run.ref_model)
 
 def _save_pretrained_atomic(folder:Path, model, tokenizer):
-    "`save_pretrained` model and tokenizer into a temporary sibling, then rename it to `folder`."
-    tmp = folder.with_name(f'.{folder.name}.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if folder.exists(): shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    "`save_pretrained` model and tokenizer into a temporary sibling, then swap it into `folder`."
+    def fill(tmp:Path):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    atomic_write_folder(folder, fill)
 
 def _save_final(out_dir:Path, model, tokenizer, config:DPOConfig, history:list, info:dict|None=None, dataset=None):
     "Write `final/` (adapter or model, tokenizer, model card), config, log, training ids, then `run_info.json`."
