@@ -237,6 +237,7 @@ def plot_pd_histogram(pd, # [N] preference divergence
                       selected=None, # indices (or boolean mask) of the selected pairs, shaded
                       ax=None, # matplotlib axes (a new figure when None)
                       bins:int=50, # histogram bins
+                      color:str='#2ca02c', # the selected pairs (`experiments.METHOD_STYLES['pd_oracle']`)
                      ):
     "Histogram of PD; with `selected`, the selected pairs are drawn on top and their PD range shaded."
     import matplotlib.pyplot as plt
@@ -248,8 +249,8 @@ def plot_pd_histogram(pd, # [N] preference divergence
         sel = np.asarray(selected.detach().cpu() if isinstance(selected, Tensor) else selected)
         idx = sel.nonzero()[0] if sel.dtype == bool else sel.astype(int)
         if len(idx):
-            ax.axvspan(pd[idx].min(), pd[idx].max(), color='tab:green', alpha=0.12)
-            ax.hist(pd[idx], bins=edges, color='tab:green', label=f'selected ({len(idx)})')
+            ax.axvspan(pd[idx].min(), pd[idx].max(), color=color, alpha=0.12)
+            ax.hist(pd[idx], bins=edges, color=color, label=f'selected ({len(idx)})')
     ax.axvline(0, color='k', lw=0.8, ls='--')
     ax.set_xlabel('preference divergence (< 0: consensus, > 0: conflict)')
     ax.set_ylabel('pairs')
