@@ -275,5 +275,6 @@ def plot_agreement(matrix, # [K, K] from `agreement_matrix`
             if not np.isnan(m[i, j]): ax.text(j, i, f'{m[i, j]:.2f}', ha='center', va='center', fontsize=8)
     ax.set_xlabel('scores of aspect j agree')
     ax.set_ylabel('labelled by aspect i')
-    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label('share of pairs that agree (ties count 1/2)')
     return ax
