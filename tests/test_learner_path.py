@@ -81,7 +81,17 @@ def test_untitled_figure_check_can_fail():
     assert 'plot_conflict_share' in package_titled() and 'plot_forest' not in package_titled()
 
 
-@pytest.mark.parametrize('name', TUTORIALS)
+# tutorial notebooks other helpers own that are still committed without outputs (listed for the coordinator)
+KNOWN_UNEXECUTED = {'06a_features': 'owned by issue 27 (being edited): execute it at default size after the merge'}
+
+
+def cases(known:dict) -> list:
+    "TUTORIALS, the known gaps marked xfail (strict: once fixed, the entry must go)."
+    return [pytest.param(n, marks=pytest.mark.xfail(reason=known[n], strict=True)) if n in known else n
+            for n in TUTORIALS]
+
+
+@pytest.mark.parametrize('name', cases(KNOWN_UNEXECUTED))
 def test_tutorial_is_committed_executed(name):
     nb = json.loads((NBS / f'{name}.ipynb').read_text())
     outs = [c for c in code_cells(nb) if c.get('outputs')]
@@ -90,9 +100,8 @@ def test_tutorial_is_committed_executed(name):
     assert not errors, f'{name}: committed with errors {errors}'
 
 
-@pytest.mark.parametrize('name', TUTORIALS)
+@pytest.mark.parametrize('name', cases(KNOWN_UNTITLED))
 def test_every_figure_has_a_title(name):
-    if name in KNOWN_UNTITLED: pytest.xfail(KNOWN_UNTITLED[name])
     bad = untitled_figures(json.loads((NBS / f'{name}.ipynb').read_text()), package_titled())
     assert not bad, f'{name}: cells {bad} show a figure without a title (ax.set_title / fig.suptitle)'
 
