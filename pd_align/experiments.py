@@ -17,9 +17,12 @@ from .io import atomic_write_json, atomic_write_text, atomic_write_bytes
 from .selection import METHODS as SELECTION_METHODS
 
 # %% auto #0
-__all__ = ['METHODS', 'Method', 'check_methods', 'method_key', 't_quantile', 'mean_ci', 'paired_ci', 'summarize', 'format_table',
-           'torch_threads', 'Results', 'run_seeds', 'provenance', 'json_records', 'save_figure', 'write_results',
-           'read_results', 'legend_outside', 'caption', 'plot_against']
+__all__ = ['METHODS', 'METHOD_STYLES', 'FIGURE_RC', 'MIN_FONT_PT', 'FIGURE_DPI', 'Method', 'Style', 'method_style',
+           'method_color', 'check_methods', 'method_key', 't_quantile', 'mean_ci', 'paired_ci', 'summarize',
+           'format_table', 'torch_threads', 'Results', 'run_seeds', 'provenance', 'json_records', 'write_results',
+           'read_results', 'figure_style', 'use_figure_style', 'figure_title', 'check_figure', 'save_figure',
+           'png_title', 'legend_outside', 'caption', 'plot_against', 'forest_rows', 'plot_forest', 'outlier_methods',
+           'plot_against_split']
 
 # %% ../nbs/04a_experiments.ipynb #c005
 class Method(NamedTuple):
@@ -47,6 +50,46 @@ METHODS = {m.name: m for m in (
     Method('margin', '-', 'largest own-aspect margin (single-reward filtering)', 'margin'),
     Method('gold_labels', 'ceiling', 'all pairs relabelled by the noise-free gold holistic preference'),
 )}
+
+class Style(NamedTuple):
+    "How a method is drawn in every figure of the project (`METHOD_STYLES` is the one source of method colours)."
+    color: str # hex colour, distinct per method
+    marker: str # matplotlib marker
+    ls: str = '-' # line style
+
+# one colour and marker per method, fixed: a method looks the same in every panel of every notebook
+METHOD_STYLES = {
+    'sft': Style('#7f7f7f', 'v', ':'), # grey: the starting point
+    'full': Style('#000000', 'o', '--'), # black dashed: the reference every figure compares with
+    'ova': Style('#8c564b', 'D'),
+    'avg': Style('#bcbd22', 'P'),
+    'dfpo': Style('#9467bd', '^'),
+    'dfpo_est': Style('#c5b0d5', '<'),
+    'random': Style('#17becf', 'x'),
+    'random_steps': Style('#9edae5', '+'),
+    'raf': Style('#ff7f0e', 's'),
+    'pd_oracle': Style('#2ca02c', '*'), # green: most negative PD (true rewards)
+    'pd': Style('#1f77b4', 'o'), # blue: most negative PD (estimated)
+    'pd_high': Style('#d62728', 'v'), # red: the most-conflict ablation
+    'pd_nl': Style('#6baed6', 'X'),
+    'holistic_margin': Style('#e377c2', 'h'),
+    'margin': Style('#7b4173', 'd'),
+    'gold_labels': Style('#e6ab02', '*', ':'), # the ceiling
+}
+
+def method_style(name:str, # a name in `METHODS`
+                 **over, # matplotlib keyword arguments that win (lw, ms, alpha, ...); None drops a key
+                ) -> dict: # color, marker, ls (+ over)
+    "The fixed colour, marker and line style of a method, as matplotlib keyword arguments."
+    if name not in METHOD_STYLES:
+        raise KeyError(f"method_style: {name!r} has no style; add it to METHODS and METHOD_STYLES")
+    s = METHOD_STYLES[name]
+    style = {'color': s.color, 'marker': s.marker, 'ls': s.ls, **over}
+    return {k: v for k, v in style.items() if v is not None} # e.g. ls=None for a scatter
+
+def method_color(name:str) -> str:
+    "The fixed colour of a method (`METHOD_STYLES`)."
+    return method_style(name)['color']
 
 def check_methods(methods, # method names to run
                   allowed=None, # names this world implements (default: every registered name)
@@ -211,14 +254,6 @@ def json_records(df:pandas.DataFrame, # a table
         return float(f'{v:.{digits}g}') if isinstance(v, float) and digits else v
     return [{k: clean(v) for k, v in r.items()} for r in df.to_dict('records')]
 
-def save_figure(fig, path:str|Path, dpi:int=80) -> Path:
-    "Write `fig` as a PNG atomically (modest dpi keeps committed files small) and close it."
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
-    plt.close(fig)
-    return atomic_write_bytes(Path(path), buf.getvalue())
-
 def write_results(res:Results, # what to write
                   out:str|Path, # folder (created)
                   figures:dict|None=None, # {file name: matplotlib figure}, saved as PNG and closed
@@ -247,16 +282,70 @@ def read_results(out:str|Path) -> Results:
     extra = {k: v for k, v in doc.items() if k not in known and k not in tables}
     return Results(pandas.DataFrame(doc['runs']), pandas.DataFrame(doc['summary']), doc['config'], tables, extra)
 
+# %% ../nbs/04a_experiments.ipynb #c019a
+FIGURE_RC = {'font.size': 9, 'axes.titlesize': 10, 'axes.labelsize': 9, 'xtick.labelsize': 8, 'ytick.labelsize': 8,
+             'legend.fontsize': 8, 'figure.titlesize': 11, 'figure.dpi': 100, 'savefig.dpi': 110}
+MIN_FONT_PT = 8 # no text in a figure is smaller
+FIGURE_DPI = 110 # saved PNGs (>= 100)
+
+def figure_style():
+    "A `with` block in which matplotlib draws in the project's style (text >= 8 pt, 100 dpi on screen)."
+    import matplotlib
+    return matplotlib.rc_context(FIGURE_RC)
+
+def use_figure_style():
+    "Set the project's figure style for the rest of the session (a notebook's first cells call it)."
+    import matplotlib
+    matplotlib.rcParams.update(FIGURE_RC)
+
+def figure_title(fig) -> str:
+    "The figure's title: its suptitle, else its axes' titles joined by ' | ' ('' when it has none)."
+    sup = fig.get_suptitle()
+    if sup: return sup
+    return ' | '.join(t for t in (ax.get_title() for ax in fig.axes) if t)
+
+def check_figure(fig) -> list[str]:
+    "What breaks the figure style: no title, text smaller than `MIN_FONT_PT` (an empty list when none)."
+    from matplotlib.text import Text
+    problems = [] if figure_title(fig) else ['no title (fig.suptitle or ax.set_title)']
+    small = sorted({f'{t.get_text()[:30]!r} at {t.get_fontsize():.1f} pt' for t in fig.findobj(Text)
+                    if t.get_visible() and t.get_text().strip() and t.get_fontsize() < MIN_FONT_PT - 1e-6})
+    if small: problems.append(f'text under {MIN_FONT_PT} pt: ' + ', '.join(small[:5]))
+    return problems
+
+def save_figure(fig, path:str|Path,
+                dpi:int=FIGURE_DPI, # >= 100
+                strict:bool=False, # raise (instead of warn) when `check_figure` finds a problem
+               ) -> Path:
+    "Write `fig` as a PNG atomically (its title in the PNG's Title field) and close it; warns on style problems."
+    import warnings
+    import matplotlib.pyplot as plt
+    if dpi < 100:
+        raise ValueError(f"dpi: figures are saved at >= 100 dpi, got {dpi}")
+    problems = check_figure(fig)
+    if problems and strict:
+        raise ValueError(f"{path}: " + '; '.join(problems))
+    if problems: warnings.warn(f"{path}: " + '; '.join(problems), stacklevel=2)
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight', metadata={'Title': figure_title(fig)})
+    plt.close(fig)
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+def png_title(path:str|Path) -> str:
+    "The Title stored in a PNG written by `save_figure` ('' when there is none)."
+    from PIL import Image
+    with Image.open(path) as im: return str(im.info.get('Title', ''))
+
 # %% ../nbs/04a_experiments.ipynb #c020
 def legend_outside(ax, **kw):
     "A legend to the right of the axes, where it covers no data."
-    return ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False, **kw)
+    return ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=MIN_FONT_PT, frameon=False, **kw)
 
 def caption(fig, text:str, width:int=110):
     "A caption line (wrapped) under the figure: what the bands, bars and markers are."
     import textwrap
     bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight() # below every label already drawn
-    fig.text(0.0, min(bottom, 0.0) - 0.02, textwrap.fill(text, width), ha='left', va='top', fontsize=7.5)
+    fig.text(0.0, min(bottom, 0.0) - 0.02, textwrap.fill(text, width), ha='left', va='top', fontsize=MIN_FONT_PT)
     return fig
 
 def plot_against(runs:pandas.DataFrame, # per-seed rows
@@ -264,9 +353,9 @@ def plot_against(runs:pandas.DataFrame, # per-seed rows
                  metric:str='gold', # y
                  methods=None, # lines (default: every method in `runs`)
                  ax=None,
-                 styles:dict|None=None, # {method: matplotlib kwargs}
+                 styles:dict|None=None, # {method: matplotlib kwargs} over the method's fixed style
                 ):
-    "Mean of `metric` against `x`, one line per method, shaded 95% t-band over seeds; returns the axes."
+    "Mean of `metric` against `x`, one line per method in its fixed style, shaded 95% t-band over seeds; the axes."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5.5, 3.4))
     methods = list(dict.fromkeys(runs['method'])) if methods is None else list(methods)
@@ -277,7 +366,99 @@ def plot_against(runs:pandas.DataFrame, # per-seed rows
         stats = [mean_ci(at.loc[at[x] == v, metric]) for v in xs]
         mean = np.array([s[0] for s in stats])
         half = np.nan_to_num(np.array([s[1] for s in stats]))
-        style = {'marker': 'o', 'ms': 3, 'lw': 1.2, 'ls': '-', 'label': m, **(styles or {}).get(m, {})}
+        fixed = method_style(m) if m in METHOD_STYLES else {'marker': 'o', 'ls': '-'}
+        style = {'ms': 3, 'lw': 1.2, 'label': m, **fixed, **(styles or {}).get(m, {})}
         line, = ax.plot(xs, mean, **style)
         ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.12, lw=0)
     return ax
+
+# %% ../nbs/04a_experiments.ipynb #c023
+def _paper_name(m:str) -> str:
+    return METHODS[m].paper if m in METHODS and METHODS[m].paper != '-' else m
+
+def forest_rows(summary:pandas.DataFrame, # from `summarize` (one setting), with paired differences `d_<baseline>`
+                baseline:str='full', # every row is `method - baseline`
+                methods=None, # rows, in order (default: every method of the summary but the baseline)
+               ) -> pandas.DataFrame: # label, method, diff, ci (95% half-width), n
+    "The paired differences `method - baseline` of one setting's summary, one row per method, for `plot_forest`."
+    col = f'd_{baseline}'
+    if col not in summary:
+        raise KeyError(f"forest_rows: the summary has no column {col!r}; summarize with baselines=('{baseline}',)")
+    s = summary[summary['method'] != baseline].set_index('method')
+    order = [m for m in (s.index if methods is None else methods) if m in s.index]
+    s = s.loc[order]
+    return pandas.DataFrame(dict(label=[f'{_paper_name(m)} − {_paper_name(baseline)}' for m in order], method=order,
+                                 diff=s[col].values, ci=s[col + '_ci'].values, n=s[col + '_n'].values))
+
+def plot_forest(rows:pandas.DataFrame, # label, diff, ci (95% half-width), n; a `method` column picks the colour
+                ax=None,
+                xlabel:str='paired difference (reward units)',
+                sesoi:float|None=None, # smallest effect size of interest: the band ±sesoi is shaded
+               ):
+    "Forest plot of paired differences: per row its mean, 95% interval (printed at the right) and n; the axes."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(6.5, 0.42 * len(rows) + 1.3))
+    ys = np.arange(len(rows))[::-1]
+    for y, r in zip(ys, rows.to_dict('records')):
+        st = method_style(r['method']) if r.get('method') in METHOD_STYLES else dict(color='k', marker='o')
+        h = 0.0 if r['ci'] is None or math.isnan(r['ci']) else float(r['ci'])
+        ax.errorbar(r['diff'], y, xerr=h, fmt=st['marker'], color=st['color'], ms=6, capsize=3, lw=1.4)
+        ax.text(1.02, y, f"{r['diff']:+.3f} [{r['diff'] - h:+.3f}, {r['diff'] + h:+.3f}]", va='center',
+                transform=ax.get_yaxis_transform(), fontsize=MIN_FONT_PT)
+    ax.axvline(0, color='k', lw=0.8)
+    if sesoi: ax.axvspan(-sesoi, sesoi, color='0.9', zorder=0, lw=0)
+    ax.set_yticks(ys, [f"{r['label']} (n={int(r['n'])})" for r in rows.to_dict('records')])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(xlabel)
+    return ax
+
+# %% ../nbs/04a_experiments.ipynb #c026
+def outlier_methods(runs:pandas.DataFrame, # per-seed rows
+                    x:str, # numeric setting column
+                    metric:str='gold',
+                    methods=None, # candidates (default: every method in `runs`)
+                   ) -> list: # the methods to draw in their own panel, most extreme first
+    "Methods that more than double the y-range (bands included) of the other methods' curves: they stretch the axis."
+    methods = list(dict.fromkeys(runs['method'])) if methods is None else list(methods)
+    cells = runs[runs['method'].isin(methods)].groupby(['method', x])[metric]
+    stats = cells.apply(lambda v: pandas.Series(mean_ci(v), index=['mean', 'half'])).unstack()
+    half = stats['half'].fillna(0.0)
+    lo = (stats['mean'] - half).groupby(level=0).min()
+    hi = (stats['mean'] + half).groupby(level=0).max()
+    out = []
+    while len(lo) >= 3:
+        span = hi.max() - lo.min()
+        centre = (lo + hi) / 2
+        far = (centre - centre.median()).abs().idxmax()
+        rest_lo, rest_hi = lo.drop(far), hi.drop(far)
+        if span <= 2 * (rest_hi.max() - rest_lo.min()): break
+        out.append(far)
+        lo, hi = rest_lo, rest_hi
+    return out
+
+def plot_against_split(runs:pandas.DataFrame, # per-seed rows
+                       x:str, # numeric setting column
+                       metric:str='gold',
+                       methods=None, # lines (default: every method in `runs`)
+                       outliers=None, # methods for the top panel (default: `outlier_methods`)
+                       figsize=(6.5, 4.6),
+                      ) -> list: # [top, bottom] axes (one axes when there is no outlier)
+    "`plot_against` with the outlier methods in a short top panel (a broken y-axis), so they stretch no axis."
+    import matplotlib.pyplot as plt
+    methods = list(dict.fromkeys(runs['method'])) if methods is None else list(methods)
+    out = outlier_methods(runs, x, metric, methods) if outliers is None else list(outliers)
+    rest = [m for m in methods if m not in out]
+    if not out:
+        _, ax = plt.subplots(figsize=(figsize[0], figsize[1] * 0.75))
+        return [plot_against(runs, x, metric, rest, ax=ax)]
+    _, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=figsize,
+                                    gridspec_kw=dict(height_ratios=(1, 2.5), hspace=0.08))
+    plot_against(runs, x, metric, out, ax=top)
+    plot_against(runs, x, metric, rest, ax=bottom)
+    top.spines['bottom'].set_visible(False)
+    bottom.spines['top'].set_visible(False)
+    top.tick_params(bottom=False)
+    marks = dict(marker=[(-1, -0.5), (1, 0.5)], ms=10, ls='none', color='k', mec='k', mew=1, clip_on=False)
+    top.plot([0, 1], [0, 0], transform=top.transAxes, **marks)
+    bottom.plot([0, 1], [1, 1], transform=bottom.transAxes, **marks)
+    return [top, bottom]

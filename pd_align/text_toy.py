@@ -20,7 +20,7 @@ from .reward import AspectRewardModel, train_reward_models, score_dataset, fit_l
 from .train import (DPOConfig, train_dpo, sample_responses, evaluate_dpo, tokenize_pairs, collate_pairs,
                             _eval_mode)
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
-                                  torch_threads, mean_ci, plot_against, legend_outside)
+                                  torch_threads, mean_ci, plot_against, legend_outside, method_color)
 
 # %% auto #0
 __all__ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPENERS', 'CLOSERS', 'SENTENCES', 'POLITE_WORDS',
@@ -485,7 +485,7 @@ def plot_results(runs:pandas.DataFrame, # per-run rows
     ax.errorbar(x, summary['gold'], yerr=np.nan_to_num(summary['gold_ci']), fmt='o', capsize=4, color='k', zorder=3)
     for i, m in enumerate(summary['method']):
         g = runs[runs['method'] == m]['gold']
-        ax.scatter(np.full(len(g), i) + np.linspace(-0.12, 0.12, len(g)), g, s=14, alpha=0.6)
+        ax.scatter(np.full(len(g), i) + np.linspace(-0.12, 0.12, len(g)), g, s=14, alpha=0.6, color=method_color(m))
     ax.set_xticks(x, summary['method'])
     ax.set_ylabel('gold reward of samples')
     ax.set_title('gold reward (mean ± 95% CI)')
@@ -498,7 +498,8 @@ def plot_results(runs:pandas.DataFrame, # per-run rows
     w = 0.8 / max(1, len(trained))
     for i, (_, r) in enumerate(trained.iterrows()):
         d = [r[a] - (float(base[a].iloc[0]) if len(base) else 0.0) for a in ASPECTS]
-        ax.bar(np.arange(len(ASPECTS)) + (i - (len(trained) - 1) / 2) * w, d, w, label=r['method'])
+        ax.bar(np.arange(len(ASPECTS)) + (i - (len(trained) - 1) / 2) * w, d, w, label=r['method'],
+               color=method_color(r['method']))
     ax.axhline(0, color='k', lw=0.8)
     ax.set_xticks(np.arange(len(ASPECTS)), ASPECTS)
     ax.set_ylabel('change vs SFT')
@@ -940,7 +941,7 @@ def plot_confirmatory(runs:pandas.DataFrame, p:Protocol, axes=None):
         g = at.loc[at['method'] == m, 'gold']
         mean, half = mean_ci(g)
         ax.errorbar(i, mean, yerr=0 if math.isnan(half) else half, fmt='o', color='k', capsize=3, zorder=3)
-        ax.scatter(np.full(len(g), i) + np.linspace(-0.15, 0.15, len(g)), g, s=10, alpha=0.6)
+        ax.scatter(np.full(len(g), i) + np.linspace(-0.15, 0.15, len(g)), g, s=10, alpha=0.6, color=method_color(m))
     full = at.loc[at['method'] == 'full', 'gold'].mean()
     ax.axhline(full, color='grey', ls='--', lw=0.8)
     ax.set_xticks(range(len(order)), order, rotation=35, ha='right', fontsize=8)
@@ -963,7 +964,7 @@ def plot_diagnostics(summary:pandas.DataFrame, p:Protocol, axes=None):
     w = 0.85 / len(methods)
     for i, m in enumerate(methods):
         d = [at.loc[m, a] - at.loc['sft', a] for a in ASPECTS]
-        axes[0].bar(np.arange(len(ASPECTS)) + (i - (len(methods) - 1) / 2) * w, d, w, label=m)
+        axes[0].bar(np.arange(len(ASPECTS)) + (i - (len(methods) - 1) / 2) * w, d, w, label=m, color=method_color(m))
     axes[0].axhline(0, color='k', lw=0.8)
     axes[0].set_xticks(range(len(ASPECTS)), ASPECTS)
     axes[0].set_ylabel('change over SFT')
@@ -971,8 +972,9 @@ def plot_diagnostics(summary:pandas.DataFrame, p:Protocol, axes=None):
     legend_outside(axes[0])
     for m in methods:
         x, y = at.loc[m, 'kl'], at.loc[m, 'd_sft']
-        axes[1].errorbar(x, y, xerr=at.loc[m, 'kl_ci'], yerr=at.loc[m, 'd_sft_ci'], fmt='o', ms=4, capsize=2, label=m)
-        axes[1].annotate(m, (x, y), fontsize=7, xytext=(3, 3), textcoords='offset points')
+        axes[1].errorbar(x, y, xerr=at.loc[m, 'kl_ci'], yerr=at.loc[m, 'd_sft_ci'], fmt='o', ms=4, capsize=2, label=m,
+                         color=method_color(m))
+        axes[1].annotate(m, (x, y), fontsize=8, xytext=(3, 3), textcoords='offset points')
     axes[1].axhline(0, color='k', lw=0.8)
     axes[1].set_xlabel('KL(policy || reference) per sample')
     axes[1].set_ylabel('gold gain over SFT')

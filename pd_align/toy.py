@@ -20,7 +20,7 @@ from .theory import label_noise
 from .selection import (select_by_pd, select_highest_pd, select_by_margin, select_by_holistic_margin, select_random,
                                 select_full)
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results, read_results,
-                                  torch_threads, plot_against, legend_outside, caption)
+                                  torch_threads, plot_against, legend_outside, caption, method_style)
 
 # %% auto #0
 __all__ = ['ASPECTS', 'CONFLICT_LEVELS', 'DEFAULT_METHODS', 'TOY_METHODS', 'SELECTIONS', 'SHARES', 'LENGTH_BIAS', 'SWEEP_METHODS',
@@ -758,7 +758,7 @@ PANELS = {'relabelling and loss baselines (all pairs)': ('full', 'ova', 'avg', '
           'selections (30% of the pairs)': ('full', 'random', 'raf', 'pd_oracle', 'pd', 'pd_nl', 'pd_high',
                                             'holistic_margin', 'margin')}
 GOLD_LABEL = 'gold reward E[r] of the policy (reward units)'
-_FULL_STYLE = dict(color='k', ls='--')
+_FULL_STYLE = method_style('full', marker='') # the registry's ALL style, as a reference line
 
 def plot_conflict_share(runs:pandas.DataFrame, # per-run rows of `simulate`
                         metric:str='gold', # any metric column
@@ -827,7 +827,8 @@ def plot_budget(runs:pandas.DataFrame, # per-run rows of `simulate` (with the sw
     plot_against(curves, 'ratio', 'gold', methods, ax=ax)
     if len(full): ax.axhline(full['gold'].mean(), **_FULL_STYLE, lw=1, label='ALL (budget 1)')
     ceil = at[at['method'] == 'gold_labels']
-    if len(ceil): ax.axhline(ceil['gold'].mean(), color='k', ls=':', lw=1, label='gold labels (ceiling)')
+    ceiling = method_style('gold_labels', marker='', lw=1, label='gold labels (ceiling)')
+    if len(ceil): ax.axhline(ceil['gold'].mean(), **ceiling)
     ax.set_xlabel('selection budget (fraction of pairs kept)')
     ax.set_ylabel(GOLD_LABEL, fontsize=8)
     ax.set_title(f'Gold reward against the budget at conflict share {share:.1f}', fontsize=10)
