@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_io.ipynb #c002
 from __future__ import annotations
-import collections, dataclasses, gzip, io, itertools, json, os, shutil, tempfile, uuid
+import collections, contextlib, dataclasses, gzip, io, itertools, json, os, shutil, tempfile, time, uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Mapping
 __all__ = ['check_on_error', 'iter_jsonl', 'read_jsonl', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_torch',
            'atomic_write_json', 'write_jsonl_atomic', 'atomic_write_folder', 'save_dataset_atomic', 'ArtefactError',
            'one_line', 'json_kind', 'read_json', 'load_artefact', 'ConfigError', 'check_keys', 'config_from_dict',
-           'read_mapping', 'read_config']
+           'read_mapping', 'read_config', 'notice', 'LockedError', 'FileLock']
 
 # %% ../nbs/00_io.ipynb #c005
 def check_on_error(on_error:str, # 'raise' or 'skip'
@@ -282,7 +282,15 @@ def load_artefact(path:str|Path, # the file or folder to load
     except ArtefactError:
         raise
     except Exception as e:
-        raise ArtefactError(path, f'damaged or not {what} ({type(e).__name__}: {e})', fix) from e
+        raise ArtefactError(path, f'damaged or not {what} ({type(e).__name__}: {_gist(e)})', fix) from e
+
+def _gist(e:Exception, limit:int=160) -> str:
+    "A loader's message on one line; a long one cut to its first sentence (their advice may not fit the case)."
+    msg = one_line(e)
+    if len(msg) <= limit:
+        return msg
+    first = msg.split('. ')[0]
+    return first if len(first) <= limit else first[:limit - 3] + '...'
 
 # %% ../nbs/00_io.ipynb #r29007
 class ConfigError(ArtefactError):
@@ -370,3 +378,109 @@ def read_config(path:str|Path, # a JSON or YAML settings file
             raise ConfigError(path, f'missing key {section!r}', fix, key=section)
         d = d[section]
     return config_from_dict(d, cls, path, require_all, nested, f'{section}.' if section else '', fix)
+
+# %% ../nbs/00_io.ipynb #r29011
+import logging
+_notice_log = logging.getLogger('pd_align.notice')
+
+def notice(message:str, # e.g. what was wrong and what was done about it
+            ):
+    "Say what was done without asking: a damaged file repaired, a lock waited for (warning, `pd_align.notice` log)."
+    _notice_log.warning(one_line(message, 1000))
+
+class LockedError(ArtefactError):
+    "Another live process holds the lock file."
+
+def _pid_alive(pid:int) -> bool:
+    "Whether process `pid` runs on this machine."
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+def _lock_owner(path:Path) -> dict|None:
+    "The owner recorded in a lock file, or None when it cannot be read."
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and isinstance(d.get('pid'), int) else None
+
+# %% ../nbs/00_io.ipynb #r29012
+class FileLock:
+    "An exclusive lock file (O_CREAT|O_EXCL) with the owner's pid; stale locks of dead processes are removed."
+    def __init__(self, path:str|Path, # the lock file (e.g. `folder/.lock`)
+                 timeout:float=0, # seconds to wait for another process; 0: refuse at once
+                 what:str='this folder', # what the lock protects, for the error
+                 stale_after:float=30, # an unreadable lock file older than this is stale
+                 poll:float=0.2, # seconds between tries
+                 on_wait=None, # called once with a message when the lock is busy and waiting begins (e.g. `notice`)
+                ):
+        self.path, self.timeout, self.what = Path(path), timeout, what
+        self.stale_after, self.poll, self.held, self.on_wait = stale_after, poll, False, on_wait
+
+    def _try(self) -> bool:
+        "Create the lock file; False when it exists."
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, 'w') as f:
+            f.write(json.dumps(dict(pid=os.getpid(), host=_host(), created=time.time())))
+        return True
+
+    def _stale(self) -> str|None:
+        "Why the existing lock file is stale, or None when its owner may still run."
+        owner = _lock_owner(self.path)
+        if owner is None:
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return 'gone'
+            return f'unreadable and {age:.0f} s old' if age > self.stale_after else None
+        if owner.get('host') == _host() and not _pid_alive(owner['pid']):
+            return f"process {owner['pid']} no longer runs"
+        return None
+
+    def acquire(self):
+        "Take the lock: wait up to `timeout` seconds, removing a stale lock; `LockedError` when it stays taken."
+        deadline, waited = time.time() + self.timeout, False
+        while not self._try():
+            why = self._stale()
+            if why is not None:
+                if why != 'gone':
+                    notice(f'{self.path}: a stale lock ({why}) was removed')
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                continue
+            if time.time() >= deadline:
+                owner = _lock_owner(self.path) or {}
+                raise LockedError(self.path, f"{self.what} is in use by process {owner.get('pid', '?')} on "
+                                  f"{owner.get('host', '?')}", f'wait for it to finish (or, if no such process runs, '
+                                  f'delete {self.path})')
+            if self.on_wait is not None and not waited:
+                owner = _lock_owner(self.path) or {}
+                self.on_wait(f"{self.what} is in use by process {owner.get('pid', '?')}: waiting up to "
+                             f"{self.timeout:.0f} s for it ({self.path})")
+            waited = True
+            time.sleep(self.poll)
+        self.held = True
+        return self
+
+    def release(self):
+        "Remove the lock file (if this object holds it)."
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.held = False
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+def _host() -> str:
+    import socket
+    return socket.gethostname()
