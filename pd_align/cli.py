@@ -4,18 +4,18 @@
 
 # %% ../nbs/11_cli.ipynb #c002
 from __future__ import annotations
-import argparse, os, re, shutil, sys, warnings
+import argparse, contextlib, logging, os, re, shutil, sys, warnings
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec',
            'load_data', 'train_reward_cli', 'score_cli', 'train_feature_heads_cli', 'is_feature_heads',
-           'load_feature_heads', 'score_feature_heads_cli', 'parse_overrides', 'cli_config', 'train_cli',
-           'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'print_method_key', 'print_written', 'add_data',
-           'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy', 'cmd_reward',
+           'load_feature_heads', 'check_scorer', 'score_feature_heads_cli', 'parse_overrides', 'cli_config',
+           'train_cli', 'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'print_method_key', 'print_written',
+           'add_data', 'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy', 'cmd_reward',
            'feature_heads_reward', 'add_reward', 'add_feature_head_options', 'cmd_score', 'feature_heads_score',
-           'add_score', 'cmd_select', 'add_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train',
-           'add_train', 'print_eval', 'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main']
+           'add_score', 'load_scored', 'cmd_select', 'add_select', 'dataset_path', 'parse_sets', 'profile_sets',
+           'cmd_train', 'add_train', 'print_eval', 'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -193,12 +193,39 @@ def is_feature_heads(path) -> bool:
     "Whether `path` is a folder written by `train_feature_heads_cli`."
     return (Path(path)/'feature_heads.json').exists()
 
+_HEAD_REPORT = ('kind', 'base', 'cache', 'feature', 'settings', 'aspects', 'k', 'seed', 'length_balance',
+                'train_prompts')
+_HEADS = ('scale', 'w', 'a', 'beta', 'use_features')
+
 def load_feature_heads(path, # folder written by `train_feature_heads_cli`
                       ) -> tuple[dict, dict]: # (heads, report)
-    "The heads and the report saved by `train_feature_heads_cli`."
-    import json, torch
-    report = json.loads((Path(path)/'feature_heads.json').read_text())
-    return torch.load(Path(path)/'heads.pt', weights_only=False), report
+    "The heads and the report saved by `train_feature_heads_cli`; one `ArtefactError` line for a damaged folder."
+    import torch
+    from pd_align.io import ArtefactError, read_json, load_artefact
+    fix = f'pd-align reward --heads features --base BASE --data DATA --out {path} --overwrite'
+    rp, hp = Path(path)/'feature_heads.json', Path(path)/'heads.pt'
+    report = read_json(rp, dict, fix)
+    missing = [k for k in _HEAD_REPORT if k not in report]
+    if missing or report['kind'] != 'feature_heads':
+        raise ArtefactError(rp, f"not a feature-heads report (missing {missing or 'kind feature_heads'})", fix)
+    heads = load_artefact(hp, lambda f: torch.load(f, weights_only=True), fix, 'a torch file of heads')
+    if not isinstance(heads, dict) or any(k not in heads for k in _HEADS):
+        raise ArtefactError(hp, f"not the heads of a feature-heads folder (needs {', '.join(_HEADS)})", fix)
+    if heads['w'].shape[0] != len(report['aspects']):
+        raise ArtefactError(hp, f"holds {heads['w'].shape[0]} heads but {rp.name} names {len(report['aspects'])} "
+                                'aspects (files of two different runs)', fix)
+    return heads, report
+
+def check_scorer(path:Path, # --reward-model
+                ):
+    "A `--reward-model` folder must hold a reward model or feature heads: one line naming it otherwise."
+    from pd_align.io import ArtefactError
+    if not Path(path).is_dir():
+        raise CLIError(f'--reward-model {path}: no such folder; fix: pd-align reward --data DATA --out {path}')
+    if not (Path(path)/'reward_config.json').exists() and not is_feature_heads(path):
+        raise ArtefactError(path, 'not a reward model folder: it holds neither reward_config.json (pd-align reward) '
+                                  'nor feature_heads.json (--heads features); an interrupted write or another folder?',
+                            f'pd-align reward --data DATA --out {path} --overwrite')
 
 def score_feature_heads_cli(data, # fine-grained pairs to score
                             reward_model:str|Path, # folder written by `train_feature_heads_cli`
@@ -272,14 +299,38 @@ def cli_config(config_path=None, # .json/.yaml DPOConfig file
 
 def _selection_of(data) -> dict|None:
     "The `selection.json` of a `pd-align select` output folder that holds (or is) `data`."
-    import json
+    from pd_align.io import read_json
     for folder in (Path(data), Path(data).parent):
         if (folder / 'selection.json').is_file():
-            sel = json.loads((folder / 'selection.json').read_text())
+            fix = f'pd-align select --scored SCORED --out {folder} --overwrite'
+            sel = read_json(folder / 'selection.json', dict, fix)
             if sel.get('source') and Path(sel['source']).exists():
                 sel['source'] = str(Path(sel['source']).resolve())
             return sel
     return None
+
+def _load_selected(data, # the training data (e.g. a `pd-align select` output's dataset/ or train.jsonl)
+                   sel:dict|None, # its folder's selection.json (None: not a selection output)
+                  ):
+    "The pairs of `data`; a selection output must read and hold the pairs its selection.json counts (one line if not)."
+    from pd_align.data import load_local
+    from pd_align.io import ArtefactError
+    if sel is None:
+        return load_local(data)
+    folder = Path(data) if (Path(data) / 'selection.json').exists() else Path(data).parent
+    fix = f"pd-align select --scored {sel.get('source', 'SCORED')} --out {folder} --overwrite"
+    try:
+        ds = load_local(data)
+    except ArtefactError:
+        raise
+    except Exception as e:
+        msg = str(e).removeprefix(f'{data}: ')
+        raise ArtefactError(data, f'damaged ({type(e).__name__}: {msg})', fix) from None
+    n = sel.get('n_selected')
+    if isinstance(n, int) and len(ds) != n:
+        raise ArtefactError(data, f"holds {len(ds)} pairs but {folder / 'selection.json'} counts {n} selected "
+                                  '(a truncated or damaged file, or a file of another selection)', fix)
+    return ds
 
 def train_cli(data, # a `save_to_disk` folder, a .jsonl/.jsonl.gz file, or a .json list
               model:str='tiny', # hub name / local path, 'tiny' (built-in, tokenizer trained on the data) or 'smollm2'
@@ -293,26 +344,28 @@ def train_cli(data, # a `save_to_disk` folder, a .jsonl/.jsonl.gz file, or a .js
     from pd_align.data import load_local
     from pd_align.train import train_dpo, check_enough_pairs
     config = cli_config(config_path, overrides, out)
-    ds = load_local(data)
+    sel = _selection_of(data)
+    ds = _load_selected(data, sel)
+    notes = {'train_data': str(Path(data).resolve()), 'selection': sel}
     check_enough_pairs(len(ds), config)
     eval_ds = load_local(eval_data) if eval_data else None
-    notes = {'train_data': str(Path(data).resolve()), 'selection': _selection_of(data)}
     return train_dpo(str(model), ds, config, eval_dataset=eval_ds, resume_from_checkpoint=resume or None,
                      run_notes=notes)
 
 # %% ../nbs/11_cli.ipynb #c022
 def _train_ids(run:Path) -> set|None:
     "The ids of the pairs a run trained on (None when its data had no ids)."
-    import json
+    from pd_align.io import read_json
     f = Path(run) / 'train_ids.json'
-    return set(json.loads(f.read_text())) if f.exists() else None
+    fix = f'pd-align train --data SUBSET --out {run} --resume (rewrites it from the last checkpoint) or --overwrite'
+    return set(str(i) for i in read_json(f, list, fix)) if f.exists() else None
 
 def heldout_pairs(run, # a run trained on a `pd-align select` output
                  ): # (Dataset of the scored pairs the run did not train on, where they came from)
     "The pairs a run left out: the selection's scored pairs minus those it trained on (by id)."
-    import json
     from pd_align.data import load_local
-    info = json.loads((Path(run) / 'run_info.json').read_text())
+    from pd_align.train import read_run_info
+    info = read_run_info(run)
     source = (info.get('selection') or {}).get('source')
     ids = _train_ids(run)
     if not source or ids is None:
@@ -577,8 +630,15 @@ def add_feature_head_options(r:argparse.ArgumentParser):
 # %% ../nbs/11_cli.ipynb #c032
 def cmd_score(args) -> int:
     "Score every pair of `--data` on all aspects, add PD, write `--out/dataset`."
+    from pd_align.io import FileLock
+    check_scorer(args.reward_model)
     ds = load_data(args.data, args.format, args.on_error, args.limit)
     out = prepare_out(args.out, args.overwrite, resume=args.resume)
+    with FileLock(out/'.lock', timeout=0, what=f'--out {out} (another pd-align score writes it)'):
+        return _score_into(args, ds, out)
+
+def _score_into(args, ds, out:Path) -> int:
+    "`score` into the prepared (and locked) `out`."
     if is_feature_heads(args.reward_model):
         return feature_heads_score(args, ds, out)
     score_cli(ds, args.reward_model, out, batch_size=args.batch_size, resume=args.resume, dtype=args.dtype)
@@ -597,6 +657,8 @@ def feature_heads_score(args, # the parsed `score` options
                       for f in cf['folds'])
     print(f"scored {info['n']} pairs: {cf['n_pairs']} cross-fitted over {cf['k']} folds by prompt " + folds
           + f"; {info['external']['n_pairs']} by the saved heads (unseen prompts)")
+    f = info['features']
+    print(f"features: {f['computed']} computed, {f['from_cache']} from the cache")
     print(f'-> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
     return 0
 
@@ -625,16 +687,38 @@ def _write_subset(sub, # the selected pairs
             for r in sub)
     write_jsonl_atomic(out/'train.jsonl', rows)
 
-def cmd_select(args) -> int:
-    "Select a training subset from a scored dataset and write it as a `datasets` folder and TRL JSONL."
+def load_scored(scored:Path, # a `pd-align score` output folder (or a file with a pd column)
+               ):
+    "The scored pairs of `--scored`; a damaged `dataset/` folder is one line naming it and the command that redoes it."
     from datasets import load_from_disk
     from pd_align.data import load_local
+    from pd_align.io import load_artefact, ArtefactError, read_json
+    fix = f'pd-align score --data DATA --reward-model RM --out {scored} --resume'
+    if not (scored/'dataset').is_dir() and ((scored/'score.json').exists() or (scored/'shards').is_dir()):
+        raise ArtefactError(scored/'dataset', 'missing (the scoring did not finish, or the folder was damaged)', fix)
+    if not (scored/'dataset').is_dir():
+        return load_local(scored)
+    ds = load_artefact(scored/'dataset', lambda p: _read_all(load_from_disk(str(p))), fix, 'a datasets folder')
+    n = read_json(scored/'score.json', dict, fix).get('n') if (scored/'score.json').exists() else None
+    if isinstance(n, int) and n != len(ds):
+        raise ArtefactError(scored/'dataset', f"holds {len(ds)} pairs but {scored/'score.json'} counts {n} (files of "
+                                              'two different runs?)', fix)
+    return ds
+
+def _read_all(ds):
+    "`ds` after reading every row once (a damaged Arrow file fails here, not later in the middle of a command)."
+    for _ in ds.iter(batch_size=4096):
+        pass
+    return ds
+
+def cmd_select(args) -> int:
+    "Select a training subset from a scored dataset and write it as a `datasets` folder and TRL JSONL."
     from pd_align.io import atomic_write_json
     from pd_align.selection import select, pd_settings
     scored = Path(args.scored)
     if not scored.exists():
         raise CLIError(f'--scored {scored}: no such file or folder')
-    ds = load_from_disk(str(scored/'dataset')) if (scored/'dataset').is_dir() else load_local(scored)
+    ds = load_scored(scored)
     check_apart(Path(args.out), scored, '--scored')
     out = prepare_out(args.out, args.overwrite, resume=None)
     sub = select(ds, method=args.method, ratio=args.ratio, seed=args.seed, per_aspect=args.per_aspect)
@@ -664,6 +748,9 @@ def add_select(sub, # `build_parser`'s sub-parsers
 def dataset_path(path:str) -> str:
     "The dataset inside a `pd-align select`/`score` output folder, else `path` itself."
     p = Path(path)
+    if not p.exists() and ((p.parent / 'selection.json').exists() or (p.parent / 'dataset').is_dir()):
+        raise CLIError(f'--data {path}: no such file (an interrupted or damaged selection output); fix: pd-align '
+                       f'select --scored SCORED --out {p.parent} --overwrite')
     if not p.exists():
         raise CLIError(f'--data {path}: no such file or folder')
     return str(p/'dataset') if (p/'dataset').is_dir() else str(p)
@@ -796,6 +883,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/11_cli.ipynb #c040
+class _RepairLine(logging.Handler):
+    "Each repair (`pd_align.io.notice`) as one stderr line `pd-align CMD: ...`."
+    def __init__(self, command:str):
+        super().__init__(logging.WARNING)
+        self.command = command
+    def emit(self, record):
+        print(f'pd-align {self.command}: {record.getMessage()}', file=sys.stderr)
+
+@contextlib.contextmanager
+def _say_repairs(command:str):
+    "Print what is done without asking while the command runs (a damaged cache shard recomputed, a lock waited for)."
+    log = logging.getLogger('pd_align.notice')
+    h = _RepairLine(command)
+    log.addHandler(h)
+    try:
+        yield
+    finally:
+        log.removeHandler(h)
+
 def main(argv=None # arguments, default `sys.argv[1:]`
         ) -> int:
     "Run `pd-align`; returns the process exit code."
@@ -809,7 +915,7 @@ def main(argv=None # arguments, default `sys.argv[1:]`
     _CREATED.clear()
     code = 1
     try:
-        with progress_bars(not args.quiet):
+        with progress_bars(not args.quiet), _say_repairs(args.command):
             code = args.handler(args) or 0
         return code
     except (CLIError, ValueError, OSError, ImportError) as e:

@@ -13,7 +13,7 @@ import pandas
 import torch
 from tqdm.auto import tqdm
 import pd_align
-from .io import atomic_write_json, atomic_write_text, atomic_write_bytes
+from .io import atomic_write_json, atomic_write_text, atomic_write_bytes, read_json, ArtefactError
 from .selection import METHODS as SELECTION_METHODS
 
 # %% auto #0
@@ -275,8 +275,14 @@ def write_results(res:Results, # what to write
 
 def read_results(out:str|Path) -> Results:
     "The `Results` stored in `out/results.json` (tables as DataFrames; provenance and seeds in `extra`)."
-    doc = json.loads((Path(out) / 'results.json').read_text())
+    p = Path(out) / 'results.json'
+    fix = 'rerun the command that wrote it (its run_command or the notebook that makes it)'
+    doc = read_json(p, dict, fix)
     known = ('config', 'summary', 'runs')
+    bad = [k for k in known if not isinstance(doc.get(k), dict if k == 'config' else list)]
+    if bad:
+        raise ArtefactError(p, f"not a results file (needs a config object and summary and runs lists; bad: "
+                               f"{', '.join(bad)})", fix)
     tables = {k: pandas.DataFrame(v) for k, v in doc.items()
               if k not in known and isinstance(v, list) and v and isinstance(v[0], dict)}
     extra = {k: v for k, v in doc.items() if k not in known and k not in tables}

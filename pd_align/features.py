@@ -4,14 +4,14 @@
 
 # %% ../nbs/06a_features.ipynb #c002
 from __future__ import annotations
-import hashlib, json, os, time
+import functools, hashlib, json, os, time
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 from .data import aspect_index, get_aspects
-from .io import atomic_write_json, atomic_write_torch
+from .io import atomic_write_json, atomic_write_torch, read_json, load_artefact, ArtefactError, FileLock, notice
 from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
@@ -125,33 +125,92 @@ def _template(tokenizer) -> str: return _digest([format_text('P', 'R', tokenizer
 # %% ../nbs/06a_features.ipynb #c010
 def _shards(cache:Path) -> list[Path]: return sorted(cache.glob('shard-*.pt'))
 
-def _open_cache(cache:Path, meta:dict, rebuild:bool) -> None:
-    "Create the folder and its meta.json, or check that the existing one has the same fingerprint."
+def _next_shard(cache:Path) -> int:
+    "The number of the next shard file: one past the largest (a removed shard leaves a gap, never a clash)."
+    nums = [int(p.stem[len('shard-'):]) for p in _shards(cache) if p.stem[len('shard-'):].isdigit()]
+    return max(nums, default=-1) + 1
+
+def _read_meta(mp:Path) -> dict|None:
+    "The cache's meta.json; None (said) when it is damaged, or missing beside shards: it is then rewritten."
+    if not mp.exists() and not _shards(mp.parent):
+        return None
+    try:
+        old = read_json(mp)
+        if not isinstance(old.get('fingerprint'), str):
+            raise ArtefactError(mp, 'has no fingerprint')
+        return old
+    except ArtefactError as e:
+        notice(f'feature cache {mp}: {e.problem}; rewritten (each shard is kept only if its own fingerprint matches)')
+        return None
+
+def _open_cache(cache:Path, meta:dict, rebuild:bool) -> bool:
+    "Create the folder and its meta.json, or check the existing one; False: meta.json was lost, shards prove theirs."
     mp = cache/'meta.json'
-    if mp.exists():
-        old = json.loads(mp.read_text())
-        if old.get('fingerprint') == meta['fingerprint']:
-            return
-        if not rebuild:
-            raise FeatureCacheMismatch(
-                f"feature cache {cache} was built with fingerprint {old.get('fingerprint')} (model {old.get('model')}, "
-                f"settings {old.get('settings')}), not {meta['fingerprint']} (model {meta['model']}, settings "
-                f"{meta['settings']}): pass rebuild=True (CLI --rebuild-features) to delete it, or use another folder")
+    old = _read_meta(mp)
+    trusted = old is not None
+    if trusted and old['fingerprint'] == meta['fingerprint']:
+        return True
+    if trusted and not rebuild:
+        raise FeatureCacheMismatch(
+            f"feature cache {cache} was built with fingerprint {old.get('fingerprint')} (model {old.get('model')}, "
+            f"settings {old.get('settings')}), not {meta['fingerprint']} (model {meta['model']}, settings "
+            f"{meta['settings']}); fix: pass rebuild=True (CLI --rebuild-features) to delete it, or use another folder")
+    if trusted:
         for p in _shards(cache):
             p.unlink()
     cache.mkdir(parents=True, exist_ok=True)
     atomic_write_json(mp, meta)
+    return trusted
 
-def _read_shards(cache:Path) -> dict:
-    "{key: (shard path, row)} of every valid shard in `cache`."
+def _shard_problem(p:Path, fingerprint:str|None, trust_unmarked:bool) -> tuple[dict|None, str|None]:
+    "(the shard, None), or (None, what is wrong with it): unreadable, damaged, or made for another fingerprint."
+    try:
+        s = load_artefact(p, lambda f: torch.load(f, weights_only=True), what='a feature shard')
+    except ArtefactError as e:
+        return None, e.problem
+    if not isinstance(s, dict) or not {'keys', 'keys_digest', 'feats', 'response_tokens'} <= set(s):
+        return None, 'not a feature shard (wrong content)'
+    if _digest(s['keys']) != s['keys_digest']:
+        return None, 'its keys do not match their digest (damaged)'
+    mark = s.get('fingerprint')
+    if fingerprint is not None and mark != fingerprint and (mark is not None or not trust_unmarked):
+        return None, f'made with fingerprint {mark}, not {fingerprint} (another model or settings)'
+    return s, None
+
+def _read_shards(cache:Path, # the cache folder
+                 fingerprint:str|None=None, # the cache's: a shard marked with another one is dropped
+                 trust_unmarked:bool=True, # keep shards without a mark (meta.json vouches for them)
+                ) -> dict:
+    "{key: (shard path, row)} of every valid shard; a damaged or foreign shard is removed (said) to be recomputed."
     index = {}
     for p in _shards(cache):
-        s = torch.load(p, weights_only=True)
-        if _digest(s['keys']) != s['keys_digest']:
-            raise ValueError(f"feature cache shard {p}: its keys do not match their digest (a damaged file: delete it)")
+        s, problem = _shard_problem(p, fingerprint, trust_unmarked)
+        if problem is not None:
+            notice(f'feature cache shard {p}: {problem}; removed, its texts are recomputed')
+            p.unlink(missing_ok=True)
+            continue
         for i, k in enumerate(s['keys']):
             index[k] = (p, i)
     return index
+
+def _clear_temps(cache:Path):
+    "Remove the temporary files of writes that were interrupted (called while holding the cache's lock)."
+    temps = [p for p in cache.glob('.*.tmp') if p.is_file()]
+    for p in temps:
+        p.unlink(missing_ok=True)
+    if temps:
+        notice(f'feature cache {cache}: removed {len(temps)} temporary file(s) of an interrupted write')
+
+def _cache_locked(build):
+    "Run `build(model, tokenizer, items, cache, ...)` holding the cache's lock file: another process waits its turn."
+    @functools.wraps(build)
+    def locked(model, tokenizer, items, cache, *args, lock_timeout:float=3600, **kw):
+        cache = Path(cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        with FileLock(cache/'.lock', timeout=lock_timeout, what=f'feature cache {cache}', on_wait=notice):
+            _clear_temps(cache)
+            return build(model, tokenizer, items, cache, *args, **kw)
+    return locked
 
 # %% ../nbs/06a_features.ipynb #c012
 def _encode_items(items:list[tuple[str, str]], tokenizer, max_length:int) -> tuple[list, list, list]:
@@ -180,6 +239,7 @@ def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device) 
                 response_chars=torch.tensor([len(y) for _, y in items]), seconds=time.time() - t)
 
 # %% ../nbs/06a_features.ipynb #c013
+@_cache_locked # `lock_timeout=` (seconds, default 3600): how long to wait for another process filling the same cache
 def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    tokenizer, # its tokenizer
                    items:list[tuple[str, str]], # (prompt, response) pairs; duplicates are computed once
@@ -200,18 +260,18 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
     meta = dict(version=CACHE_VERSION, model=getattr(model, 'name_or_path', type(model).__name__),
                 model_fingerprint=model_fingerprint(model), settings=settings)
     meta['fingerprint'] = _digest([meta['model_fingerprint'], json.dumps(settings, sort_keys=True), CACHE_VERSION])
-    _open_cache(cache, meta, rebuild)
+    trusted = _open_cache(cache, meta, rebuild)
     keys = [text_key(p, y) for p, y in items]
-    index = _read_shards(cache)
+    index = _read_shards(cache, meta['fingerprint'], trust_unmarked=trusted)
     missing = [k for k in dict.fromkeys(keys) if k not in index]
     first = {k: i for i, k in reversed(list(enumerate(keys)))}
     chunks = [missing[s:s + shard_size] for s in range(0, len(missing), shard_size)][:max_shards]
-    n0, t = len(_shards(cache)), time.time()
+    n0, t = _next_shard(cache), time.time()
     device = next(model.parameters()).device
     for c, chunk in enumerate(tqdm(chunks, desc='feature shards', disable=not progress or len(chunks) < 2)):
         shard = _compute_shard(model, tokenizer, [items[first[k]] for k in chunk], chunk, settings, batch_size, device)
         path = cache/f'shard-{n0 + c:05d}.pt'
-        atomic_write_torch(path, shard)
+        atomic_write_torch(path, {**shard, 'fingerprint': meta['fingerprint']})
         index.update({k: (path, i) for i, k in enumerate(chunk)})
     seconds = time.time() - t
     n_new = sum(len(c) for c in chunks)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from datasets import Dataset, Features, Value
 from .data import get_aspects, aspect_index, scores_matrix, from_records, add_lengths, messages_to_text
-from .io import atomic_write_json, save_dataset_atomic, atomic_write_folder
+from .io import (atomic_write_json, save_dataset_atomic, atomic_write_folder, read_json, load_artefact,
+                         ArtefactError, notice)
 from .divergence import (preference_divergence, scale_margins, spearman, agreement_matrix, plot_pd_histogram,
                                  plot_agreement)
 from .selection import length_balanced, normalise_weights, with_pd_settings, pd_settings
@@ -517,9 +518,19 @@ def _digest_rows(prompts, chosen, rejected, aspects) -> str:
     return h.hexdigest()[:16]
 
 def _load_shard(path:Path, fingerprint:str, start:int, end:int) -> dict|None:
-    try: d = json.loads(path.read_text())
-    except (OSError, ValueError): return None
-    return d if (d.get('fingerprint'), d.get('start'), d.get('end')) == (fingerprint, start, end) else None
+    "A finished score shard for rows start:end, else None; a damaged or foreign one is said (it is scored again)."
+    try:
+        d = read_json(path)
+        if (d.get('fingerprint'), d.get('start'), d.get('end')) != (fingerprint, start, end):
+            raise ArtefactError(path, f'made for rows {d.get("start")}:{d.get("end")} with fingerprint '
+                                      f'{d.get("fingerprint")} (other data, model or settings)')
+        n = end - start
+        if any(not isinstance(d.get(k), list) or len(d[k]) != n for k in ('chosen', 'rejected')):
+            raise ArtefactError(path, f'not {n} scored rows (wrong content)')
+    except ArtefactError as e:
+        notice(f'score shard {path}: {e.problem}; scored again')
+        return None
+    return d
 
 def _struct(values:Tensor, aspects:list[str]) -> list[dict]:
     return [dict(zip(aspects, row)) for row in values.double().tolist()]
@@ -715,6 +726,36 @@ def _save_pretrained(self:AspectRewardModel, path:str|Path, # output folder (rep
             tokenizer.save_pretrained(str(tmp))
     return atomic_write_folder(path, fill)
 
+_CONFIG_KEYS = ('format', 'version', 'aspects', 'base_name', 'backbone_config', 'lora', 'weights', 'length_alpha',
+                'length_rho', 'pd', 'max_length')
+
+def _read_reward_config(path:Path, fix:str) -> dict:
+    "`reward_config.json`, checked: one `ArtefactError` line when missing, damaged, of another format or version."
+    p = path / _CONFIG
+    if path.is_dir() and not p.exists():
+        raise ArtefactError(path, f'not a reward model folder (no {_CONFIG})', fix)
+    cfg = read_json(p, dict, fix)
+    if cfg.get('format') != 'pd_align.AspectRewardModel' or cfg.get('version') != 1:
+        raise ArtefactError(p, f"format {cfg.get('format')!r} version {cfg.get('version')!r}, not "
+                               "'pd_align.AspectRewardModel' version 1 (another program or version wrote it)", fix)
+    missing = [k for k in _CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise ArtefactError(p, f"missing key{'s' * (len(missing) > 1)} {', '.join(missing)}", fix)
+    return cfg
+
+def _load_reward_state(model, state:dict, cfg:dict):
+    "Put the saved weights `state` into `model` (adapter + heads, or everything but `length_alpha`)."
+    if cfg['weights'] == 'adapter':
+        from peft import set_peft_model_state_dict
+        def part(prefix): return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        set_peft_model_state_dict(model.backbone, part('backbone.'))
+        model.heads.load_state_dict(part('heads.'))
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != 'length_alpha']
+    if missing or unexpected:
+        raise ValueError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
 def _from_pretrained(cls, path:str|Path, # a folder written by `save_pretrained`
                      device=None, # where to put the model
                      dtype:torch.dtype|None=None, # cast the backbone (e.g. torch.bfloat16)
@@ -724,24 +765,19 @@ def _from_pretrained(cls, path:str|Path, # a folder written by `save_pretrained`
     from transformers import AutoConfig, AutoModel
     from pd_align.tiny import load_model
     path = Path(path)
-    if not (path / _CONFIG).exists(): raise ValueError(f"{path} is not a reward model folder (no {_CONFIG})")
-    cfg = json.loads((path / _CONFIG).read_text())
+    fix = f'pd-align reward --data DATA --out {path} --overwrite'
+    cfg = _read_reward_config(path, fix)
     if cfg['weights'] == 'adapter': backbone = load_model(cfg['base_name'], 'backbone', dtype=torch.float32)[0]
     else:
         bc = dict(cfg['backbone_config'])
         backbone = AutoModel.from_config(AutoConfig.for_model(bc.pop('model_type'), **bc))
     model = cls(backbone, cfg['aspects'], lora=cfg['lora'], base_name=cfg['base_name'])
-    state = load_file(str(path / _WEIGHTS))
-    if cfg['weights'] == 'adapter':
-        from peft import set_peft_model_state_dict
-        def part(prefix): return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        set_peft_model_state_dict(model.backbone, part('backbone.'))
-        model.heads.load_state_dict(part('heads.'))
-    else:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != 'length_alpha']
-        if missing or unexpected:
-            raise ValueError(f"{path / _WEIGHTS}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    state = load_artefact(path / _WEIGHTS, lambda p: load_file(str(p)), fix, 'a safetensors file')
+    try:
+        _load_reward_state(model, state, cfg)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ArtefactError(path / _WEIGHTS, f'does not fit {_CONFIG} ({type(e).__name__}: {e}): files of two '
+                                             'different models?', fix) from None
     model.length_alpha.copy_(torch.tensor(cfg['length_alpha']))
     model.length_rho, model.pd_settings, model.max_length = cfg['length_rho'], cfg['pd'], cfg['max_length']
     model.extra = cfg.get('extra', {})
@@ -760,7 +796,8 @@ def load_reward_model(path:str|Path, # folder written by `save_pretrained` (with
     model = AspectRewardModel.from_pretrained(path, device=device, dtype=dtype)
     src = path if (Path(path) / 'tokenizer_config.json').exists() else model.base_name
     if src is None: raise ValueError(f"{path}: no tokenizer saved and no base model to load one from")
-    tok = load_tokenizer(src)
+    fix = f'pd-align reward --data DATA --out {path} --overwrite'
+    tok = load_artefact(Path(src), load_tokenizer, fix, 'a tokenizer folder') if src is path else load_tokenizer(src)
     return model, tok
 
 # %% ../nbs/06_reward.ipynb #c061

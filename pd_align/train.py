@@ -17,14 +17,16 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from .data import get_aspects
-from .io import atomic_write_json, atomic_write_torch, atomic_write_folder
+from .io import (atomic_write_json, atomic_write_torch, atomic_write_folder, read_mapping, read_json,
+                         load_artefact, ArtefactError, ConfigError, notice)
 from .losses import sequence_logps, dpo_loss, dfpo_loss
 
 # %% auto #0
 __all__ = ['DPOConfig', 'tokenize_pairs', 'collate_pairs', 'is_peft', 'pair_logps', 'reference_logps', 'precompute_reference',
-           'make_accelerator', 'load_policy', 'add_lora', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo', 'check_enough_pairs', 'weights_fingerprint',
-           'learning_detected', 'model_card', 'sample_responses', 'reward_win_rate', 'load_run']
+           'make_accelerator', 'load_policy', 'add_lora', 'latest_checkpoint', 'save_checkpoint', 'CheckpointMismatch',
+           'load_checkpoint', 'evaluate_dpo', 'DPOResult', 'plot_history', 'train_dpo', 'check_enough_pairs',
+           'weights_fingerprint', 'learning_detected', 'model_card', 'sample_responses', 'reward_win_rate', 'load_run',
+           'read_run_info']
 
 # %% ../nbs/07_train.ipynb #c006
 _ALIASES = {'learning_rate': 'lr', 'num_train_epochs': 'epochs', 'per_device_train_batch_size': 'batch_size',
@@ -112,14 +114,11 @@ class DPOConfig:
                   **overrides): # fields that replace the file's values
         "Load a config from json or yaml, then apply `overrides`."
         path = Path(path)
-        text = path.read_text()
-        if path.suffix in ('.yaml', '.yml'):
-            import yaml
-            d = yaml.safe_load(text) or {}
-        elif path.suffix == '.json': d = json.loads(text)
-        else: raise ValueError(f"config file {path}: expected .json, .yaml or .yml")
-        if not isinstance(d, dict): raise ValueError(f"config file {path}: expected a mapping at the top level")
-        return cls.from_dict({**d, **overrides})
+        if path.suffix not in ('.json', '.yaml', '.yml'):
+            raise ConfigError(path, 'a DPOConfig file must be .json, .yaml or .yml')
+        d = read_mapping(path)
+        try: return cls.from_dict({**d, **overrides})
+        except ValueError as e: raise ConfigError(path, str(e)) from None
 
     def to_dict(self) -> dict: return asdict(self)
     def replace(self, **changes) -> DPOConfig: return dataclasses.replace(self, **changes)
@@ -347,6 +346,19 @@ def _to(batch:dict, device) -> dict: return {k: v.to(device) for k, v in batch.i
 def _batches(examples, size):
     for i in range(0, len(examples), size): yield examples[i:i + size]
 
+def _read_reference_cache(cache:Path, n:int) -> dict|None:
+    "The saved reference log-probs, or None (said: they are recomputed) when the cache file is damaged."
+    try:
+        saved = load_artefact(cache, lambda p: torch.load(p, weights_only=True), what='a reference log-prob cache')
+        if not isinstance(saved, dict) or not isinstance(saved.get('logps'), Tensor) or 'fingerprint' not in saved:
+            raise ArtefactError(cache, 'not a reference log-prob cache (wrong content)')
+        if saved['logps'].shape != (n, 2):
+            raise ArtefactError(cache, f"holds {tuple(saved['logps'].shape)} log-probs for {n} pairs")
+    except ArtefactError as e:
+        notice(f'{e.path}: {e.problem}; the reference log-probs are recomputed')
+        return None
+    return saved
+
 def precompute_reference(model, # the policy (peft) or the reference itself (full fine-tune, before training)
                          examples:list[dict], # from `tokenize_pairs`
                          pad_token_id:int,
@@ -358,8 +370,8 @@ def precompute_reference(model, # the policy (peft) or the reference itself (ful
     "Reference log-probs of every pair in one no-grad pass (cached on disk when `cache` is given)."
     fp = _fingerprint(examples)
     if cache is not None and Path(cache).exists():
-        saved = torch.load(cache)
-        if saved['fingerprint'] == fp: return saved['logps']
+        saved = _read_reference_cache(Path(cache), len(examples))
+        if saved is not None and saved['fingerprint'] == fp: return saved['logps']
     device = accelerator.device if accelerator else next(model.parameters()).device
     autocast = accelerator.autocast if accelerator else nullcontext
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
@@ -486,32 +498,55 @@ def save_checkpoint(output_dir, step:int, model, optimizer, scheduler, state:dic
     accelerator.wait_for_everyone()
     return final
 
-def _load_weights(model, folder:Path):
-    "Load a checkpoint's adapter (peft) or full weights into `model` in place."
-    from safetensors.torch import load_file
+def _load_weights(model, folder:Path, files:dict):
+    "Load a checkpoint's adapter (peft) or full weights (`files`: {name: state dict}, read) into `model` in place."
     if is_peft(model):
         from peft import set_peft_model_state_dict
-        set_peft_model_state_dict(_unwrap(model), load_file(folder / 'adapter_model.safetensors'))
+        if 'adapter_model.safetensors' not in files:
+            raise ValueError('no adapter_model.safetensors (a full fine-tune checkpoint?)')
+        set_peft_model_state_dict(_unwrap(model), files['adapter_model.safetensors'])
         return
     sd = {}
-    for f in sorted(folder.glob('*.safetensors')): sd.update(load_file(f))
+    for name in sorted(files): sd.update(files[name])
     missing, unexpected = _unwrap(model).load_state_dict(sd, strict=False)
     tied = {k for k in missing if k.endswith('lm_head.weight')}
     if unexpected or set(missing) - tied:
         raise ValueError(f"checkpoint {folder}: missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}")
 
+class CheckpointMismatch(ArtefactError):
+    "A readable checkpoint that does not fit the run being resumed (other model or settings)."
+
+def _read_checkpoint(folder:Path, process_index:int) -> dict:
+    "Every file of a checkpoint read, nothing applied yet; `ArtefactError` naming the first missing or damaged one."
+    from safetensors.torch import load_file
+    fix = 'start over with pd-align train ... --overwrite'
+    state = read_json(folder / 'trainer_state.json', dict, fix)
+    if any(k not in state for k in ('step', 'history', 'window')):
+        raise ArtefactError(folder / 'trainer_state.json', 'not a trainer state (needs step, history, window)', fix)
+    weights = {f.name: load_artefact(f, lambda p: load_file(str(p)), fix, 'a safetensors file')
+               for f in sorted(folder.glob('*.safetensors'))}
+    if not weights:
+        raise ArtefactError(folder, 'holds no weights (*.safetensors)', fix)
+    def load(name): # on the CPU: the optimizer moves its state to the parameters
+        return load_artefact(folder / name, lambda p: torch.load(p, map_location='cpu', weights_only=False), fix,
+                             'a torch file')
+    return dict(state=state, weights=weights, optimizer=load('optimizer.pt'), scheduler=load('scheduler.pt'),
+                rng=load(f'rng_state_{process_index}.pt'))
+
 def load_checkpoint(folder, model, optimizer, scheduler, accelerator:Accelerator) -> dict:
     "Restore weights, optimizer, scheduler and this process's RNG states; returns the trainer state."
     folder = Path(folder)
-    if not (folder / 'trainer_state.json').exists():
-        raise ValueError(f"{folder} is not a checkpoint (no trainer_state.json)")
-    _load_weights(model, folder)
-    def load(name): # on the CPU: the optimizer moves its state to the parameters
-        return torch.load(folder / name, map_location='cpu', weights_only=False)
-    optimizer.load_state_dict(load('optimizer.pt'))
-    scheduler.load_state_dict(load('scheduler.pt'))
-    _set_rng_state(load(f'rng_state_{accelerator.process_index}.pt'))
-    return json.loads((folder / 'trainer_state.json').read_text())
+    ck = _read_checkpoint(folder, accelerator.process_index)
+    try:
+        _load_weights(model, folder, ck['weights'])
+        optimizer.load_state_dict(ck['optimizer'])
+        scheduler.load_state_dict(ck['scheduler'])
+        _set_rng_state(ck['rng'])
+    except Exception as e:
+        raise CheckpointMismatch(folder, f'does not fit this run ({type(e).__name__}: {e})',
+                                 'resume with the model and settings of the run that wrote it, or start over with '
+                                 '--overwrite') from e
+    return ck['state']
 
 # %% ../nbs/07_train.ipynb #c031
 def _batch_loss(model, batch:dict, config:DPOConfig, ref_model=None, ref_cache:Tensor|None=None):
@@ -762,12 +797,28 @@ def _schedule(optimizer, config:DPOConfig, total:int):
 def _maybe_resume(run:_Run, resume_from_checkpoint):
     "Restore weights, optimizer, scheduler, RNG states, the step, the log and its open window from a checkpoint."
     if not resume_from_checkpoint: return
-    if resume_from_checkpoint is True: folder = latest_checkpoint(run.out_dir)
-    else: folder = Path(resume_from_checkpoint)
-    if folder is None:
-        raise ValueError(f"resume_from_checkpoint=True but {run.out_dir} holds no checkpoint-N folder")
-    state = load_checkpoint(folder, run.model, run.optimizer, run.scheduler, run.accelerator)
+    if resume_from_checkpoint is True:
+        state = _load_latest(run)
+    else:
+        state = load_checkpoint(Path(resume_from_checkpoint), run.model, run.optimizer, run.scheduler, run.accelerator)
     run.start, run.history, run.window = state['step'], state['history'], state['window']
+
+def _load_latest(run:_Run) -> dict:
+    "The newest readable checkpoint's state; a damaged one is passed over (said) for the one before it."
+    ckpts = sorted((p for p in Path(run.out_dir).glob('checkpoint-*')
+                    if p.is_dir() and re.fullmatch(r'checkpoint-\d+', p.name)), key=_checkpoint_step, reverse=True)
+    if not ckpts:
+        raise ValueError(f"resume_from_checkpoint=True but {run.out_dir} holds no checkpoint-N folder")
+    for i, folder in enumerate(ckpts):
+        try:
+            return load_checkpoint(folder, run.model, run.optimizer, run.scheduler, run.accelerator)
+        except CheckpointMismatch:
+            raise
+        except ArtefactError as e:
+            if i == len(ckpts) - 1:
+                raise
+            notice(f'{e.path}: {e.problem}; resuming from the earlier {ckpts[i + 1].name} instead (the damaged '
+                   'checkpoint is replaced when training passes its step)')
 
 # %% ../nbs/07_train.ipynb #c036e
 def _epoch_order(n:int, seed:int, epoch:int) -> Tensor:
@@ -1051,7 +1102,7 @@ def _check_base(base, # the model found under the run's base name
     got = weights_fingerprint(base)
     if got != want:
         raise ValueError(f"{run}: the base model {src} is not the one this run started from (weights fingerprint "
-                         f"{got[:12]} != {want[:12]}); restore that model or its path")
+                         f"{got[:12]} != {want[:12]}); fix: restore that model or its path")
 
 def load_run(run, # a `train_dpo` output folder (with final/, run_info.json, dpo_config.json)
             ) -> tuple: # (policy, tokenizer, ref_model or None, DPOConfig)
@@ -1059,19 +1110,35 @@ def load_run(run, # a `train_dpo` output folder (with final/, run_info.json, dpo
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from pd_align.tiny import activation_checkpointing_name
     run = Path(run)
-    if not (run / 'run_info.json').exists():
-        raise ValueError(f"{run} is not a finished run (no run_info.json)")
-    info = json.loads((run / 'run_info.json').read_text())
+    info = read_run_info(run)
     config = DPOConfig.from_file(run / 'dpo_config.json')
     if info['base_model'] is None:
         raise ValueError(f"{run}: the base model is unknown (training started from an unnamed peft model object)")
-    tok = AutoTokenizer.from_pretrained(run / 'final')
+    fix = _run_fix(run)
+    tok = load_artefact(run / 'final', AutoTokenizer.from_pretrained, fix, "a run's final/ folder")
     src = run / 'base' if info['base_model'] == 'base' else info['base_model']
     base, _ = load_policy(src, tokenizer=tok)
     _check_base(base, info, src, run)
     if info['peft']:
         from peft import PeftModel
         with activation_checkpointing_name(base):
-            policy = PeftModel.from_pretrained(base, run / 'final')
+            policy = load_artefact(run / 'final', lambda f: PeftModel.from_pretrained(base, f), fix,
+                                   'an adapter folder')
         return policy, tok, None, config
-    return AutoModelForCausalLM.from_pretrained(run / 'final'), tok, base, config
+    return load_artefact(run / 'final', AutoModelForCausalLM.from_pretrained, fix, 'a model folder'), tok, base, config
+
+def _run_fix(run:Path) -> str:
+    "The command that rewrites a run's files."
+    return f'pd-align train --data DATA --out {run} --resume (from its last checkpoint) or --overwrite'
+
+def read_run_info(run, # a `train_dpo` output folder
+                 ) -> dict:
+    "The run's `run_info.json` (written last: without it the run did not finish); one line when missing or damaged."
+    p = Path(run) / 'run_info.json'
+    if not p.exists():
+        raise ArtefactError(p, 'missing: the run did not finish', _run_fix(Path(run)))
+    info = read_json(p, dict, _run_fix(Path(run)))
+    missing = [k for k in ('base_model', 'peft') if k not in info]
+    if missing:
+        raise ArtefactError(p, f"not a run's information (missing {', '.join(missing)})", _run_fix(Path(run)))
+    return info
