@@ -165,22 +165,36 @@ def install_cell() -> str:
     return cell('code', 'PD_ALIGN_SOURCE =')
 
 
+def install_python(src:str) -> str:
+    "The install cell without its shell (`!`) and cell-option (`#|`) lines."
+    return '\n'.join(l for l in src.splitlines() if not l.startswith(('!', '#|')))
+
+
 def test_install_cell_installs_what_the_project_ships(monkeypatch):
     src = install_cell()
     assert 'github.com' not in src and 'git+' not in src and 'example.com' not in src
     assert not any('github.com/pd-align' in s for _, s in SRC)
-    python = '\n'.join(l for l in src.splitlines() if not l.startswith(('!', '#|')))
-    with pytest.raises(ValueError, match='Set PD_ALIGN_SOURCE'): exec(python, {})     # unset: a clear message, nothing installed
-    assert src.strip().splitlines()[-1].startswith('!pip install -q "{PD_ALIGN_SOURCE}" {PINNED}')
+    with pytest.raises(ValueError, match='Set PD_ALIGN_SOURCE'): exec(install_python(src), {})   # unset: nothing installed
+    shell = [l for l in src.splitlines() if l.startswith('!')]
+    assert shell == ['!pip install -q --no-deps "{PD_ALIGN_SOURCE}"', '!pip install -q "{PD_ALIGN_SOURCE}" {PINNED} sentencepiece']
+    assert "if PD_ALIGN_SOURCE.startswith('/content/drive'):" in src, 'Drive is mounted only for a Drive source'
 
 
-def test_install_cell_pins_the_versions_in_use():
+def test_install_cell_pins_the_versions_in_use(capsys):
+    "The cell's pins are read from the lock shipped in the package, and they are the installed versions."
     from importlib.metadata import version
+    src = install_python(install_cell()).replace("PD_ALIGN_SOURCE = ''", "PD_ALIGN_SOURCE = '/tmp/pd_align.whl'")
     ns = {}
-    exec(next(l for l in install_cell().splitlines() if l.startswith('PINNED =')), ns)
+    exec(src, ns)
+    import pd_align
+    assert ns['LOCK'] == Path(pd_align.__file__).parent / 'constraints.txt'
+    assert ns['LOCK'].resolve() == (NB.parents[1] / 'constraints.txt').resolve(), 'the lock the README installs with'
     pins = dict(p.split('==') for p in ns['PINNED'].split())
-    assert set(pins) >= {'transformers', 'trl', 'peft', 'accelerate'}
-    for pkg, v in pins.items(): assert version(pkg) == v, f'{pkg}: pinned {v}, installed {version(pkg)}'
+    assert set(pins) == {'transformers', 'trl', 'peft', 'accelerate', 'datasets'}
+    locked = dict(l.split('==') for l in ns['LOCK'].read_text().splitlines() if '==' in l and not l.startswith('#'))
+    for pkg, v in pins.items():
+        assert locked[pkg] == v and version(pkg) == v, f'{pkg}: pinned {v}, locked {locked[pkg]}, installed {version(pkg)}'
+    assert 'pinned from' in capsys.readouterr().out
 
 
 def test_stages_release_their_models():
