@@ -134,13 +134,13 @@ def predicted_host_peaks(name:str, # a key of `CARDS`
     base = HOST_BASE
     if release:
         out = {'data': base + DATA_GIB * GiB, 'reward model': base + rm, 'scoring': base,
-               'DPO': base + 2 * policy,                          # the base policy + the copy train_dpo moves to the GPU
-               'evaluation': base + 2 * policy,                   # the base + one policy loading (then the proxy: smaller)
+               'DPO': base + 2 * policy,                          # the base + the copy train_dpo moves to the GPU
+               'evaluation': base + 2 * policy,                   # the base + one policy loading (then the proxy)
                'TRL': base + policy}                              # TRL trains the base itself
     else:
         n = len(COMMON.get('methods', ['pd', 'random']))
         out = {'data': base + DATA_GIB * GiB, 'reward model': base + rm, 'scoring': base,
-               'DPO': base + rm + (n + 1) * policy,               # rm waits, the base, the policies trained so far + a copy
+               'DPO': base + rm + (n + 1) * policy,               # rm, the base, the policies trained so far + a copy
                'evaluation': base + rm + (n + 1) * policy,
                'TRL': base + rm + (n + 2) * policy}               # + TRL's deep copy of the base
     return {k: v / GiB for k, v in out.items()}
@@ -157,11 +157,12 @@ def cut_prompts(rows:list[dict], # pairs with a string `prompt`
                 tokenizer, # the policy's tokenizer
                 max_prompt_tokens:int, # prompt tokens kept (its end, as `train_dpo` keeps them)
                ) -> tuple[list[dict], int]: # (rows with cut prompts, how many were cut)
-    "Cut every prompt longer than `max_prompt_tokens` tokens to its last `max_prompt_tokens` tokens (as `train_dpo` does)."
+    "Cut every prompt longer than `max_prompt_tokens` tokens to its last `max_prompt_tokens` tokens (as `train_dpo`)."
     if max_prompt_tokens < 1: raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
     out, n_cut = [], 0
     for i, r in enumerate(rows):
-        if not isinstance(r.get('prompt'), str): raise ValueError(f"row {i}: 'prompt' must be a string, got {type(r.get('prompt')).__name__}")
+        if not isinstance(r.get('prompt'), str):
+            raise ValueError(f"row {i}: 'prompt' must be a string, got {type(r.get('prompt')).__name__}")
         ids = tokenizer(r['prompt'], add_special_tokens=False)['input_ids']
         if len(ids) > max_prompt_tokens:
             n_cut += 1

@@ -1061,7 +1061,8 @@ def _run_dtype(run:Path, # the run folder
     recorded = json.loads(path.read_text()) if path.exists() else {}
     name = recorded.get('dtype') or recorded.get('torch_dtype')
     if name is None: # LoRA: the frozen base was loaded in bf16 when training in bf16 on a GPU, else in fp32
-        return torch.bfloat16 if config.bf16 and config.lora_r is not None and torch.cuda.is_available() else torch.float32
+        bf16_base = config.bf16 and config.lora_r is not None and torch.cuda.is_available()
+        return torch.bfloat16 if bf16_base else torch.float32
     dtype = getattr(torch, str(name), None)
     if not isinstance(dtype, torch.dtype): raise ValueError(f"{path}: dtype {name!r} is not a torch dtype")
     return dtype
