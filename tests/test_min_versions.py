@@ -1,7 +1,13 @@
-"""Truthful minimums: every API below is used by the code (the pattern must match somewhere, so a row cannot go stale
-silently) and `settings.ini` declares at least the version that introduced it. The table was checked by reading release
-notes, pull requests and the installed sources (the evidence column), not by installing the minimums: it guards the
-APIs listed here, not every combination of old versions (older peft with transformers 5, say)."""
+"""Truthful minimums, checked two ways.
+
+1. A throwaway venv with the declared minimums (torch 2.13.0 CPU, transformers 5.0.0, datasets 4.7.0, peft 0.18.0,
+   accelerate 1.10.1, trl 1.16.0) passed tests/test_load_run_dtype.py, test_data.py, test_train.py, test_reward.py and
+   test_trl_interop.py (92 passed, 1 skipped). The previous minimums (transformers 4.56.0, datasets 2.20.0, peft 0.12.0,
+   accelerate 0.34.0) failed 10 of them and errored 2; trl 1.15.0 failed the TRL tests on a CPU (see the table).
+2. The table below: every API listed is used by the code (its pattern must match somewhere, so a row cannot go stale
+   silently) and `settings.ini` declares at least the version that introduced it (evidence: release notes, pull requests,
+   the installed sources, or the run above). torch>=2.4 rests on the table only (the venv ran torch 2.13).
+"""
 import configparser, json, re
 import pytest
 from packaging.requirements import Requirement
@@ -27,6 +33,15 @@ API_TABLE = [
      r"trl_prompt_cut\(|cut_prompts\(", '1.15.0',
      'huggingface/trl#3906 DPO refactor (before 1.15); installed trl 1.16.0 dpo_trainer.py "Drop examples whose prompt '
      'alone fills max_length", base_config.py gradient_checkpointing default=True'),
+    ('datasets', '`Dataset.add_column(name, values, feature=...)`', r"add_column\(.{0,120}?feature=", '3.0.1',
+     'huggingface/datasets#7143 (merged 2024-09, datasets 3.x); datasets 2.20.0: "add_column() got an unexpected keyword '
+     "argument 'feature'\" (ran)"),
+    ('transformers', '`model.generate(**tokenizer(...))` with the tokenizer\'s token_type_ids (sample_responses)',
+     r"\.generate\(\*\*enc", '5.0.0', 'ran tests/test_train.py: 4.56.0 "model_kwargs are not used by the model: '
+     "['token_type_ids']\", 5.0.0 passes"),
+    ('trl', 'DPOTrainer on a CPU without Triton (`use_cpu=not CUDA`; the fused LM head needs a fallback)', r"use_cpu=",
+     '1.16.0', 'ran tests/test_trl_interop.py: trl 1.15.0 AttributeError (ChunkedLogProbFunction is None without triton), '
+     '1.16.0 passes'),
 ]
 
 
@@ -78,3 +93,15 @@ def test_python_minimum_is_what_the_locked_set_needs():
         if spec and not SpecifierSet(spec).contains(f'{ours}.999'): needs[name] = spec
     assert not needs, f'min_python {ours} is below what these locked packages require: {needs}'
     assert f'requires-python=">={ours}"' in (ROOT / 'pyproject.toml').read_text()
+
+
+def test_declared_minimums_cover_trls_own_floors():
+    "Where we declare a floor for a package trl needs too, it is at least trl's own (trl 1.16: accelerate>=1.10.1)."
+    from importlib.metadata import requires
+    ours = declared()
+    for spec in requires('trl') or []:
+        req = Requirement(spec)
+        name = req.name.lower().replace('_', '-')
+        if req.marker is not None or name not in ours: continue
+        floor = minimum(req)
+        if floor is not None and minimum(ours[name]) is not None: assert minimum(ours[name]) >= floor, f'settings.ini {ours[name]} is below trl\'s {req}'
