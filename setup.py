@@ -34,6 +34,8 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['pd_align', 'pd_align.*']),
     include_package_data=True,
+    # the lock file (the Colab tutorial reads its pins from it) and the smoke-mode fixtures travel with the wheel
+    package_data={'pd_align': ['constraints.txt', 'fixtures/*.jsonl']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + min_python,

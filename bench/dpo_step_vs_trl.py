@@ -106,6 +106,7 @@ def worker_trl(size: str, trl_defaults: bool = False, precompute: bool = False, 
                           target_modules=LORA['target_modules'], task_type='CAUSAL_LM')
         ds = Dataset.from_list([dict(prompt=r['prompt'], chosen=r['chosen'], rejected=r['rejected']) for r in recs])
         tr = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft, callbacks=[Stamp()])
+        assert len(tr.train_dataset) == len(ds), f'TRL dropped {len(ds) - len(tr.train_dataset)} rows (prompt >= max_length)'
         t0 = time.perf_counter()
         _, prof = _profiled(tr.train, profile)
         total = time.perf_counter() - t0

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['PRESETS', 'CUDA_CONTEXT', 'GiB', 'CARDS', 'ModelDims', 'dtype_bytes', 'lora_params', 'layer_activation_bytes',
-           'logits_bytes', 'dpo_step_peak', 'fits', 'max_batch', 'table']
+__all__ = ['PRESETS', 'CUDA_CONTEXT', 'GiB', 'CARDS', 'HOST_BASE', 'HOSTS', 'ModelDims', 'dtype_bytes', 'lora_params',
+           'layer_activation_bytes', 'logits_bytes', 'dpo_step_peak', 'fits', 'max_batch', 'table', 'host_model_bytes',
+           'host_fits', 'host_rss', 'reset_host_peak']
 
 # %% ../nbs/07a_memory.ipynb #c005
 @dataclass(frozen=True)
@@ -210,3 +211,43 @@ def table(rows:list[dict]) -> str:
             'peak']
     head = '| setting | ' + ' | '.join(keys) + ' |\n|' + '---|' * (len(keys) + 1)
     return head + ''.join(f"\n| {r['name']} | " + ' | '.join(f"{r[k] / GiB:.2f}" for k in keys) + ' |' for r in rows)
+
+# %% ../nbs/07a_memory.ipynb #c024
+HOST_BASE = int(2.5 * 2**30) # kernel + torch/CUDA libraries + transformers/datasets imports (assumed, CUDA runtime)
+HOSTS = {'colab-free': 12.7e9} # host RAM in bytes of the runtimes we size for (Colab's free T4 runtime: 12.7 GB)
+
+def host_model_bytes(config_or_dims, # ModelDims, a transformers config, a dict of its fields, or a PRESETS name
+                     dtype='fp32', # the dtype the weights sit in on the host
+                     head:bool=True, # False: without an untied LM head (a reward model's backbone)
+                    ) -> float: # bytes
+    "Bytes one model's weights take in host memory."
+    return _dims(config_or_dims).n_params(head=head) * dtype_bytes(dtype)
+
+def host_fits(peak:float, # predicted peak bytes on the host
+              host='colab-free', # a HOSTS name, or capacity in bytes
+              margin:float=0.20, # share of the host RAM kept free
+             ) -> dict:
+    "Whether a host peak stays within (1 - margin) of the runtime's RAM: {'fits', 'peak', 'limit', 'share'}."
+    if isinstance(host, str) and host not in HOSTS: raise ValueError(f"unknown host {host!r}; known: {sorted(HOSTS)}")
+    cap = HOSTS[host] if isinstance(host, str) else float(host)
+    return dict(fits=peak <= (1 - margin) * cap, peak=peak, limit=(1 - margin) * cap, share=peak / cap)
+
+def _status_kib(field:str) -> int|None:
+    "A `kB` field of /proc/self/status (None where there is no such file)."
+    try: text = open('/proc/self/status').read()
+    except OSError: return None
+    for line in text.splitlines():
+        if line.startswith(field + ':'): return int(line.split()[1])
+    return None
+
+def host_rss() -> dict:
+    "{'rss': resident GiB now, 'peak': high-water mark GiB} of this process (None each where /proc is missing)."
+    now, peak = _status_kib('VmRSS'), _status_kib('VmHWM')
+    return dict(rss=None if now is None else now / 2**20, peak=None if peak is None else peak / 2**20)
+
+def reset_host_peak() -> bool:
+    "Restart the high-water mark `host_rss()['peak']` at the current RSS; False where the kernel does not allow it."
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+        return True
+    except OSError: return False

@@ -5,12 +5,14 @@
 # %% ../nbs/12_profiles.ipynb #c002
 from __future__ import annotations
 import copy
-from .memory import (PRESETS, ModelDims, CARDS as MEMORY_CARDS, CUDA_CONTEXT, GiB, dpo_step_peak,
+from .memory import (PRESETS, ModelDims, CARDS as MEMORY_CARDS, CUDA_CONTEXT, GiB, dpo_step_peak, HOST_BASE,
+                             host_model_bytes, host_fits,
                              layer_activation_bytes, lora_params)
 
 # %% auto #0
-__all__ = ['CARDS', 'MARGIN', 'QWEN', 'DEBERTA_RM', 'SKYWORK_RM', 'LORA_TARGETS', 'PROFILES', 'COMMON', 'JUDGE_DIMS', 'profile',
-           'card_bf16', 'predicted_stage_peaks', 'profile_fits', 'dpo_overrides']
+__all__ = ['CARDS', 'MARGIN', 'QWEN', 'DEBERTA_RM', 'SKYWORK_RM', 'LORA_TARGETS', 'PROFILES', 'COMMON', 'JUDGE_DIMS', 'DATA_GIB',
+           'profile', 'card_bf16', 'predicted_stage_peaks', 'profile_fits', 'dpo_overrides', 'predicted_host_peaks',
+           'host_plan', 'cut_prompts']
 
 # %% ../nbs/12_profiles.ipynb #c004
 CARDS = {   # profile -> the card it is sized for: its name in pd_align.memory.CARDS and its compute capability
@@ -96,7 +98,7 @@ def predicted_stage_peaks(name:str, # a key of `CARDS`
     j = JUDGE_DIMS.get(p['gold'])
     judge = 0 if j is None else j['params'] * w + p['gold_max_len'] * (2 * j['hidden'] + 3 * j['intermediate']) * a
     out['evaluation'] = gen + judge
-    out['TRL'] = dpo_step_peak(**{**step, 'lean_logits': False})['peak']
+    out['TRL'] = dpo_step_peak(**{**step, 'grad_ckpt': True, 'lora_dropout': False})['peak']   # TRL 1.16's defaults
     return {k: v / GiB for k, v in out.items()}
 
 def profile_fits(name:str, # a key of `CARDS`
@@ -117,3 +119,53 @@ def dpo_overrides(name:str, # a key of `PROFILES`
                 max_prompt_length=p['dpo_prompt_len'], lr=p['dpo_lr'], beta=p['beta'], epochs=p['dpo_epochs'],
                 lora_r=p['lora_r'], lora_alpha=p['lora_alpha'], target_modules=list(LORA_TARGETS), warmup_ratio=0.1,
                 lr_scheduler='cosine', bf16=card_bf16(name), save_steps=p['save_steps'], save_total_limit=1)
+
+# %% ../nbs/12_profiles.ipynb #c013
+DATA_GIB = 2.5   # host GiB while UltraFeedback's 64k rows are converted into pairs (assumed, not measured)
+
+def predicted_host_peaks(name:str, # a key of `CARDS`
+                         release:bool=True, # the notebook's layout (models released and reloaded); False: all kept
+                        ) -> dict: # stage -> predicted peak host GiB
+    "Predicted peak host RAM of each tutorial stage for profile `name` (Qwen2.5-0.5B, weights in the card's precision)."
+    if name not in CARDS: raise ValueError(f"memory is predicted for the card profiles {sorted(CARDS)}, got {name!r}")
+    p, w = profile(name), 'bf16' if card_bf16(name) else 'fp32'
+    policy = host_model_bytes('qwen2.5-0.5b', w)
+    rm = host_model_bytes('qwen2.5-0.5b', w, head=False)
+    base = HOST_BASE
+    if release:
+        out = {'data': base + DATA_GIB * GiB, 'reward model': base + rm, 'scoring': base,
+               'DPO': base + 2 * policy,                          # the base + the copy train_dpo moves to the GPU
+               'evaluation': base + 2 * policy,                   # the base + one policy loading (then the proxy)
+               'TRL': base + policy}                              # TRL trains the base itself
+    else:
+        n = len(COMMON.get('methods', ['pd', 'random']))
+        out = {'data': base + DATA_GIB * GiB, 'reward model': base + rm, 'scoring': base,
+               'DPO': base + rm + (n + 1) * policy,               # rm, the base, the policies trained so far + a copy
+               'evaluation': base + rm + (n + 1) * policy,
+               'TRL': base + rm + (n + 2) * policy}               # + TRL's deep copy of the base
+    return {k: v / GiB for k, v in out.items()}
+
+def host_plan(name:str, release:bool=True, host='colab-free') -> dict:
+    "Whether every stage's predicted host RAM stays within 80% of `host`: peaks (GiB), worst stage, limit (GiB), fits."
+    peaks = predicted_host_peaks(name, release)
+    worst = max(peaks, key=peaks.get)
+    f = host_fits(peaks[worst] * GiB, host)
+    return dict(peaks=peaks, worst=worst, limit_gib=f['limit'] / GiB, fits=f['fits'])
+
+# %% ../nbs/12_profiles.ipynb #c016
+def cut_prompts(rows:list[dict], # pairs with a string `prompt`
+                tokenizer, # the policy's tokenizer
+                max_prompt_tokens:int, # prompt tokens kept (its end, as `train_dpo` keeps them)
+               ) -> tuple[list[dict], int]: # (rows with cut prompts, how many were cut)
+    "Cut every prompt longer than `max_prompt_tokens` tokens to its last `max_prompt_tokens` tokens (as `train_dpo`)."
+    if max_prompt_tokens < 1: raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+    out, n_cut = [], 0
+    for i, r in enumerate(rows):
+        if not isinstance(r.get('prompt'), str):
+            raise ValueError(f"row {i}: 'prompt' must be a string, got {type(r.get('prompt')).__name__}")
+        ids = tokenizer(r['prompt'], add_special_tokens=False)['input_ids']
+        if len(ids) > max_prompt_tokens:
+            n_cut += 1
+            r = {**r, 'prompt': tokenizer.decode(ids[-max_prompt_tokens:])}
+        out.append(r)
+    return out, n_cut

@@ -1104,6 +1104,20 @@ def _check_base(base, # the model found under the run's base name
         raise ValueError(f"{run}: the base model {src} is not the one this run started from (weights fingerprint "
                          f"{got[:12]} != {want[:12]}); fix: restore that model or its path")
 
+def _run_dtype(run:Path, # the run folder
+               config:DPOConfig, # its dpo_config.json
+              ) -> torch.dtype:
+    "The dtype the run's weights were saved in (`final/config.json`), else the one `train_dpo` loaded its LoRA base in."
+    path = run / 'final' / 'config.json'      # a full fine-tune; an adapter folder has adapter_config.json instead
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    name = recorded.get('dtype') or recorded.get('torch_dtype')
+    if name is None: # LoRA: the frozen base was loaded in bf16 when training in bf16 on a GPU, else in fp32
+        bf16_base = config.bf16 and config.lora_r is not None and torch.cuda.is_available()
+        return torch.bfloat16 if bf16_base else torch.float32
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype): raise ValueError(f"{path}: dtype {name!r} is not a torch dtype")
+    return dtype
+
 def load_run(run, # a `train_dpo` output folder (with final/, run_info.json, dpo_config.json)
             ) -> tuple: # (policy, tokenizer, ref_model or None, DPOConfig)
     "Load a trained run: the policy, its tokenizer, the reference (None with LoRA) and the config."
@@ -1115,9 +1129,10 @@ def load_run(run, # a `train_dpo` output folder (with final/, run_info.json, dpo
     if info['base_model'] is None:
         raise ValueError(f"{run}: the base model is unknown (training started from an unnamed peft model object)")
     fix = _run_fix(run)
+    dtype = _run_dtype(run, config)           # the recorded dtype, passed explicitly (never transformers' 'auto')
     tok = load_artefact(run / 'final', AutoTokenizer.from_pretrained, fix, "a run's final/ folder")
     src = run / 'base' if info['base_model'] == 'base' else info['base_model']
-    base, _ = load_policy(src, tokenizer=tok)
+    base, _ = load_policy(src, tokenizer=tok, dtype=dtype)
     _check_base(base, info, src, run)
     if info['peft']:
         from peft import PeftModel
@@ -1125,7 +1140,8 @@ def load_run(run, # a `train_dpo` output folder (with final/, run_info.json, dpo
             policy = load_artefact(run / 'final', lambda f: PeftModel.from_pretrained(base, f), fix,
                                    'an adapter folder')
         return policy, tok, None, config
-    return load_artefact(run / 'final', AutoModelForCausalLM.from_pretrained, fix, 'a model folder'), tok, base, config
+    return load_artefact(run / 'final', lambda f: AutoModelForCausalLM.from_pretrained(f, dtype=dtype), fix,
+                         'a model folder'), tok, base, config
 
 def _run_fix(run:Path) -> str:
     "The command that rewrites a run's files."

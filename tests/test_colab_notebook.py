@@ -165,36 +165,88 @@ def install_cell() -> str:
     return cell('code', 'PD_ALIGN_SOURCE =')
 
 
+def install_python(src:str) -> str:
+    "The install cell without its shell (`!`) and cell-option (`#|`) lines."
+    return '\n'.join(l for l in src.splitlines() if not l.startswith(('!', '#|')))
+
+
 def test_install_cell_installs_what_the_project_ships(monkeypatch):
     src = install_cell()
     assert 'github.com' not in src and 'git+' not in src and 'example.com' not in src
     assert not any('github.com/pd-align' in s for _, s in SRC)
-    python = '\n'.join(l for l in src.splitlines() if not l.startswith(('!', '#|')))
-    with pytest.raises(ValueError, match='Set PD_ALIGN_SOURCE'): exec(python, {})     # unset: a clear message, nothing installed
-    assert src.strip().splitlines()[-1].startswith('!pip install -q "{PD_ALIGN_SOURCE}" {PINNED}')
+    with pytest.raises(ValueError, match='Set PD_ALIGN_SOURCE'): exec(install_python(src), {})   # unset: nothing installed
+    shell = [l for l in src.splitlines() if l.startswith('!')]
+    assert shell == ['!pip install -q --no-deps "{PD_ALIGN_SOURCE}"', '!pip install -q "{PD_ALIGN_SOURCE}" {PINNED} sentencepiece']
+    assert "if PD_ALIGN_SOURCE.startswith('/content/drive'):" in src, 'Drive is mounted only for a Drive source'
 
 
-def test_install_cell_pins_the_versions_in_use():
+def test_install_cell_pins_the_versions_in_use(capsys):
+    "The cell's pins are read from the lock shipped in the package, and they are the installed versions."
     from importlib.metadata import version
+    src = install_python(install_cell()).replace("PD_ALIGN_SOURCE = ''", "PD_ALIGN_SOURCE = '/tmp/pd_align.whl'")
     ns = {}
-    exec(next(l for l in install_cell().splitlines() if l.startswith('PINNED =')), ns)
+    exec(src, ns)
+    import pd_align
+    assert ns['LOCK'] == Path(pd_align.__file__).parent / 'constraints.txt'
+    assert ns['LOCK'].resolve() == (NB.parents[1] / 'constraints.txt').resolve(), 'the lock the README installs with'
     pins = dict(p.split('==') for p in ns['PINNED'].split())
-    assert set(pins) >= {'transformers', 'trl', 'peft', 'accelerate'}
-    for pkg, v in pins.items(): assert version(pkg) == v, f'{pkg}: pinned {v}, installed {version(pkg)}'
+    assert set(pins) == {'transformers', 'trl', 'peft', 'accelerate', 'datasets'}
+    locked = dict(l.split('==') for l in ns['LOCK'].read_text().splitlines() if '==' in l and not l.startswith('#'))
+    for pkg, v in pins.items():
+        assert locked[pkg] == v and version(pkg) == v, f'{pkg}: pinned {v}, locked {locked[pkg]}, installed {version(pkg)}'
+    assert 'pinned from' in capsys.readouterr().out
 
 
 def test_stages_release_their_models():
-    "Each stage hands the GPU back: reward model before DPO, each policy after its run and its sampling, judge before TRL."
+    """Each stage hands the GPU back and keeps host RAM low: the reward model is released before DPO and reloaded from
+    disk, each trained policy is released after its run and reloaded for its samples, the judge is freed before the
+    proxy, and TRL trains the base itself (no deep copy)."""
     dpo = cell('code', 'def train_or_load(')
-    assert dpo.index('offload(rm)') < dpo.index('for method in S.methods:') and 'offload(policies[method])' in dpo
-    assert "assert not on_gpu([rm, *policies.values()])" in dpo
+    assert dpo.index('offload(rm)') < dpo.index('rm = None') < dpo.index('for method in S.methods:')
+    assert 'del policy' in dpo and "assert not on_gpu([policy_base])" in dpo and 'policies[' not in dpo
     ev = cell('code', "with timed('evaluation'):")
-    assert 'offload(policy)' in ev and 'del judge' in ev and 'gold_ref() is None' in ev and 'offload(rm)' in ev
-    assert ev.index('del judge') < ev.index('rm.to(DEVICE)')
+    assert 'policy = trained_policy(method)' in ev and 'offload(policy)' in ev and 'del policy' in ev
+    assert 'del judge' in ev and 'gold_ref() is None' in ev and 'offload(rm)' in ev and 'rm = None' in ev
+    assert ev.index('del judge') < ev.index('load_reward_model(RM_DIR') < ev.index('rm.to(DEVICE)')
     trl = cell('code', 'trl.DPOTrainer(')
-    assert trl.index('assert not on_gpu(') < trl.index('trl.DPOTrainer(')
+    assert trl.index('assert rm is None and not on_gpu(') < trl.index('trl.DPOTrainer(')
+    assert 'trl.DPOTrainer(model=policy_base,' in trl and 'deepcopy' not in trl
     timed = cell('code', 'class timed:')
-    assert 'peak_memory_gb()' in timed and 'PEAK_GB' in timed
+    assert 'peak_memory_gb()' in timed and 'PEAK_GB' in timed and 'reset_host_peak()' in timed and 'HOST_GB' in timed
+
+
+def test_trl_sees_cut_prompts_and_reports_drops():
+    "Every row reaches TRL with its prompt cut as train_dpo cuts it; the cell prints the cut and the dropped counts."
+    trl = cell('code', 'trl.DPOTrainer(')
+    assert 'cut_prompts(' in trl and 'S.dpo_prompt_len' in trl
+    assert trl.index('cut_prompts(') < trl.index('train_set = Dataset.from_list(rows)') < trl.index('trl.DPOTrainer(')
+    assert 'n_dropped = len(train_set) - len(trainer.train_dataset)' in trl and 'prompts cut' in trl
+
+
+def test_host_plan_and_cpu_runtime(monkeypatch, tmp_path, capsys):
+    "The host-RAM prediction is in the plan; a runtime without a GPU (not under test) says how to get one, once."
+    plan = cell('code', 'PREDICTED_GB = ')
+    assert "host_plan('t4')" in plan and "assert hp['fits']" in plan and 'PREDICTED_HOST_GB' in plan
+    run_settings(monkeypatch, tmp_path)
+    out = capsys.readouterr().out
+    assert out.count('No GPU') == 1 and 'Change runtime type' in out
+    run_settings(monkeypatch, tmp_path, IN_TEST='1')
+    assert 'No GPU' not in capsys.readouterr().out
+
+
+def test_drive_only_for_a_drive_source():
+    "Drive is mounted only by the install cell, for a Drive path; the output cell uses it only if it is mounted."
+    mounts = [s for k, s in SRC if k == 'code' and 'drive.mount(' in s]
+    assert len(mounts) == 1 and mounts[0] == install_cell()
+    out = cell('code', 'class timed:')
+    assert "DRIVE.is_dir()" in out and 'a disconnect erases' in out
+
+
+def test_smoke_fixtures_ship_with_the_package():
+    import pd_align
+    data = cell('code', 'def fixture_rows(')
+    assert "Path(pd_align.__file__).resolve().parent / 'fixtures'" in data and 'tests' not in data.split('FIXTURE_DIRS')[1].split('\n')[0]
+    for name in ('ultrafeedback', 'helpsteer2'): assert (Path(pd_align.__file__).parent / 'fixtures' / f'{name}.jsonl').is_file()
 
 
 def test_every_model_load_passes_the_precision():

@@ -74,4 +74,6 @@ def test_gpu_check_dry_run(tmp_path):
     assert all(s['error'] is None and s['seconds'] > 0 for s in res['stages'])
     assert all(s['peak_gib'] is None for s in res['stages']) and res['device'] == 'cpu'       # no CUDA: no peaks claimed
     assert res['stages'][3]['finite'] and res['precision'] == 'fp32' and res['model'] == 'tiny'
+    assert all(s['host_peak_gib'] > 0.1 for s in res['stages'])                              # host RAM per stage (Linux)
+    assert res['stages'][-1]['prompts_cut'] > 0 and res['stages'][-1]['rows_dropped'] == 0    # TRL sees cut prompts
     assert 'stage' in r.stdout and '"stages"' in r.stdout                                     # table + JSON on stdout

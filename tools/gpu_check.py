@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Measure every stage of the GPU tutorial (nbs/09_colab.ipynb) on this machine, in one command: wall time and peak GPU
-memory (`torch.cuda.max_memory_allocated`) per stage, next to what the memory model predicts, as a table and as JSON.
+memory (`torch.cuda.max_memory_allocated`) and peak host RAM (VmHWM) per stage, next to what the memory model predicts,
+as a table and as JSON.
 
     python tools/gpu_check.py                    # CUDA: the card's profile (t4 / l4 / a100), Qwen2.5-0.5B if it loads
     python tools/gpu_check.py --profile t4 --steps 3 --out bench/results/gpu_check_t4.json
@@ -53,34 +54,39 @@ def pick_model(requested:str|None, dry:bool) -> str:
 
 class Stages:
     "Run named stages; record seconds, peak GPU memory and errors; keep going after a failure."
-    def __init__(self, predicted:dict|None=None):
-        self.rows, self.predicted = [], predicted or {}
+    def __init__(self, predicted:dict|None=None, predicted_host:dict|None=None):
+        self.rows, self.predicted, self.predicted_host = [], predicted or {}, predicted_host or {}
 
     def run(self, name:str, fn, *args, **kwargs):
         from pd_align.tiny import peak_memory_gb
+        from pd_align.memory import host_rss, reset_host_peak
         peak_memory_gb()
+        reset_host_peak()                       # the stage's own host high-water mark (Linux)
         t0, out, err = time.perf_counter(), None, None
         try: out = fn(*args, **kwargs)
         except Exception as e:
             err = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
             if os.environ.get('GPU_CHECK_DEBUG'): traceback.print_exc()
+        host = host_rss()
         row = dict(stage=name, seconds=round(time.perf_counter() - t0, 3), peak_gib=peak_memory_gb(),
-                   predicted_gib=self.predicted.get(name), error=err)
+                   predicted_gib=self.predicted.get(name), host_rss_gib=host['rss'], host_peak_gib=host['peak'],
+                   predicted_host_gib=self.predicted_host.get(name), error=err)
         if isinstance(out, dict): row.update({k: v for k, v in out.items() if k not in row})
         self.rows.append(row)
-        print(f"  {name:16s} {row['seconds']:8.2f} s  peak {_fmt(row['peak_gib'])} GiB" + (f'  ERROR {err}' if err else ''),
-              flush=True)
+        print(f"  {name:16s} {row['seconds']:8.2f} s  peak {_fmt(row['peak_gib'])} GiB  host peak {_fmt(row['host_peak_gib'])} GiB"
+              + (f'  ERROR {err}' if err else ''), flush=True)
         return out
 
 
 def _fmt(v) -> str: return '   n/a' if v is None else f'{v:6.2f}'
 
 
-def predicted_peaks(profile_name:str, model_name:str) -> dict:
-    "Per-stage peak GiB from the memory model, for the profile's sizes (empty when no memory model applies)."
+def predicted_peaks(profile_name:str, model_name:str, host:bool=False) -> dict:
+    "Per-stage peak GiB (GPU, or `host` RAM of the tutorial) from the memory model (empty when it does not apply)."
     try:
-        from pd_align.profiles import predicted_stage_peaks
-        return predicted_stage_peaks(profile_name) if 'Qwen2.5-0.5B' in model_name else {}
+        from pd_align.profiles import predicted_stage_peaks, predicted_host_peaks
+        if 'Qwen2.5-0.5B' not in model_name: return {}
+        return predicted_host_peaks(profile_name) if host else predicted_stage_peaks(profile_name)
     except Exception: return {}
 
 
@@ -116,7 +122,7 @@ def main(argv=None) -> dict:
     aspects = ['helpfulness', 'honesty', 'instruction_following', 'truthfulness']
     print(f"gpu_check: device {torch.cuda.get_device_name(0) if cuda else 'cpu'} ({gib:.1f} GiB, capability "
           f"{cuda_capability()}), precision {prec.label} ({prec.reason}), profile {args.profile}, model {name}", flush=True)
-    st = Stages(predicted_peaks(args.profile, name))
+    st = Stages(predicted_peaks(args.profile, name), predicted_peaks(args.profile, name, host=True))
     n_pairs = max(8, args.steps * P['dpo_batch'], args.steps * P['rm_batch'] * 2)
     rm_rows = full_length_pairs(n_pairs, P['rm_max_len'] // 2, P['rm_max_len'], aspects)
     dpo_rows = full_length_pairs(n_pairs, P['dpo_prompt_len'] * 2, P['dpo_max_len'], aspects, seed=1)
@@ -220,15 +226,20 @@ def main(argv=None) -> dict:
                 a = trl.DPOConfig(output_dir=d, per_device_train_batch_size=P['dpo_batch'], gradient_accumulation_steps=1,
                                   max_length=P['dpo_max_len'], max_steps=args.steps, logging_steps=1, bf16=prec.bf16, fp16=False,
                                   use_cpu=not cuda, report_to='none', save_strategy='no')
-                cut = lambda t, n: ' '.join(t.split()[:n])    # TRL has no prompt cap: keep prompts within the profile's
-                rows = [dict(prompt=cut(r['prompt'], P['dpo_prompt_len']), chosen=r['chosen'], rejected=r['rejected']) for r in dpo_rows]
+                from pd_align.profiles import cut_prompts   # TRL has no prompt cap and drops rows whose prompt fills max_length
+                rows, n_cut = cut_prompts([dict(prompt=r['prompt'], chosen=r['chosen'], rejected=r['rejected']) for r in dpo_rows],
+                                          M['tok'], P['dpo_prompt_len'])
                 tr = trl.DPOTrainer(model=copy.deepcopy(M['policy']), args=a, train_dataset=Dataset.from_list(rows),
                                     processing_class=M['tok'], peft_config=LoraConfig(r=P['lora_r'], lora_alpha=P['lora_alpha'],
                                     target_modules=LORA_TARGETS, task_type='CAUSAL_LM'))
+                n_dropped = len(rows) - len(tr.train_dataset)
+                print(f"  TRL: {n_cut} of {len(rows)} prompts cut to their last {P['dpo_prompt_len']} tokens; "
+                      f"{n_dropped} rows dropped by TRL (prompt reaching max_length {P['dpo_max_len']})", flush=True)
                 tr.train()
                 loss = [h['loss'] for h in tr.state.log_history if 'loss' in h]
                 offload(tr.model)
-            return dict(finite=all(math.isfinite(x) for x in loss))
+            return dict(finite=all(math.isfinite(x) for x in loss), prompts_cut=n_cut, rows_dropped=n_dropped,
+                        gradient_checkpointing=bool(a.gradient_checkpointing))
         st.run('TRL', trl_stage)
     return finish(st, args, prec, name, gib)
 
@@ -243,10 +254,14 @@ def finish(st:Stages, args, prec, name:str, gib:float) -> dict:
                precision=prec.label, profile=args.profile, model=name, steps=args.steps, dry_run=args.dry_run, stages=st.rows,
                versions=dict(torch=torch.__version__, transformers=transformers.__version__, pd_align=pd_align.__version__,
                              python=platform.python_version()), git_commit=commit)
-    print(f"\n{'stage':16s} {'seconds':>8s} {'peak GiB':>9s} {'predicted':>9s}  note")
+    print(f"\n{'stage':16s} {'seconds':>8s} {'peak GiB':>9s} {'predicted':>9s} {'host peak':>9s} {'host pred':>9s}  note")
     for r in st.rows:
-        note = r['error'] or ', '.join(f'{k}={v}' for k, v in r.items() if k in ('step_s', 'finite', 'scale', 'judge'))
-        print(f"{r['stage']:16s} {r['seconds']:8.2f} {_fmt(r['peak_gib']):>9s} {_fmt(r['predicted_gib']):>9s}  {note}")
+        note = r['error'] or ', '.join(f'{k}={v}' for k, v in r.items()
+                                       if k in ('step_s', 'finite', 'scale', 'judge', 'prompts_cut', 'rows_dropped'))
+        print(f"{r['stage']:16s} {r['seconds']:8.2f} {_fmt(r['peak_gib']):>9s} {_fmt(r['predicted_gib']):>9s} "
+              f"{_fmt(r['host_peak_gib']):>9s} {_fmt(r['predicted_host_gib']):>9s}  {note}")
+    print('host peak: VmHWM of this process during the stage (GiB); host pred: the tutorial\'s predicted host RAM for that '
+          'stage (pd_align.profiles.predicted_host_peaks; gpu_check keeps its own models around, so it is a guide)')
     print('\n' + json.dumps(res))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
