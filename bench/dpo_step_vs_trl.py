@@ -64,10 +64,10 @@ def worker_ours(size: str, precompute: bool = False, profile: bool = False, mode
                 full_logits: bool = False, steps: int | None = None, warmup: int | None = None) -> dict:
     "pd_align.train.train_dpo; `full_logits`: the [2B, T, V] logits path of before issue 18 (lean head switched off)."
     import warnings
-    from pd_align import train as T
+    from pd_align import dpo_data
     from pd_align.train import DPOConfig, train_dpo
     if full_logits:
-        T._lean_site = lambda model, batch: 'full logits (benchmark baseline)'
+        dpo_data._lean_site = lambda model, batch: 'full logits (benchmark baseline)'
         warnings.filterwarnings('ignore', message='pair_logps')
     s = _size(size, model_vocab, steps, warmup)
     recs, tok, model = _setup(s)

@@ -47,6 +47,7 @@ def worker(hidden: int, layers: int, heads: int, vocab: int, batch: int, seq_len
            grad_ckpt: bool = False) -> dict:
     import torch
     from pd_align import train as T
+    from pd_align import dpo_data as D # where pair_logps's lean head is chosen
     from pd_align.memory import ModelDims, dpo_step_peak, lora_params
     from pd_align.tiny import tiny_causal_lm
     torch.manual_seed(0)
@@ -59,7 +60,7 @@ def worker(hidden: int, layers: int, heads: int, vocab: int, batch: int, seq_len
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     batch_ = step_batch(vocab, batch, seq_len)
-    if not lean: T._lean_site = lambda m, b: 'lean=False (measured baseline)'
+    if not lean: D._lean_site = lambda m, b: 'lean=False (measured baseline)'
     import warnings
     warnings.filterwarnings('ignore', message='pair_logps')
     def step():

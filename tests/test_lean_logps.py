@@ -5,7 +5,7 @@ import copy, warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from pd_align import train as T
+from pd_align import dpo_data as D # pair_logps and its lean head live there
 from pd_align.losses import response_logps, sequence_logps, chunk_positions
 from pd_align.tiny import tiny_model_and_tokenizer
 from pd_align.train import DPOConfig, add_lora, collate_pairs, pair_logps, reference_logps, tokenize_pairs, train_dpo
@@ -125,7 +125,7 @@ def test_train_dpo_losses_equal_full_logits_path(tiny, monkeypatch):
                      (DPOConfig(lr=1e-3, batch_size=4, max_steps=3, lora_r=None, seed=0), copy.deepcopy(model))):
         lean = train_dpo(copy.deepcopy(model), rows, cfg, tokenizer=tok, ref_model=copy.deepcopy(ref))
         with monkeypatch.context() as mp:
-            mp.setattr(T, '_lean_site', lambda m, b: 'forced off by the test')
+            mp.setattr(D, '_lean_site', lambda m, b: 'forced off by the test')
             with pytest.warns(UserWarning, match='forced off'):
                 full = train_dpo(copy.deepcopy(model), rows, cfg, tokenizer=tok, ref_model=copy.deepcopy(ref))
         for a, b in zip(lean.train_log, full.train_log):
