@@ -867,7 +867,7 @@ def plot_policy_map(summary:pandas.DataFrame, # `map_summary`
     policies, values = list(dict.fromkeys(at['policy'])), sorted(at['knob_value'].unique())
     shares, budgets = sorted(at['share'].unique()), sorted(at['budget'].unique())
     lim = max(float(at['d_full'].abs().max()), 1e-6)
-    fig, axes = plt.subplots(len(policies), len(values), figsize=(2.9 * len(values) + 1.2, 2.5 * len(policies) + 0.8),
+    fig, axes = plt.subplots(len(policies), len(values), figsize=(3.6 * len(values) + 1.2, 2.9 * len(policies) + 0.8),
                              squeeze=False, sharey=True)
     for i, p in enumerate(policies):
         for j, v in enumerate(values):
@@ -876,10 +876,11 @@ def plot_policy_map(summary:pandas.DataFrame, # `map_summary`
             im = ax.imshow(grid.values, origin='lower', cmap='RdBu', norm=TwoSlopeNorm(0, -lim, lim), aspect='auto')
             for _, r in cell.iterrows():
                 x, y = shares.index(r['share']), budgets.index(r['budget'])
-                ax.text(x, y, f"{r['d_full']:+.2f}", ha='center', va='center', fontsize=6)
+                ink = 'w' if abs(r['d_full']) > 0.6 * lim else 'k' # legible on the darkest cells
+                ax.text(x, y, f"{r['d_full']:+.2f}", ha='center', va='center', fontsize=8, color=ink)
                 if r['beats_full']: ax.add_patch(plt.Rectangle((x - .5, y - .5), 1, 1, fill=False, lw=1.6, ec='k'))
-            ax.set_xticks(range(len(shares)), [f'{s:.0%}' for s in shares], fontsize=7)
-            ax.set_yticks(range(len(budgets)), [f'{b:.0%}' for b in budgets], fontsize=7)
+            ax.set_xticks(range(len(shares)), [f'{s:.0%}' for s in shares], fontsize=8)
+            ax.set_yticks(range(len(budgets)), [f'{b:.0%}' for b in budgets], fontsize=8)
             ax.set_title(f'{p}, {label.split()[-1]} = {v:g}', fontsize=8)
             if i == len(policies) - 1: ax.set_xlabel('conflict share', fontsize=8)
             if j == 0: ax.set_ylabel('budget', fontsize=8)
