@@ -238,7 +238,8 @@ def _git(*args) -> str|None:
 
 def provenance() -> dict:
     "Package version, git commit (and dirty flag) of the code, Python/torch/numpy versions, UTC time."
-    status = _git('status', '--porcelain', '--untracked-files=no')
+    # results are data, not code: a notebook that writes several results folders in a row stays clean
+    status = _git('status', '--porcelain', '--untracked-files=no', '--', ':(top,exclude)nbs/results')
     return dict(package='pd_align', version=pd_align.__version__, git_commit=_git('rev-parse', 'HEAD'),
                 git_dirty=None if status is None else bool(status), python=platform.python_version(),
                 torch=torch.__version__, numpy=np.__version__,

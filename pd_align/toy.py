@@ -29,12 +29,12 @@ __all__ = ['DEFAULT_METHODS', 'TOY_METHODS', 'SELECTIONS', 'SHARES', 'LENGTH_BIA
            'MAP_RATIOS', 'MAP_METHODS', 'MAP_SETTINGS', 'KNOB_LABELS', 'TabularRuns', 'tabular_run', 'train_runs',
            'train_tabular_dpo', 'evaluate_runs', 'evaluate', 'holistic_margins', 'mix_conflict', 'relabel_flips',
            'identity_gap', 'ToyResults', 'ToyConfig', 'simulate', 'simulate_config', 'shared_run', 'toy_summary',
-           'run_experiment', 'plot_conflict_share', 'plot_pd_quality', 'plot_budget', 'plot_example_pd',
-           'plot_curve_ends', 'toy_figures', 'toy_table', 'parse_shares', 'run_toy', 'map_summary', 'policy_map',
-           'plot_policy_map', 'map_sentence', 'policy_table', 'ASPECTS', 'CONFLICT_LEVELS', 'conflict_correlation',
-           'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets', 'toy_pairs', 'gold_pair_scores',
-           'own_margin', 'oracle_pd', 'estimate_aspect_rewards', 'estimate_unified_reward', 'estimated_pd',
-           'crossfit_pd']
+           'run_experiment', 'plot_conflict_share', 'quality_thresholds', 'plot_pd_quality', 'plot_budget',
+           'plot_example_pd', 'plot_curve_ends', 'toy_figures', 'toy_table', 'parse_shares', 'run_toy', 'map_summary',
+           'policy_map', 'plot_policy_map', 'map_sentence', 'policy_table', 'ASPECTS', 'CONFLICT_LEVELS',
+           'conflict_correlation', 'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets',
+           'toy_pairs', 'gold_pair_scores', 'own_margin', 'oracle_pd', 'estimate_aspect_rewards',
+           'estimate_unified_reward', 'estimated_pd', 'crossfit_pd']
 
 # %% ../nbs/05_toy.ipynb #c006
 from .toy_world import (ASPECTS, CONFLICT_LEVELS, conflict_correlation, ToyWorld, make_world, ToyPairs,
@@ -608,8 +608,10 @@ def run_experiment(shares=SHARES, # conflict shares
 
 # %% ../nbs/05_toy.ipynb #c024
 PANELS = {'relabelling and loss baselines (all pairs)': ('full', 'ova', 'avg', 'dfpo', 'dfpo_est', 'gold_labels'),
-          'selections (30% of the pairs)': ('full', 'random', 'raf', 'pd_oracle', 'pd', 'pd_nl', 'pd_high',
-                                            'holistic_margin', 'margin')}
+          'selections (30% of the pairs)': ('full', 'random', 'raf', 'pd_oracle', 'pd', 'pd_nl', 'holistic_margin',
+                                            'margin'),
+          # its own panel: PD(high) is far below the rest and would stretch the axis of the selections above
+          'ablation: the 30% with the highest PD (most conflict) against ALL': ('full', 'pd_high')}
 GOLD_LABEL = 'gold reward E[r] of the policy (reward units)'
 _FULL_STYLE = method_style('full', marker='') # the registry's ALL style, as a reference line
 
@@ -634,6 +636,25 @@ def plot_conflict_share(runs:pandas.DataFrame, # per-run rows of `simulate`
                  "shaded bands: 95% Student-t interval over seeds, not paired (the table gives the paired "
                  "differences). Dashed black: ALL.")
     return fig
+
+def _zero_crossing(curve:pandas.DataFrame) -> float:
+    "Spearman at which the mean gain crosses 0 (linear interpolation; inf: never above 0, -inf: always)."
+    c = curve.sort_values('pd_spearman')
+    x, y = c['pd_spearman'].values, c['gain'].values
+    if (y > 0).all(): return -math.inf
+    if (y < 0).all(): return math.inf
+    i = int(np.nonzero(np.diff(np.sign(y)))[0][-1])
+    return float(x[i] + (x[i + 1] - x[i]) * (0 - y[i]) / (y[i + 1] - y[i]))
+
+def quality_thresholds(runs:pandas.DataFrame, # per-run rows of `simulate` for one policy (kinds 'main', 'quality')
+                      ) -> dict: # {share: Spearman}; inf: never above ALL in the range tried, -inf: always above
+    "Per share, the Spearman(PD used, true PD) above which PD-30% from noised true rewards beats ALL (seed means)."
+    if 'policy' in runs and runs['policy'].nunique() > 1:
+        raise ValueError(f"runs: give the runs of one policy, got {sorted(runs['policy'].unique())}")
+    main, q = runs[runs['kind'] == 'main'], runs[runs['kind'] == 'quality']
+    full = main[main['method'] == 'full'].set_index(['share', 'seed'])['gold']
+    q = q.assign(gain=q['gold'].values - full.loc[list(zip(q['share'], q['seed']))].values)
+    return {float(s): _zero_crossing(g.groupby('noise')[['pd_spearman', 'gain']].mean()) for s, g in q.groupby('share')}
 
 def plot_pd_quality(runs:pandas.DataFrame, ax=None):
     "Gold gain of PD-30% over full data against Spearman(PD used, true PD), coloured by share; returns the axes."
@@ -846,7 +867,7 @@ def plot_policy_map(summary:pandas.DataFrame, # `map_summary`
     policies, values = list(dict.fromkeys(at['policy'])), sorted(at['knob_value'].unique())
     shares, budgets = sorted(at['share'].unique()), sorted(at['budget'].unique())
     lim = max(float(at['d_full'].abs().max()), 1e-6)
-    fig, axes = plt.subplots(len(policies), len(values), figsize=(2.9 * len(values) + 1.2, 2.5 * len(policies) + 0.8),
+    fig, axes = plt.subplots(len(policies), len(values), figsize=(3.6 * len(values) + 1.2, 2.9 * len(policies) + 0.8),
                              squeeze=False, sharey=True)
     for i, p in enumerate(policies):
         for j, v in enumerate(values):
@@ -855,10 +876,11 @@ def plot_policy_map(summary:pandas.DataFrame, # `map_summary`
             im = ax.imshow(grid.values, origin='lower', cmap='RdBu', norm=TwoSlopeNorm(0, -lim, lim), aspect='auto')
             for _, r in cell.iterrows():
                 x, y = shares.index(r['share']), budgets.index(r['budget'])
-                ax.text(x, y, f"{r['d_full']:+.2f}", ha='center', va='center', fontsize=6)
+                ink = 'w' if abs(r['d_full']) > 0.6 * lim else 'k' # legible on the darkest cells
+                ax.text(x, y, f"{r['d_full']:+.2f}", ha='center', va='center', fontsize=8, color=ink)
                 if r['beats_full']: ax.add_patch(plt.Rectangle((x - .5, y - .5), 1, 1, fill=False, lw=1.6, ec='k'))
-            ax.set_xticks(range(len(shares)), [f'{s:.0%}' for s in shares], fontsize=7)
-            ax.set_yticks(range(len(budgets)), [f'{b:.0%}' for b in budgets], fontsize=7)
+            ax.set_xticks(range(len(shares)), [f'{s:.0%}' for s in shares], fontsize=8)
+            ax.set_yticks(range(len(budgets)), [f'{b:.0%}' for b in budgets], fontsize=8)
             ax.set_title(f'{p}, {label.split()[-1]} = {v:g}', fontsize=8)
             if i == len(policies) - 1: ax.set_xlabel('conflict share', fontsize=8)
             if j == 0: ax.set_ylabel('budget', fontsize=8)

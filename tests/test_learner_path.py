@@ -14,8 +14,7 @@ TUTORIALS = ('index', 'start_here', '01_losses', '02_divergence', '03_theory', '
              '05_toy', '06_reward', '06a_features', '07_train', '08_text_toy', '10_real_data')
 TITLE = re.compile(r'set_title\(|suptitle\(|\btitle\s*=')
 # figures without a title in notebooks other helpers own: listed in issue 26's note for the coordinator
-KNOWN_UNTITLED = {'05_toy': "cells 47, 48, 53 show nbs/results/toy/*.png saved before save_figure stored the title in "
-                                     "the PNG; re-running 05 at default size (after issue 24a) fixes it"}
+KNOWN_UNTITLED = {} # notebooks whose figures still lack a title (strict xfail: remove an entry once fixed)
 
 
 def code_cells(nb:dict) -> list:

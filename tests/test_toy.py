@@ -294,3 +294,20 @@ def test_policy_map_marks_the_cells_above_zero():
     assert s['beats_full'].tolist() == (s['d_full'] - s['d_full_ci'] > 0).tolist()
     assert map_sentence(s).startswith("The paper's 10%-conflict result")
     with pytest.raises(ValueError, match='policy'): ToyConfig(policy='lm')
+
+
+def test_quality_thresholds_interpolate_the_crossing():
+    "The Spearman at which noised-PD selection starts to beat ALL: linear interpolation of the seed means, inf if never."
+    import math, pandas
+    from pd_align.toy import quality_thresholds
+    rows = [dict(kind='main', method='full', share=s, seed=k, gold=1.0, noise=float('nan'), pd_spearman=float('nan'))
+            for s in (0.1, 0.2) for k in (0, 1)]
+    for k, bump in ((0, 0.1), (1, -0.1)): # seed means: gain +0.2 at Spearman 0.9, -0.2 at 0.5 -> crossing at 0.7
+        rows += [dict(kind='quality', method='pd_noisy', share=0.1, seed=k, noise=0.0, pd_spearman=0.9 + bump, gold=1.2),
+                 dict(kind='quality', method='pd_noisy', share=0.1, seed=k, noise=1.0, pd_spearman=0.5 + bump, gold=0.8),
+                 dict(kind='quality', method='pd_noisy', share=0.2, seed=k, noise=0.0, pd_spearman=0.9, gold=0.9)]
+    runs = pandas.DataFrame(rows)
+    got = quality_thresholds(runs)
+    assert got.keys() == {0.1, 0.2} and math.isclose(got[0.1], 0.7) and got[0.2] == math.inf
+    with pytest.raises(ValueError, match='one policy'):
+        quality_thresholds(pandas.concat([runs.assign(policy='tabular'), runs.assign(policy='shared')]))
