@@ -16,11 +16,11 @@ from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'L2_GRID', 'METRICS', 'load_backbone', 'forward_features', 'FeatureCacheMismatch', 'text_key',
-           'model_fingerprint', 'build_features', 'load_features', 'pair_items', 'pair_deltas', 'fit_heads',
-           'head_margins', 'prompt_folds', 'crossfit_margins', 'pd_from_margins', 'sign_agreement', 'paired_bootstrap',
-           'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features', 'fit_feature_heads',
-           'score_feature_heads']
+__all__ = ['CACHE_VERSION', 'L2_GRID', 'STACK_L2_GRID', 'ESTIMATORS', 'METRICS', 'load_backbone', 'forward_features',
+           'FeatureCacheMismatch', 'text_key', 'model_fingerprint', 'build_features', 'load_features', 'pair_items',
+           'pair_deltas', 'fit_heads', 'head_margins', 'prompt_folds', 'crossfit_margins', 'pd_from_margins',
+           'stack_feature', 'resolve_feature', 'sign_agreement', 'paired_bootstrap', 'accuracy_by_aspect',
+           'default_layers', 'default_cache', 'dataset_features', 'fit_feature_heads', 'score_feature_heads']
 
 # %% ../nbs/06a_features.ipynb #c005
 def load_backbone(name:str='smollm2', # 'smollm2', a hub name or a local folder of a causal LM
@@ -67,7 +67,7 @@ def forward_features(model:nn.Module, # a causal LM (its base model is run, with
                      attention_mask:Tensor, # [B, T]
                      n_response:Tensor, # [B] number of response tokens at the end of each text
                      layers:list[int], # 1-based block indices
-                     pools:list[str], # 'last' and/or 'mean'
+                     pools:list[str], # 'last', 'mean' (response tokens) and/or 'prompt' (the prompt's tokens in the window)
                     ) -> dict: # {f'{pool}{layer}': [B, hidden]} float32
     "Pooled hidden states of the given layers for one batch."
     store, handles = _capture(model, layers)
@@ -91,8 +91,11 @@ def forward_features(model:nn.Module, # a causal LM (its base model is run, with
             elif p == 'mean':
                 w = resp.to(h.dtype)[..., None]
                 out[f'mean{l}'] = (h * w).sum(1) / w.sum(1)
+            elif p == 'prompt':
+                w = ((pos < n_tok[:, None]) & ~resp).to(h.dtype)[..., None]
+                out[f'prompt{l}'] = (h * w).sum(1) / w.sum(1).clamp(min=1)
             else:
-                raise ValueError(f"pools: unknown pooling {p!r} (use 'last' or 'mean')")
+                raise ValueError(f"pools: unknown pooling {p!r} (use 'last', 'mean' or 'prompt')")
     return out
 
 # %% ../nbs/06a_features.ipynb #c009
@@ -185,7 +188,7 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    items:list[tuple[str, str]], # (prompt, response) pairs; duplicates are computed once
                    cache:str|Path, # cache folder (created; resumed when it exists with the same fingerprint)
                    layers:list[int]|None=None, # 1-based blocks to read (default: the middle block)
-                   pools:tuple=('last', 'mean'), # poolings to store
+                   pools:tuple=('last', 'mean', 'prompt'), # poolings to store
                    max_length:int=256, # tokens per text, cut from the left
                    shard_size:int=256, # texts per shard file
                    batch_size:int=16, # texts per forward pass
@@ -250,16 +253,25 @@ def pair_items(dataset) -> list[tuple[str, str]]:
     "(prompt, response) of every pair's chosen and rejected response, in that order."
     return [(p, y) for p, c, r in zip(dataset['prompt'], dataset['chosen'], dataset['rejected']) for y in (c, r)]
 
+def _column(feats:dict, n:str) -> Tensor|None:
+    "One named feature of every text: a cached pooling, or `cos{l}`, the cosine of the response mean and prompt mean."
+    if n in feats:
+        return feats[n]
+    if n.startswith('cos') and f'mean{n[3:]}' in feats and f'prompt{n[3:]}' in feats:
+        return torch.cosine_similarity(feats[f'mean{n[3:]}'], feats[f'prompt{n[3:]}'], dim=1)[:, None]
+    return None
+
 def pair_deltas(features:dict, # output of `build_features` for `pair_items(dataset)`
-                name:str='mean16', # feature set: '{pool}{layer}', or several joined by '+'
+                name:str='mean16', # feature set: '{pool}{layer}' or 'cos{layer}', or several joined by '+'
                ) -> tuple[Tensor, Tensor]: # ([N, d] feature differences, [N] length differences in 100 tokens)
     "Chosen-minus-rejected features and lengths of every pair."
-    missing = [n for n in name.split('+') if n not in features['feats']]
+    cols = {n: _column(features['feats'], n) for n in name.split('+')}
+    missing = [n for n, c in cols.items() if c is None]
     if missing:
         raise ValueError(f"feature set {name!r}: {missing} not in the cache (it has {sorted(features['feats'])})")
     if not bool(features['found'].all()):
         raise ValueError(f"{int((~features['found']).sum())} texts have no cached features: build the cache first")
-    x = torch.cat([features['feats'][n] for n in name.split('+')], 1)
+    x = torch.cat(list(cols.values()), 1)
     ell = features['response_tokens'].float() / 100
     return x[0::2] - x[1::2], ell[0::2] - ell[1::2]
 
@@ -295,6 +307,19 @@ def _inner_split(groups:np.ndarray, rng:np.random.Generator, share:float=0.25) -
 # %% ../nbs/06a_features.ipynb #c023
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
 
+def _choose_l2(x:Tensor, groups:np.ndarray, grid, inner_folds:int, rng:np.random.Generator) -> float:
+    "The penalty of `grid` with the lowest held-out log-loss: one split (a quarter of the prompts) or k folds by prompt."
+    if inner_folds <= 1:
+        splits = [_inner_split(groups, rng)]
+    else:
+        g = np.unique(groups)
+        fold_of = dict(zip(g, rng.permutation(len(g)) % inner_folds))
+        fold = np.array([fold_of[v] for v in groups])
+        splits = [fold == f for f in range(inner_folds)]
+    def loss(l2):
+        return sum(torch.nn.functional.softplus(-(x[v] @ _fit_logistic(x[~v], l2))).sum().item() for v in splits)
+    return min(grid, key=loss)
+
 def fit_heads(dx:Tensor, # [N, d] feature differences (`pair_deltas`)
               dlen:Tensor, # [N] length differences
               aspect:Tensor, # [N] aspect index of each pair's label
@@ -303,6 +328,7 @@ def fit_heads(dx:Tensor, # [N, d] feature differences (`pair_deltas`)
               use_features:bool=True, # False: a length-only head (the baseline)
               length_balance:bool=False, # train each head on a length-balanced subsample
               l2_grid=L2_GRID, # penalties tried per aspect
+              inner_folds:int=1, # 1: L2 chosen on one held-out quarter of the prompts; k>1: k inner folds by prompt
               seed:int=0,
              ) -> dict: # scale, w [K, d], a [K], beta [K], l2 [K], n [K]
     "K linear Bradley-Terry heads on feature differences with an explicit length input, and their length slopes."
@@ -318,10 +344,8 @@ def fit_heads(dx:Tensor, # [N, d] feature differences (`pair_deltas`)
             raise ValueError(f"fit_heads: no training pairs for aspect {j}")
         xj, gj = x[idx], np.asarray(groups)[idx]
         best = l2_grid[0]
-        if use_features and len(l2_grid) > 1 and len(np.unique(gj)) >= 4:
-            val = _inner_split(gj, rng)
-            loss = lambda l2: torch.nn.functional.softplus(-(xj[val] @ _fit_logistic(xj[~val], l2))).mean().item()
-            best = min(l2_grid, key=loss)
+        if use_features and len(l2_grid) > 1 and len(np.unique(gj)) >= max(4, inner_folds):
+            best = _choose_l2(xj, gj, l2_grid, inner_folds, rng)
         W[j], L2s, ns = _fit_logistic(xj, best), L2s + [best], ns + [len(idx)]
     margins = x @ W.T
     beta = (margins * dlen[:, None]).sum(0) / (dlen ** 2).sum().clamp(min=1e-12)
@@ -378,6 +402,23 @@ def pd_from_margins(margins:Tensor, # [N, K] estimated margins
     "PD of every pair from its K margins, scaled like `score_dataset` and `rating_pd`."
     s = scale_margins(margins, gamma=gamma)
     return preference_divergence(s, torch.zeros_like(s), aspect)
+
+# %% ../nbs/06a_features.ipynb #c027b
+STACK_L2_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+ESTIMATORS = dict(stack=dict(l2_grid=STACK_L2_GRID, inner_folds=3))
+
+def stack_feature(layers:list[int]) -> str:
+    "Response means of every layer, the deepest layer's last token, per layer the response-prompt cosine."
+    return '+'.join([f'mean{l}' for l in layers] + [f'last{max(layers)}'] + [f'cos{l}' for l in layers])
+
+def resolve_feature(feature:str|None, # 'stack', a feature set ('mean16', 'mean8+last16', ...) or None (the default)
+                    layers:list[int], # the cached layers
+                   ) -> tuple[str, dict]: # (feature set, `fit_heads` settings)
+    "Feature set and head-fitting settings of an estimator name."
+    feature = feature or f'mean{max(layers)}'
+    if feature in ESTIMATORS:
+        return stack_feature(layers), dict(ESTIMATORS[feature])
+    return feature, {}
 
 # %% ../nbs/06a_features.ipynb #c029
 def sign_agreement(est, true) -> float:
@@ -445,8 +486,8 @@ def accuracy_by_aspect(margins:Tensor, # [N, K] estimated margins
 
 # %% ../nbs/06a_features.ipynb #c032
 def default_layers(n_blocks:int) -> list[int]:
-    "Two blocks at about a quarter and a half of the depth (8 and 16 for SmolLM2's 30)."
-    return sorted({max(1, round(n_blocks * 0.27)), max(1, round(n_blocks * 0.53))})
+    "Four blocks up to about half of the depth (4, 8, 12 and 16 for SmolLM2's 30): the forward stops at the deepest."
+    return sorted({max(1, round(n_blocks * f)) for f in (0.13, 0.27, 0.4, 0.53)})
 
 def default_cache(base:str) -> Path:
     "Feature cache folder of a backbone: `$PD_ALIGN_CACHE/features/<base>` (default `~/.cache/pd_align`)."
@@ -471,8 +512,8 @@ def _prompt_keys(prompts) -> list[str]:
 def fit_feature_heads(data, # aggregated fine-grained pairs
                       base:str, # backbone name ('smollm2', hub name, path)
                       cache:str|Path|None=None, # feature cache (default `default_cache(base)`)
-                      feature:str|None=None, # feature set (default 'mean{deepest layer}')
-                      layers:list[int]|None=None, pools=('last', 'mean'), max_length:int=256,
+                      feature:str|None=None, # 'stack' or a feature set (default 'mean{deepest layer}')
+                      layers:list[int]|None=None, pools=('last', 'mean', 'prompt'), max_length:int=256,
                       k:int=5, length_balance:bool=False, rebuild:bool=False, seed:int=0, progress:bool=True,
                      ) -> tuple[dict, dict]: # (heads, report: cross-fitted held-out accuracy per aspect, settings)
     "Cache features, cross-validate and fit K linear Bradley-Terry heads on all pairs (only the cache is written)."
@@ -481,15 +522,19 @@ def fit_feature_heads(data, # aggregated fine-grained pairs
     settings = dict(layers=layers, pools=list(pools), max_length=max_length)
     cache = cache or default_cache(base)
     feats = dataset_features(model, tok, data, cache, settings, rebuild, progress)
-    feature = feature or f'mean{max(layers)}'
+    estimator = feature or f'mean{max(layers)}'
+    feature, fit = resolve_feature(estimator, layers)
     aspects = get_aspects(data)
     prompts = list(data['prompt'])
     dx, dlen = pair_deltas(feats, feature)
     asp = aspect_index(data, aspects)
-    cf = crossfit_margins(dx, dlen, asp, len(aspects), prompts, k=k, seed=seed, length_balance=length_balance)
+    cf = crossfit_margins(dx, dlen, asp, len(aspects), prompts, k=k, seed=seed, length_balance=length_balance, **fit)
     acc = accuracy_by_aspect(cf['margins'], asp, aspects, prompts, seed=seed)
-    heads = fit_heads(dx, dlen, asp, len(aspects), np.asarray(prompts), length_balance=length_balance, seed=seed)
-    report = dict(kind='feature_heads', base=base, cache=str(cache), feature=feature, settings=settings,
+    acc_nl = accuracy_by_aspect(cf['margins_nl'], asp, aspects, prompts, seed=seed)
+    heads = fit_heads(dx, dlen, asp, len(aspects), np.asarray(prompts), length_balance=length_balance, seed=seed,
+                      **fit)
+    report = dict(kind='feature_heads', base=base, cache=str(cache), estimator=estimator, feature=feature, fit=fit,
+                  settings=settings, heldout_accuracy_nl=acc_nl,
                   aspects=aspects, k=k, length_balance=length_balance, seed=seed, heldout_accuracy=acc,
                   features=feats['stats'], features_fingerprint=feats['fingerprint'], n_train=len(data),
                   train_prompts=_prompt_keys(prompts))
@@ -507,7 +552,7 @@ def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed 
         return fold, []
     seen_prompts = [p for p, s in zip(prompts, seen) if s]
     cf = crossfit_margins(dx[seen], dlen[seen], asp[seen], len(report['aspects']), seen_prompts, k=report['k'],
-                          seed=report['seed'], length_balance=report['length_balance'])
+                          seed=report['seed'], length_balance=report['length_balance'], **report.get('fit', {}))
     margins[seen] = cf['margins'] if keep_length else cf['margins_nl']
     fold[seen] = cf['fold']
     return fold, [dict(f) for f in cf['folds']]
