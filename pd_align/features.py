@@ -16,11 +16,12 @@ from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'L2_GRID', 'STACK_L2_GRID', 'ESTIMATORS', 'METRICS', 'load_backbone', 'forward_features',
-           'FeatureCacheMismatch', 'text_key', 'model_fingerprint', 'build_features', 'load_features', 'pair_items',
-           'pair_deltas', 'fit_heads', 'head_margins', 'prompt_folds', 'crossfit_margins', 'pd_from_margins',
-           'stack_feature', 'resolve_feature', 'sign_agreement', 'paired_bootstrap', 'accuracy_by_aspect',
-           'default_layers', 'default_cache', 'dataset_features', 'fit_feature_heads', 'score_feature_heads']
+__all__ = ['CACHE_VERSION', 'L2_GRID', 'STACK_L2_GRID', 'ESTIMATORS', 'METRICS', 'DEFAULT_KEEP_LENGTH', 'load_backbone',
+           'forward_features', 'FeatureCacheMismatch', 'text_key', 'model_fingerprint', 'build_features',
+           'load_features', 'pair_items', 'pair_deltas', 'fit_heads', 'head_margins', 'prompt_folds',
+           'crossfit_margins', 'pd_from_margins', 'stack_feature', 'resolve_feature', 'sign_agreement',
+           'paired_bootstrap', 'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features',
+           'fit_feature_heads', 'score_feature_heads']
 
 # %% ../nbs/06a_features.ipynb #c005
 def load_backbone(name:str='smollm2', # 'smollm2', a hub name or a local folder of a causal LM
@@ -167,18 +168,111 @@ def _encode_items(items:list[tuple[str, str]], tokenizer, max_length:int) -> tup
     n_resp = [max(1, min(len(x) - prefix[p], max_length)) for x, (p, _) in zip(ids, items)]
     return [x[-max_length:] for x in ids], n_resp, resp_len
 
-def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device) -> dict:
+def _common_prefix(seqs:list) -> int:
+    "Length of the longest common prefix of token lists."
+    n = min(map(len, seqs))
+    for j in range(n):
+        if any(s[j] != seqs[0][j] for s in seqs[1:]):
+            return j
+    return n
+
+def _prefix_groups(items:list, ids:list, n_resp:list, min_shared:int=16) -> tuple[list, list]:
+    "Texts of one prompt whose windows share their first `min_shared`+ tokens: [(shared length, texts)], and the others."
+    by_prompt, groups, single = {}, [], []
+    for i, (p, _) in enumerate(items):
+        by_prompt.setdefault(p, []).append(i)
+    for g in by_prompt.values():
+        c = min(_common_prefix([ids[i] for i in g]), *(len(ids[i]) - n_resp[i] for i in g)) if len(g) > 1 else 0
+        if c >= min_shared:   # a short shared prefix saves less than the second forward and its padding cost
+            groups.append((c, g))
+        else:
+            single += g
+    return groups, single
+
+def _store(feats:dict, out:dict, sel:list, n:int):
+    for name, v in out.items():
+        feats.setdefault(name, torch.empty(n, v.shape[1]))[sel] = v.float().cpu()
+
+def _run_blocks(model, layers:list[int], **kw) -> dict:
+    "Block outputs of `layers` for one forward of the base model (stopped after the deepest)."
+    store, handles = _capture(model, layers)
+    try:
+        model.base_model(**kw)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return store
+
+def _cache_kw(model) -> str:
+    "The name of the base model's key/value cache argument (`cache` in transformers 5.2x, `past_key_values` before)."
+    import inspect
+    return 'cache' if 'cache' in inspect.signature(model.base_model.forward).parameters else 'past_key_values'
+
+def _forward_groups(model, ids:list, n_resp:list, groups:list, settings:dict, pad_id:int, device) -> tuple:
+    "Features of the texts of `groups`: each shared prompt window runs once, its keys and values serve every response."
+    from transformers import DynamicCache
+    layers, pools, ckw = settings['layers'], settings['pools'], _cache_kw(model)
+    prompts = [ids[g[0]][:c] for c, g in groups]
+    pb = collate(prompts, pad_id, 'right', device)
+    p_len = pb['attention_mask'].sum(1)
+    cache = DynamicCache()
+    pos = torch.arange(pb['input_ids'].shape[1], device=device)[None].expand_as(pb['input_ids'])
+    hp = _run_blocks(model, layers, input_ids=pb['input_ids'], attention_mask=pb['attention_mask'],
+                     position_ids=pos, use_cache=True, **{ckw: cache})
+    rep = torch.tensor([j for j, (_, g) in enumerate(groups) for _ in g], device=device)
+    cache.reorder_cache(rep)
+    sel = [i for _, g in groups for i in g]
+    c_of = [c for c, g in groups for _ in g]
+    rb = collate([ids[i][c:] for i, c in zip(sel, c_of)], pad_id, 'right', device)
+    mask = torch.cat([pb['attention_mask'][rep], rb['attention_mask']], 1)
+    rpos = p_len[rep, None] + torch.arange(rb['input_ids'].shape[1], device=device)[None]
+    hr = _run_blocks(model, layers, input_ids=rb['input_ids'], attention_mask=mask, position_ids=rpos, use_cache=True,
+                     **{ckw: cache})
+    r_n = rb['attention_mask'].sum(1)
+    start = torch.tensor([len(ids[i]) - n_resp[i] - c for i, c in zip(sel, c_of)], device=device)   # response start
+    loc = torch.arange(rb['input_ids'].shape[1], device=device)[None]
+    w_r = ((loc >= start[:, None]) & (loc < r_n[:, None]))[..., None].float()
+    w_q, w_p = (loc < start[:, None])[..., None].float(), pb['attention_mask'][..., None].float()
+    out = {}
+    for l in layers:
+        h = hr[l].float()
+        for p in pools:
+            if p == 'last':
+                out[f'last{l}'] = h[torch.arange(len(h)), r_n - 1]
+            elif p == 'mean':
+                out[f'mean{l}'] = (h * w_r).sum(1) / w_r.sum(1)
+            elif p == 'prompt':
+                out[f'prompt{l}'] = ((hp[l].float() * w_p).sum(1)[rep] + (h * w_q).sum(1)) / (w_p.sum(1)[rep] + w_q.sum(1))
+            else:
+                raise ValueError(f"pools: unknown pooling {p!r} (use 'last', 'mean' or 'prompt')")
+    return sel, out
+
+def _group_batches(groups:list, batch_size:int) -> list:
+    "Groups sorted by shared length, cut into batches of about `batch_size` texts."
+    batches, cur = [], []
+    for g in sorted(groups, key=lambda g: -g[0]):
+        cur.append(g)
+        if sum(len(x) for _, x in cur) >= batch_size:
+            batches, cur = batches + [cur], []
+    return batches + [cur] if cur else batches
+
+def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device, reuse_prompt:bool=True) -> dict:
     ids, n_resp, resp_len = _encode_items(items, tokenizer, settings['max_length'])
-    order = sorted(range(len(items)), key=lambda i: -len(ids[i]))
-    feats, t = {}, time.time()
+    groups, single = _prefix_groups(items, ids, n_resp) if reuse_prompt else ([], list(range(len(items))))
+    order = sorted(single, key=lambda i: -len(ids[i]))
+    feats, t, pad = {}, time.time(), _pad_id(tokenizer)
     with torch.inference_mode():
+        for batch in _group_batches(groups, batch_size):
+            sel, out = _forward_groups(model, ids, n_resp, batch, settings, pad, device)
+            _store(feats, out, sel, len(items))
         for s in range(0, len(order), batch_size):
             sel = order[s:s + batch_size]
-            b = collate([ids[i] for i in sel], _pad_id(tokenizer), 'right', device)
+            b = collate([ids[i] for i in sel], pad, 'right', device)
             out = forward_features(model, b['input_ids'], b['attention_mask'], torch.tensor([n_resp[i] for i in sel]),
                                    settings['layers'], settings['pools'])
-            for name, v in out.items():
-                feats.setdefault(name, torch.empty(len(items), v.shape[1]))[sel] = v.cpu()
+            _store(feats, out, sel, len(items))
     return dict(keys=keys, keys_digest=_digest(keys), feats=feats, response_tokens=torch.tensor(resp_len),
                 response_chars=torch.tensor([len(y) for _, y in items]), seconds=time.time() - t)
 
@@ -193,6 +287,7 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    shard_size:int=256, # texts per shard file
                    batch_size:int=16, # texts per forward pass
                    rebuild:bool=False, # delete a cache built with another fingerprint instead of raising
+                   reuse_prompt:bool=True, # texts sharing a prompt window: run it once, reuse its keys/values
                    max_shards:int|None=None, # stop after computing this many new shards (simulates a killed run)
                    progress:bool=True,
                   ) -> dict: # feats {name: [N, d]}, response_tokens, response_chars [N], fingerprint, stats
@@ -212,7 +307,8 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
     n0, t = len(_shards(cache)), time.time()
     device = next(model.parameters()).device
     for c, chunk in enumerate(tqdm(chunks, desc='feature shards', disable=not progress or len(chunks) < 2)):
-        shard = _compute_shard(model, tokenizer, [items[first[k]] for k in chunk], chunk, settings, batch_size, device)
+        shard = _compute_shard(model, tokenizer, [items[first[k]] for k in chunk], chunk, settings, batch_size, device,
+                               reuse_prompt)
         path = cache/f'shard-{n0 + c:05d}.pt'
         atomic_write_torch(path, shard)
         index.update({k: (path, i) for i, k in enumerate(chunk)})
@@ -541,6 +637,8 @@ def fit_feature_heads(data, # aggregated fine-grained pairs
     return dict(heads), report
 
 # %% ../nbs/06a_features.ipynb #c034
+DEFAULT_KEEP_LENGTH = True   # the PD mode of `score_feature_heads` and `pd-align score`: chosen by 10_real_data's evidence
+
 def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed in place on the seen rows)
                    dx:Tensor, dlen:Tensor, asp:Tensor, # the scored pairs' feature and length differences, aspects
                    seen:np.ndarray, # [N] bool: the heads trained on this pair's prompt
@@ -560,10 +658,11 @@ def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed 
 def score_feature_heads(data, # fine-grained pairs to score
                         heads:dict, # from `fit_feature_heads`
                         report:dict, # its report (backbone, cache, settings, the keys of the training prompts)
-                        keep_length:bool=False, # PD from margins with the length contribution (default: removed)
+                        keep_length:bool|None=None, # PD with the length contribution (None: `DEFAULT_KEEP_LENGTH`)
                         rebuild:bool=False, progress:bool=True,
                        ) -> tuple: # (`data` with `pd` and `fold` columns, info: the cross-fitting folds, PD summary)
     "Score every pair with feature heads (cross-fitted where they saw its prompt) and add PD."
+    keep_length = DEFAULT_KEEP_LENGTH if keep_length is None else keep_length
     if len(data) == 0:
         raise ValueError('score: the dataset has no pairs')
     aspects = report['aspects']
