@@ -581,7 +581,9 @@ def add_feature_head_options(r:argparse.ArgumentParser):
     r.add_argument('--features-cache', default=None,
                    help='feature cache folder (default ~/.cache/pd_align/features/BASE)')
     r.add_argument('--feature', default=None,
-                   help="feature set for --heads features, e.g. 'mean16' (default: mean, deepest layer)")
+                   help="--heads features: 'stack' (response means of 4 layers, the last token, response-prompt "
+                        "cosines; L2 by nested cross-fitting) or a feature set such as 'mean16' (default: mean, deepest "
+                        "layer)")
     r.add_argument('--feature-max-length', type=int, default=256, help='tokens per text for the feature cache')
     r.add_argument('--folds', type=int, default=5, help='cross-fitting folds by prompt (--heads features)')
     r.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')

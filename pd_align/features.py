@@ -249,10 +249,10 @@ def _forward_groups(model, ids:list, n_resp:list, groups:list, settings:dict, pa
                 raise ValueError(f"pools: unknown pooling {p!r} (use 'last', 'mean' or 'prompt')")
     return sel, out
 
-def _group_batches(groups:list, batch_size:int) -> list:
-    "Groups sorted by shared length, cut into batches of about `batch_size` texts."
+def _group_batches(groups:list, ids:list, batch_size:int) -> list:
+    "Groups sorted by their longest unshared part (the padded width of the second pass), in batches of ~`batch_size` texts."
     batches, cur = [], []
-    for g in sorted(groups, key=lambda g: -g[0]):
+    for g in sorted(groups, key=lambda g: (-max(len(ids[i]) for i in g[1]) + g[0], -g[0])):
         cur.append(g)
         if sum(len(x) for _, x in cur) >= batch_size:
             batches, cur = batches + [cur], []
@@ -264,7 +264,7 @@ def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device, 
     order = sorted(single, key=lambda i: -len(ids[i]))
     feats, t, pad = {}, time.time(), _pad_id(tokenizer)
     with torch.inference_mode():
-        for batch in _group_batches(groups, batch_size):
+        for batch in _group_batches(groups, ids, batch_size):
             sel, out = _forward_groups(model, ids, n_resp, batch, settings, pad, device)
             _store(feats, out, sel, len(items))
         for s in range(0, len(order), batch_size):

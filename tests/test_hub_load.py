@@ -128,3 +128,39 @@ def test_cli_hub_errors_are_one_line(monkeypatch):
     assert not Path('never-written').exists()
     rc, out, err = run_cli('reward', '--data', '../nowhere/hh.jsonl.gz', '--out', 'never-written')
     assert rc == 2 and 'hub:NAME' in err and MIRROR_ENV in err and len(err.strip().splitlines()) == 1
+
+
+# ---- the README's pipeline: hub names, so it runs from a clone with internet, or offline with the mirror -------------
+
+def readme_pipeline() -> list[list[str]]:
+    "The `pd-align` commands of the README's pipeline block, split like a shell (comments dropped)."
+    import shlex
+    text = (Path(__file__).resolve().parent.parent / 'README.md').read_text()
+    block = text.split('## The pipeline from the command line')[1].split('```sh')[1].split('```')[0]
+    return [shlex.split(l, comments=True) for l in block.splitlines() if l.startswith('pd-align ')]
+
+
+def test_readme_pipeline_without_data_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    from conftest import run_cli
+    cmds = readme_pipeline()
+    assert len(cmds) == 5 and all('hub:' in ' '.join(c) for c in cmds[:2]) and '../shared' not in str(cmds)
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    t = time.time()
+    rc, out, err = run_cli(*cmds[0][1:])
+    assert rc == 2 and time.time() - t < 20 and len(err.strip().splitlines()) == 1, err
+    assert MIRROR_ENV in err and 'hub:hh-helpful' in err and not (tmp_path / 'runs' / 'rm').exists()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason='needs the shared data folder as the mirror (the real HH rows)')
+def test_readme_pipeline_runs_as_written_with_the_mirror(tmp_path, monkeypatch):
+    from conftest import run_cli
+    monkeypatch.setenv(MIRROR_ENV, str(SHARED))
+    monkeypatch.chdir(tmp_path)
+    for argv in readme_pipeline():
+        rc, out, err = run_cli(*argv[1:])
+        assert rc == 0, (argv, err[-2000:])
+    scored = datasets.load_from_disk(str(tmp_path / 'runs' / 'scored' / 'dataset'))
+    assert len(scored) == 400 and set(scored['aspect']) == {'helpful', 'harmless'}   # --limit 200 per aspect
+    rows = (tmp_path / 'runs' / 'subset' / 'train.jsonl').read_text().splitlines()
+    assert len(rows) == 120                                                          # 30% of 400
