@@ -219,7 +219,7 @@ def load_feature_heads(path, # folder written by `train_feature_heads_cli`
 def score_feature_heads_cli(data, # fine-grained pairs to score
                             reward_model:str|Path, # folder written by `train_feature_heads_cli`
                             out:str|Path, # output folder: `dataset/` and `score.json`
-                            keep_length:bool|None=None, # PD with the length contribution (None: `features.DEFAULT_KEEP_LENGTH`)
+                            keep_length:bool|None=None, # PD with length kept (None: `features.DEFAULT_KEEP_LENGTH`)
                             rebuild:bool=False, progress:bool=True,
                            ) -> dict: # score.json content
     "`pd-align score` with feature heads: `score_feature_heads`, then `out/dataset` and `out/score.json`."
@@ -582,8 +582,8 @@ def add_feature_head_options(r:argparse.ArgumentParser):
                    help='feature cache folder (default ~/.cache/pd_align/features/BASE)')
     r.add_argument('--feature', default=None,
                    help="--heads features: 'stack' (response means of 4 layers, the last token, response-prompt "
-                        "cosines; L2 by nested cross-fitting) or a feature set such as 'mean16' (default: mean, deepest "
-                        "layer)")
+                        "cosines; L2 by nested cross-fitting) or a feature set such as 'mean16' "
+                        "(default: mean, deepest layer)")
     r.add_argument('--feature-max-length', type=int, default=256, help='tokens per text for the feature cache')
     r.add_argument('--folds', type=int, default=5, help='cross-fitting folds by prompt (--heads features)')
     r.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')

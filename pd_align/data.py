@@ -840,7 +840,8 @@ def mirror_file(name:str, # one of `HUB`
     return hits[0] if hits else None
 
 def _offline() -> bool:
-    return any(os.environ.get(k, '').lower() in ('1', 'true', 'yes', 'on') for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'))
+    flags = (os.environ.get(k, '').lower() for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'))
+    return any(f in ('1', 'true', 'yes', 'on') for f in flags)
 
 def _hub_reachable(timeout:float=3.0) -> bool:
     "Whether the hub's host answers within `timeout` seconds (so that no network fails in seconds, not a minute)."
@@ -906,7 +907,8 @@ def load_hub(name:str, # one of `HUB` or 'hh'
             ) -> Dataset:
     "A public preference dataset from the local mirror (`$PD_ALIGN_DATA_MIRROR`) or the hub, converted; logs the skips."
     if name == 'hh':
-        subsets = {a: load_hub(f'hh-{a}', split, load_kwargs, on_error, limit, **kwargs) for a in ('helpful', 'harmless')}
+        subsets = {a: load_hub(f'hh-{a}', split, load_kwargs, on_error, limit, **kwargs)
+                   for a in ('helpful', 'harmless')}
         return aggregate(subsets)
     if name not in HUB:
         raise ValueError(f"name must be one of {sorted(HUB) + ['hh']}, got {name!r}")

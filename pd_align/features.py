@@ -68,7 +68,7 @@ def forward_features(model:nn.Module, # a causal LM (its base model is run, with
                      attention_mask:Tensor, # [B, T]
                      n_response:Tensor, # [B] number of response tokens at the end of each text
                      layers:list[int], # 1-based block indices
-                     pools:list[str], # 'last', 'mean' (response tokens) and/or 'prompt' (the prompt's tokens in the window)
+                     pools:list[str], # 'last', 'mean' (response tokens), 'prompt' (the prompt's tokens in the window)
                     ) -> dict: # {f'{pool}{layer}': [B, hidden]} float32
     "Pooled hidden states of the given layers for one batch."
     store, handles = _capture(model, layers)
@@ -177,7 +177,7 @@ def _common_prefix(seqs:list) -> int:
     return n
 
 def _prefix_groups(items:list, ids:list, n_resp:list, min_shared:int=16) -> tuple[list, list]:
-    "Texts of one prompt whose windows share their first `min_shared`+ tokens: [(shared length, texts)], and the others."
+    "Texts of one prompt whose windows share `min_shared`+ first tokens: [(shared length, texts)], and the others."
     by_prompt, groups, single = {}, [], []
     for i, (p, _) in enumerate(items):
         by_prompt.setdefault(p, []).append(i)
@@ -244,13 +244,14 @@ def _forward_groups(model, ids:list, n_resp:list, groups:list, settings:dict, pa
             elif p == 'mean':
                 out[f'mean{l}'] = (h * w_r).sum(1) / w_r.sum(1)
             elif p == 'prompt':
-                out[f'prompt{l}'] = ((hp[l].float() * w_p).sum(1)[rep] + (h * w_q).sum(1)) / (w_p.sum(1)[rep] + w_q.sum(1))
+                num = (hp[l].float() * w_p).sum(1)[rep] + (h * w_q).sum(1)
+                out[f'prompt{l}'] = num / (w_p.sum(1)[rep] + w_q.sum(1))
             else:
                 raise ValueError(f"pools: unknown pooling {p!r} (use 'last', 'mean' or 'prompt')")
     return sel, out
 
 def _group_batches(groups:list, ids:list, batch_size:int) -> list:
-    "Groups sorted by their longest unshared part (the padded width of the second pass), in batches of ~`batch_size` texts."
+    "Groups sorted by their longest unshared part (the second pass's padded width), in batches of ~`batch_size` texts."
     batches, cur = [], []
     for g in sorted(groups, key=lambda g: (-max(len(ids[i]) for i in g[1]) + g[0], -g[0])):
         cur.append(g)
@@ -258,7 +259,7 @@ def _group_batches(groups:list, ids:list, batch_size:int) -> list:
             batches, cur = batches + [cur], []
     return batches + [cur] if cur else batches
 
-def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device, reuse_prompt:bool=True) -> dict:
+def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device, reuse_prompt:bool=False) -> dict:
     ids, n_resp, resp_len = _encode_items(items, tokenizer, settings['max_length'])
     groups, single = _prefix_groups(items, ids, n_resp) if reuse_prompt else ([], list(range(len(items))))
     order = sorted(single, key=lambda i: -len(ids[i]))
@@ -287,7 +288,7 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    shard_size:int=256, # texts per shard file
                    batch_size:int=16, # texts per forward pass
                    rebuild:bool=False, # delete a cache built with another fingerprint instead of raising
-                   reuse_prompt:bool=True, # texts sharing a prompt window: run it once, reuse its keys/values
+                   reuse_prompt:bool=False, # texts sharing a prompt window: run it once, reuse its keys/values
                    max_shards:int|None=None, # stop after computing this many new shards (simulates a killed run)
                    progress:bool=True,
                   ) -> dict: # feats {name: [N, d]}, response_tokens, response_chars [N], fingerprint, stats
@@ -404,7 +405,7 @@ def _inner_split(groups:np.ndarray, rng:np.random.Generator, share:float=0.25) -
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
 
 def _choose_l2(x:Tensor, groups:np.ndarray, grid, inner_folds:int, rng:np.random.Generator) -> float:
-    "The penalty of `grid` with the lowest held-out log-loss: one split (a quarter of the prompts) or k folds by prompt."
+    "The penalty of `grid` with the lowest held-out log-loss: one split (a quarter of the prompts) or k prompt folds."
     if inner_folds <= 1:
         splits = [_inner_split(groups, rng)]
     else:
@@ -637,7 +638,7 @@ def fit_feature_heads(data, # aggregated fine-grained pairs
     return dict(heads), report
 
 # %% ../nbs/06a_features.ipynb #c034
-DEFAULT_KEEP_LENGTH = True   # the PD mode of `score_feature_heads` and `pd-align score`: chosen by 10_real_data's evidence
+DEFAULT_KEEP_LENGTH = True   # the PD mode of `score_feature_heads` and `pd-align score`, from 10_real_data's evidence
 
 def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed in place on the seen rows)
                    dx:Tensor, dlen:Tensor, asp:Tensor, # the scored pairs' feature and length differences, aspects

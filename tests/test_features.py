@@ -134,7 +134,7 @@ def test_prompt_reuse_gives_the_same_features_with_fewer_tokens(world, lm_tok, t
     seen = []
     hook = lm.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
     kw = dict(layers=[1, 2], max_length=max_length, batch_size=4, progress=False)
-    new = build_features(lm, tok, items, tmp_path/'new', **kw)
+    new = build_features(lm, tok, items, tmp_path/'new', reuse_prompt=True, **kw)
     n_new, seen[:] = sum(seen), []
     old = build_features(lm, tok, items, tmp_path/'old', reuse_prompt=False, **kw)
     hook.remove()
