@@ -8,14 +8,15 @@ import argparse, contextlib, logging, os, re, shutil, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec',
-           'load_data', 'train_reward_cli', 'score_cli', 'train_feature_heads_cli', 'is_feature_heads',
-           'load_feature_heads', 'check_scorer', 'score_feature_heads_cli', 'parse_overrides', 'cli_config',
-           'train_cli', 'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'print_method_key', 'print_written',
-           'add_data', 'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy', 'cmd_reward',
-           'feature_heads_reward', 'add_reward', 'add_feature_head_options', 'cmd_score', 'feature_heads_score',
-           'add_score', 'load_scored', 'cmd_select', 'add_select', 'dataset_path', 'parse_sets', 'profile_sets',
-           'cmd_train', 'add_train', 'print_eval', 'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main']
+__all__ = ['SCORE_MODES', 'SUBCOMMANDS', 'CLIError', 'prepare_out', 'remove_created', 'check_apart', 'parse_ratio',
+           'parse_data_spec', 'load_data', 'train_reward_cli', 'score_cli', 'train_feature_heads_cli',
+           'is_feature_heads', 'load_feature_heads', 'check_scorer', 'score_feature_heads_cli', 'parse_overrides',
+           'cli_config', 'train_cli', 'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'print_method_key',
+           'print_written', 'add_data', 'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy',
+           'cmd_reward', 'feature_heads_reward', 'add_reward', 'add_feature_head_options', 'cmd_score',
+           'feature_heads_score', 'print_feature_quality', 'add_score', 'load_scored', 'cmd_select', 'add_select',
+           'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'add_train', 'print_eval', 'cmd_eval', 'add_eval',
+           'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -80,28 +81,43 @@ def parse_ratio(s:str) -> float:
         raise argparse.ArgumentTypeError(f'ratio must be in (0, 1], got {s}')
     return r
 
-def parse_data_spec(spec:str) -> tuple[str|None, Path]:
-    "`aspect=path` or `path`: a local preference file/folder, optionally naming the aspect that labelled it."
+def _hub_names() -> list[str]:
+    from pd_align.data import HUB
+    return sorted(HUB) + ['hh']
+
+def parse_data_spec(spec:str) -> tuple[str|None, Path|str]:
+    "`[aspect=]path` (a local preference file/folder) or `[aspect=]hub:NAME` (a public dataset, `data.load_hub`)."
     m = re.fullmatch(r'([A-Za-z_][\w\-]*)=(.+)', spec)
-    aspect, path = (m.group(1), Path(m.group(2))) if m else (None, Path(spec))
-    if not path.exists():
-        raise CLIError(f'--data {spec}: no such file or folder')
-    return aspect, path
+    aspect, src = (m.group(1), m.group(2)) if m else (None, spec)
+    if src.startswith('hub:'):
+        if src[4:] not in _hub_names():
+            raise CLIError(f'--data {spec}: unknown hub dataset {src[4:]!r} (use hub:NAME, NAME one of {_hub_names()})')
+        return aspect, src
+    if not Path(src).exists():
+        raise CLIError(f'--data {spec}: no such file or folder (public datasets: --data hub:NAME, NAME one of '
+                       f'{_hub_names()}; offline: PD_ALIGN_DATA_MIRROR=FOLDER holding their files)')
+    return aspect, Path(src)
 
 # %% ../nbs/11_cli.ipynb #c010
 def load_data(specs:list[str], # `--data` values
               format:str='auto', # file format, or auto-detect
               on_error:str='raise', # 'raise' or 'skip' bad records (counted and reported)
               limit:int|None=None, # keep the first `limit` pairs of each spec, reading no further (quick runs)
+              split:str|None=None, # split of `hub:` specs (default 'train')
              ):
-    "Load one or several `--data` specs as one fine-grained `Dataset`."
+    "Load one or several `--data` specs (local files or `hub:` names) as one fine-grained `Dataset`."
     import collections
-    from pd_align.data import load_local, aggregate, RecordError
+    from pd_align.data import load_local, load_hub, aggregate, RecordError, DataUnavailable
     parsed = [parse_data_spec(s) for s in specs]
     skipped = collections.Counter()
     def load(aspect, path):
         try:
+            if isinstance(path, str):
+                kw = dict(aspect=aspect) if aspect and path.startswith('hub:hh-') else {}
+                return load_hub(path[4:], split or 'train', on_error=on_error, skipped=skipped, limit=limit, **kw)
             return load_local(path, format=format, aspect=aspect, on_error=on_error, skipped=skipped, limit=limit)
+        except DataUnavailable as e:
+            raise CLIError(str(e)) from None
         except RecordError as e:
             raise CLIError(f'{path}: {e} (--on-error skip skips and counts bad records)') from None
     if len(parsed) == 1:
@@ -230,7 +246,7 @@ def check_scorer(path:Path, # --reward-model
 def score_feature_heads_cli(data, # fine-grained pairs to score
                             reward_model:str|Path, # folder written by `train_feature_heads_cli`
                             out:str|Path, # output folder: `dataset/` and `score.json`
-                            keep_length:bool=False, # PD from margins with the length contribution (default: removed)
+                            keep_length:bool|None=None, # PD with length kept (None: `features.DEFAULT_KEEP_LENGTH`)
                             rebuild:bool=False, progress:bool=True,
                            ) -> dict: # score.json content
     "`pd-align score` with feature heads: `score_feature_heads`, then `out/dataset` and `out/score.json`."
@@ -481,8 +497,11 @@ def print_written(out:Path|None, # the command's --out (None: nothing was writte
 
 def add_data(p:argparse.ArgumentParser):
     "The `--data` options of the commands that read preference files."
-    p.add_argument('--data', action='append', required=True, metavar='[ASPECT=]PATH',
-                   help='preference file or folder; repeat as aspect=path to aggregate one sub-dataset per aspect')
+    p.add_argument('--data', action='append', required=True, metavar='[ASPECT=]PATH|hub:NAME',
+                   help='preference file or folder, or hub:NAME (hh-helpful, hh-harmless, hh, helpsteer, helpsteer2, '
+                        'ultrafeedback: read from $PD_ALIGN_DATA_MIRROR when it holds the file, else downloaded); '
+                        'repeat as aspect=... to aggregate one sub-dataset per aspect')
+    p.add_argument('--split', default=None, help="split of hub:NAME data (default 'train')")
     p.add_argument('--format', default='auto', help='auto, ultrafeedback, helpsteer, hh, trl or fine-grained')
     p.add_argument('--on-error', default='raise', choices=['raise', 'skip'],
                    help='bad records: stop, or skip and count them')
@@ -565,7 +584,7 @@ def print_heldout_accuracy(report:dict, # `train_reward_cli`'s report (heldout_a
 
 def cmd_reward(args) -> int:
     "Train the K-head proxy reward model on `--data` and save it to `--out`."
-    ds = load_data(args.data, args.format, args.on_error, args.limit)
+    ds = load_data(args.data, args.format, args.on_error, args.limit, args.split)
     out = prepare_out(args.out, args.overwrite, resume=None)
     if args.heads == 'features':
         return feature_heads_reward(args, ds, out)
@@ -622,7 +641,9 @@ def add_feature_head_options(r:argparse.ArgumentParser):
     r.add_argument('--features-cache', default=None,
                    help='feature cache folder (default ~/.cache/pd_align/features/BASE)')
     r.add_argument('--feature', default=None,
-                   help="feature set for --heads features, e.g. 'mean16' (default: mean, deepest layer)")
+                   help="--heads features: 'stack' (response means of 4 layers, the last token, response-prompt "
+                        "cosines; L2 by nested cross-fitting) or a feature set such as 'mean16' "
+                        "(default: mean, deepest layer)")
     r.add_argument('--feature-max-length', type=int, default=256, help='tokens per text for the feature cache')
     r.add_argument('--folds', type=int, default=5, help='cross-fitting folds by prompt (--heads features)')
     r.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')
@@ -632,7 +653,7 @@ def cmd_score(args) -> int:
     "Score every pair of `--data` on all aspects, add PD, write `--out/dataset`."
     from pd_align.io import FileLock
     check_scorer(args.reward_model)
-    ds = load_data(args.data, args.format, args.on_error, args.limit)
+    ds = load_data(args.data, args.format, args.on_error, args.limit, args.split)
     out = prepare_out(args.out, args.overwrite, resume=args.resume)
     with FileLock(out/'.lock', timeout=0, what=f'--out {out} (another pd-align score writes it)'):
         return _score_into(args, ds, out)
@@ -652,6 +673,7 @@ def feature_heads_score(args, # the parsed `score` options
     "`score` with feature heads: cross-fitted PD where the heads saw the prompt."
     info = score_feature_heads_cli(ds, args.reward_model, out, keep_length=args.keep_length,
                                    rebuild=args.rebuild_features)
+    print_feature_quality(load_feature_heads(args.reward_model)[1], info['keep_length'])
     cf = info['crossfit']
     folds = '; '.join(f"fold {f['fold']}: {f['n_pairs']} pairs by heads trained on folds {f['trained_on']}"
                       for f in cf['folds'])
@@ -662,15 +684,41 @@ def feature_heads_score(args, # the parsed `score` options
     print(f'-> {out}/dataset (next: pd-align select --scored {out} --out SUBSET)')
     return 0
 
+def print_feature_quality(report:dict, # `feature_heads.json` of the heads
+                          keep_length:bool, # the PD mode used
+                         ):
+    "The heads' cross-fitted own-aspect accuracy (n, 95% interval) in the PD mode used, beside the other mode."
+    acc, other = report['heldout_accuracy'], report.get('heldout_accuracy_nl')
+    if not keep_length and other is not None:
+        acc, other = other, acc
+    mode = 'length kept' if keep_length else 'length removed'
+    print(f"estimator {report.get('estimator', report['feature'])} ({report['k']}-fold cross-fitted by prompt, "
+          f"trained on {report['n_train']} pairs), PD with {mode}:")
+    for a, v in acc.items():
+        alt = f"; other mode {other[a]['accuracy']:.3f}" if other else ''
+        print(f"  held-out accuracy {a}: {v['accuracy']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] n={v['n']} "
+              f"(chance 0.5{alt})")
+
+SCORE_MODES = ("Feature heads give two PD modes. Length kept (default): PD from the heads' full margins; on HelpSteer "
+               "it tracks the rating PD better than length removed (nbs/10_real_data), but where labels favour longer "
+               "answers a PD selection then favours longer answers too (pd_align.selection.length_balanced resamples "
+               "each aspect to a 50/50 chosen-longer share). Length removed (--remove-length): the length contribution "
+               "subtracted in closed form; cannot select by length, gives up the signal length carries.")
+
 def add_score(sub, # `build_parser`'s sub-parsers
               ):
     "The `score` sub-parser."
-    c = sub.add_parser('score', help='score all pairs on every aspect and add the preference divergence')
+    c = sub.add_parser('score', help='score all pairs on every aspect and add the preference divergence',
+                       description='Score all pairs on every aspect and add the preference divergence. ' + SCORE_MODES)
     add_data(c)
     c.add_argument('--reward-model', required=True, help='folder written by `pd-align reward`')
     c.add_argument('--batch-size', type=int, default=32)
     c.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'])
-    c.add_argument('--keep-length', action='store_true', help='feature heads: PD with the length contribution kept')
+    m = c.add_mutually_exclusive_group()
+    m.add_argument('--keep-length', dest='keep_length', action='store_true', default=None,
+                   help='feature heads: PD with the length contribution kept (the default; it can select by length)')
+    m.add_argument('--remove-length', dest='keep_length', action='store_false',
+                   help='feature heads: PD with the length contribution removed (cannot select by length)')
     c.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')
     add_common(c, resume=True)
     c.set_defaults(handler=cmd_score)

@@ -18,9 +18,10 @@ _log = logging.getLogger(__name__)  # private: not exported by `import *`
 
 # %% auto #0
 __all__ = ['COLUMNS', 'TEXT_FIELDS', 'SCORE_FIELDS', 'ULTRAFEEDBACK_ASPECTS', 'HELPSTEER_ASPECTS', 'ROLE_NAMES', 'ASSISTANT',
-           'FORMATS', 'HUB', 'get_aspects', 'RecordError', 'validate', 'from_records', 'scores_matrix', 'aspect_index',
-           'aggregate', 'from_ultrafeedback', 'from_helpsteer2', 'messages_to_text', 'from_trl', 'split_hh', 'from_hh',
-           'detect_format', 'load_local', 'load_hub', 'add_lengths']
+           'FORMATS', 'HUB', 'MIRROR_ENV', 'MIRROR_STEMS', 'get_aspects', 'RecordError', 'validate', 'from_records',
+           'scores_matrix', 'aspect_index', 'aggregate', 'from_ultrafeedback', 'from_helpsteer2', 'messages_to_text',
+           'from_trl', 'split_hh', 'from_hh', 'detect_format', 'load_local', 'DataUnavailable', 'mirror_file',
+           'load_hub', 'add_lengths']
 
 # %% ../nbs/00b_data.ipynb #c005
 COLUMNS = ['id', 'prompt', 'chosen', 'rejected', 'aspect', 'chosen_scores', 'rejected_scores', 'source']
@@ -815,37 +816,116 @@ def load_local(path:str|Path, # .jsonl, .jsonl.gz, .json file or a save_to_disk 
 HUB = {'ultrafeedback': ('openbmb/UltraFeedback', None), 'helpsteer2': ('nvidia/HelpSteer2', None),
        'helpsteer': ('nvidia/HelpSteer', None), 'hh-helpful': ('Anthropic/hh-rlhf', 'helpful-base'),
        'hh-harmless': ('Anthropic/hh-rlhf', 'harmless-base')}
+MIRROR_ENV = 'PD_ALIGN_DATA_MIRROR'
+MIRROR_STEMS = {'ultrafeedback': 'ultrafeedback', 'helpsteer2': 'helpsteer2', 'helpsteer': 'helpsteer',
+                'hh-helpful': 'hh_helpful_base', 'hh-harmless': 'hh_harmless_base'}
+
+class DataUnavailable(FileNotFoundError):
+    "A hub dataset that can be neither read from the local mirror nor downloaded."
+
+def mirror_file(name:str, # one of `HUB`
+                split:str, # the split
+                mirror:str|Path|None=None, # the mirror folder (default: `$PD_ALIGN_DATA_MIRROR`)
+               ) -> Path|None: # the file, or None when no mirror is set or it lacks this dataset
+    "The local mirror's copy of a hub dataset's split: `{stem}_{split}.jsonl[.gz]` or `{stem}_{split}_*.jsonl[.gz]`."
+    root = mirror or os.environ.get(MIRROR_ENV)
+    if not root:
+        return None
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataUnavailable(f"{MIRROR_ENV}={root}: no such folder")
+    stem = f"{MIRROR_STEMS[name]}_{split.split('[')[0]}"   # 'train[:500]' is read from the train file
+    pats = (f'{stem}.jsonl.gz', f'{stem}.jsonl', f'{stem}_*.jsonl.gz', f'{stem}_*.jsonl')
+    hits = [p for pat in pats for p in sorted(root.glob(pat))]
+    return hits[0] if hits else None
+
+def _offline() -> bool:
+    flags = (os.environ.get(k, '').lower() for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'))
+    return any(f in ('1', 'true', 'yes', 'on') for f in flags)
+
+def _hub_reachable(timeout:float=3.0) -> bool:
+    "Whether the hub's host answers within `timeout` seconds (so that no network fails in seconds, not a minute)."
+    import socket
+    from urllib.parse import urlparse
+    url = urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co'))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+def _unavailable(name:str, split:str) -> DataUnavailable:
+    repo, data_dir = HUB[name]
+    where = f"{repo}{'/' + data_dir if data_dir else ''}"
+    return DataUnavailable(f"hub:{name} ({where}, split {split!r}) needs the internet (the hub is not reachable) or a "
+                           f"local mirror: set {MIRROR_ENV} to a folder holding {MIRROR_STEMS[name]}_{split}.jsonl.gz")
+
+def _hub_rows(name:str, split:str, load_kwargs:dict|None, stream:bool):
+    "Rows of a hub dataset: from the mirror's file through `datasets`' json loader, else from the hub."
+    import datasets
+    local = mirror_file(name, split)
+    stream = stream and '[' not in split   # a sliced split ('train[:500]') is read whole
+    if local is not None:
+        part = 'train' + split[len(split.split('[')[0]):]
+        return datasets.load_dataset('json', data_files=str(local), split=part, streaming=stream), str(local)
+    if not _offline() and not _hub_reachable():   # offline mode: `datasets` answers from its cache at once
+        raise _unavailable(name, split)
+    repo, data_dir = HUB[name]
+    lk = dict(load_kwargs or {})
+    if data_dir: lk.setdefault('data_dir', data_dir)
+    if stream: lk.setdefault('streaming', True)
+    try:
+        return datasets.load_dataset(repo, split=split, **lk), repo
+    except ConnectionError:
+        raise _unavailable(name, split) from None
+
+def _hub_first(name:str, rows, limit:int, kw:dict) -> tuple[Dataset, int]:
+    "The first `limit` pairs of a hub dataset: convert `limit` rows, then twice as many while too few pairs come out."
+    rows, cache, k = (rows if isinstance(rows, (list, Dataset)) else iter(rows)), [], limit
+    while True:
+        part, ended = _first_rows(rows, k, cache)
+        tried = collections.Counter()
+        ds = _convert_hub(name, part, dict(kw, skipped=tried))
+        if len(ds) >= limit or ended: break
+        k *= 2
+    kw['skipped'].update(tried)
+    return ds.select(range(min(limit, len(ds)))), len(part)
 
 def _convert_hub(name:str, rows, kw:dict) -> Dataset:
     "Rows of hub dataset `name` through its converter."
+    kw = dict(kw)
     if name == 'ultrafeedback': return from_ultrafeedback(rows, **kw)
     if name in ('helpsteer2', 'helpsteer'): return from_helpsteer2(rows, source=name, **kw)
     return from_hh(rows, aspect=kw.pop('aspect', name.split('-')[1]), source=kw.pop('source', name), **kw)
 
 def load_hub(name:str, # one of `HUB` or 'hh'
-             split:str='train', # the split to load
+             split:str='train', # the split to load (slices such as 'train[:500]' work too)
              load_kwargs:dict|None=None, # extra arguments for `datasets.load_dataset`
              on_error:str='skip', # tens of thousands of rows: 'skip' (count, log) bad records or 'raise' on one
+             limit:int|None=None, # keep the first `limit` pairs, streaming only as many rows as they need
              **kwargs, # passed to the converter (skipped=, stats= Counters are filled in)
             ) -> Dataset:
-    "Download a public preference dataset with `datasets.load_dataset` and convert it; logs what was skipped."
-    import datasets
+    "A public preference dataset from the local mirror (`$PD_ALIGN_DATA_MIRROR`) or the hub, converted; logs the skips."
     if name == 'hh':
-        subsets = {a: load_hub(f'hh-{a}', split, load_kwargs, on_error, **kwargs) for a in ('helpful', 'harmless')}
+        subsets = {a: load_hub(f'hh-{a}', split, load_kwargs, on_error, limit, **kwargs)
+                   for a in ('helpful', 'harmless')}
         return aggregate(subsets)
     if name not in HUB:
         raise ValueError(f"name must be one of {sorted(HUB) + ['hh']}, got {name!r}")
-    repo, data_dir = HUB[name]
-    lk = dict(load_kwargs or {})
-    if data_dir: lk.setdefault('data_dir', data_dir)
-    rows = datasets.load_dataset(repo, split=split, **lk)
+    if limit is not None and limit < 1:
+        raise ValueError(f'limit must be >= 1, got {limit}')
+    rows, source = _hub_rows(name, split, load_kwargs, stream=limit is not None)
     skipped = kwargs.pop('skipped', None)
     skipped = collections.Counter() if skipped is None else skipped
     before = collections.Counter(skipped)
-    ds = _convert_hub(name, rows, dict(kwargs, on_error=on_error, skipped=skipped))
+    kw = dict(kwargs, on_error=on_error, skipped=skipped)
+    if limit is None:
+        ds, n_rows = _convert_hub(name, rows, kw), len(rows)
+    else:
+        ds, n_rows = _hub_first(name, rows, limit, kw)
     new = skipped - before
     # the converter has logged what it skipped and why
-    _log.info(f"{name} ({split}): {len(rows)} rows -> {len(ds)} pairs, {sum(new.values())} records skipped")
+    _log.info(f"{name} ({split}, {source}): {n_rows} rows -> {len(ds)} pairs, {sum(new.values())} records skipped")
     return ds
 
 # %% ../nbs/00b_data.ipynb #c049

@@ -16,11 +16,12 @@ from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'L2_GRID', 'METRICS', 'load_backbone', 'forward_features', 'FeatureCacheMismatch', 'text_key',
-           'model_fingerprint', 'build_features', 'load_features', 'pair_items', 'pair_deltas', 'fit_heads',
-           'head_margins', 'prompt_folds', 'crossfit_margins', 'pd_from_margins', 'sign_agreement', 'paired_bootstrap',
-           'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features', 'fit_feature_heads',
-           'score_feature_heads']
+__all__ = ['CACHE_VERSION', 'L2_GRID', 'STACK_L2_GRID', 'ESTIMATORS', 'METRICS', 'DEFAULT_KEEP_LENGTH', 'load_backbone',
+           'forward_features', 'FeatureCacheMismatch', 'text_key', 'model_fingerprint', 'build_features',
+           'load_features', 'pair_items', 'pair_deltas', 'fit_heads', 'head_margins', 'prompt_folds',
+           'crossfit_margins', 'pd_from_margins', 'stack_feature', 'resolve_feature', 'sign_agreement',
+           'paired_bootstrap', 'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features',
+           'fit_feature_heads', 'score_feature_heads']
 
 # %% ../nbs/06a_features.ipynb #c005
 def load_backbone(name:str='smollm2', # 'smollm2', a hub name or a local folder of a causal LM
@@ -67,7 +68,7 @@ def forward_features(model:nn.Module, # a causal LM (its base model is run, with
                      attention_mask:Tensor, # [B, T]
                      n_response:Tensor, # [B] number of response tokens at the end of each text
                      layers:list[int], # 1-based block indices
-                     pools:list[str], # 'last' and/or 'mean'
+                     pools:list[str], # 'last', 'mean' (response tokens), 'prompt' (the prompt's tokens in the window)
                     ) -> dict: # {f'{pool}{layer}': [B, hidden]} float32
     "Pooled hidden states of the given layers for one batch."
     store, handles = _capture(model, layers)
@@ -91,8 +92,11 @@ def forward_features(model:nn.Module, # a causal LM (its base model is run, with
             elif p == 'mean':
                 w = resp.to(h.dtype)[..., None]
                 out[f'mean{l}'] = (h * w).sum(1) / w.sum(1)
+            elif p == 'prompt':
+                w = ((pos < n_tok[:, None]) & ~resp).to(h.dtype)[..., None]
+                out[f'prompt{l}'] = (h * w).sum(1) / w.sum(1).clamp(min=1)
             else:
-                raise ValueError(f"pools: unknown pooling {p!r} (use 'last' or 'mean')")
+                raise ValueError(f"pools: unknown pooling {p!r} (use 'last', 'mean' or 'prompt')")
     return out
 
 # %% ../nbs/06a_features.ipynb #c009
@@ -223,18 +227,112 @@ def _encode_items(items:list[tuple[str, str]], tokenizer, max_length:int) -> tup
     n_resp = [max(1, min(len(x) - prefix[p], max_length)) for x, (p, _) in zip(ids, items)]
     return [x[-max_length:] for x in ids], n_resp, resp_len
 
-def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device) -> dict:
+def _common_prefix(seqs:list) -> int:
+    "Length of the longest common prefix of token lists."
+    n = min(map(len, seqs))
+    for j in range(n):
+        if any(s[j] != seqs[0][j] for s in seqs[1:]):
+            return j
+    return n
+
+def _prefix_groups(items:list, ids:list, n_resp:list, min_shared:int=16) -> tuple[list, list]:
+    "Texts of one prompt whose windows share `min_shared`+ first tokens: [(shared length, texts)], and the others."
+    by_prompt, groups, single = {}, [], []
+    for i, (p, _) in enumerate(items):
+        by_prompt.setdefault(p, []).append(i)
+    for g in by_prompt.values():
+        c = min(_common_prefix([ids[i] for i in g]), *(len(ids[i]) - n_resp[i] for i in g)) if len(g) > 1 else 0
+        if c >= min_shared:   # a short shared prefix saves less than the second forward and its padding cost
+            groups.append((c, g))
+        else:
+            single += g
+    return groups, single
+
+def _store(feats:dict, out:dict, sel:list, n:int):
+    for name, v in out.items():
+        feats.setdefault(name, torch.empty(n, v.shape[1]))[sel] = v.float().cpu()
+
+def _run_blocks(model, layers:list[int], **kw) -> dict:
+    "Block outputs of `layers` for one forward of the base model (stopped after the deepest)."
+    store, handles = _capture(model, layers)
+    try:
+        model.base_model(**kw)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return store
+
+def _cache_kw(model) -> str:
+    "The name of the base model's key/value cache argument (`cache` in transformers 5.2x, `past_key_values` before)."
+    import inspect
+    return 'cache' if 'cache' in inspect.signature(model.base_model.forward).parameters else 'past_key_values'
+
+def _forward_groups(model, ids:list, n_resp:list, groups:list, settings:dict, pad_id:int, device) -> tuple:
+    "Features of the texts of `groups`: each shared prompt window runs once, its keys and values serve every response."
+    from transformers import DynamicCache
+    layers, pools, ckw = settings['layers'], settings['pools'], _cache_kw(model)
+    prompts = [ids[g[0]][:c] for c, g in groups]
+    pb = collate(prompts, pad_id, 'right', device)
+    p_len = pb['attention_mask'].sum(1)
+    cache = DynamicCache()
+    pos = torch.arange(pb['input_ids'].shape[1], device=device)[None].expand_as(pb['input_ids'])
+    hp = _run_blocks(model, layers, input_ids=pb['input_ids'], attention_mask=pb['attention_mask'],
+                     position_ids=pos, use_cache=True, **{ckw: cache})
+    rep = torch.tensor([j for j, (_, g) in enumerate(groups) for _ in g], device=device)
+    cache.reorder_cache(rep)
+    sel = [i for _, g in groups for i in g]
+    c_of = [c for c, g in groups for _ in g]
+    rb = collate([ids[i][c:] for i, c in zip(sel, c_of)], pad_id, 'right', device)
+    mask = torch.cat([pb['attention_mask'][rep], rb['attention_mask']], 1)
+    rpos = p_len[rep, None] + torch.arange(rb['input_ids'].shape[1], device=device)[None]
+    hr = _run_blocks(model, layers, input_ids=rb['input_ids'], attention_mask=mask, position_ids=rpos, use_cache=True,
+                     **{ckw: cache})
+    r_n = rb['attention_mask'].sum(1)
+    start = torch.tensor([len(ids[i]) - n_resp[i] - c for i, c in zip(sel, c_of)], device=device)   # response start
+    loc = torch.arange(rb['input_ids'].shape[1], device=device)[None]
+    w_r = ((loc >= start[:, None]) & (loc < r_n[:, None]))[..., None].float()
+    w_q, w_p = (loc < start[:, None])[..., None].float(), pb['attention_mask'][..., None].float()
+    out = {}
+    for l in layers:
+        h = hr[l].float()
+        for p in pools:
+            if p == 'last':
+                out[f'last{l}'] = h[torch.arange(len(h)), r_n - 1]
+            elif p == 'mean':
+                out[f'mean{l}'] = (h * w_r).sum(1) / w_r.sum(1)
+            elif p == 'prompt':
+                num = (hp[l].float() * w_p).sum(1)[rep] + (h * w_q).sum(1)
+                out[f'prompt{l}'] = num / (w_p.sum(1)[rep] + w_q.sum(1))
+            else:
+                raise ValueError(f"pools: unknown pooling {p!r} (use 'last', 'mean' or 'prompt')")
+    return sel, out
+
+def _group_batches(groups:list, ids:list, batch_size:int) -> list:
+    "Groups sorted by their longest unshared part (the second pass's padded width), in batches of ~`batch_size` texts."
+    batches, cur = [], []
+    for g in sorted(groups, key=lambda g: (-max(len(ids[i]) for i in g[1]) + g[0], -g[0])):
+        cur.append(g)
+        if sum(len(x) for _, x in cur) >= batch_size:
+            batches, cur = batches + [cur], []
+    return batches + [cur] if cur else batches
+
+def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device, reuse_prompt:bool=False) -> dict:
     ids, n_resp, resp_len = _encode_items(items, tokenizer, settings['max_length'])
-    order = sorted(range(len(items)), key=lambda i: -len(ids[i]))
-    feats, t = {}, time.time()
+    groups, single = _prefix_groups(items, ids, n_resp) if reuse_prompt else ([], list(range(len(items))))
+    order = sorted(single, key=lambda i: -len(ids[i]))
+    feats, t, pad = {}, time.time(), _pad_id(tokenizer)
     with torch.inference_mode():
+        for batch in _group_batches(groups, ids, batch_size):
+            sel, out = _forward_groups(model, ids, n_resp, batch, settings, pad, device)
+            _store(feats, out, sel, len(items))
         for s in range(0, len(order), batch_size):
             sel = order[s:s + batch_size]
-            b = collate([ids[i] for i in sel], _pad_id(tokenizer), 'right', device)
+            b = collate([ids[i] for i in sel], pad, 'right', device)
             out = forward_features(model, b['input_ids'], b['attention_mask'], torch.tensor([n_resp[i] for i in sel]),
                                    settings['layers'], settings['pools'])
-            for name, v in out.items():
-                feats.setdefault(name, torch.empty(len(items), v.shape[1]))[sel] = v.cpu()
+            _store(feats, out, sel, len(items))
     return dict(keys=keys, keys_digest=_digest(keys), feats=feats, response_tokens=torch.tensor(resp_len),
                 response_chars=torch.tensor([len(y) for _, y in items]), seconds=time.time() - t)
 
@@ -245,11 +343,12 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    items:list[tuple[str, str]], # (prompt, response) pairs; duplicates are computed once
                    cache:str|Path, # cache folder (created; resumed when it exists with the same fingerprint)
                    layers:list[int]|None=None, # 1-based blocks to read (default: the middle block)
-                   pools:tuple=('last', 'mean'), # poolings to store
+                   pools:tuple=('last', 'mean', 'prompt'), # poolings to store
                    max_length:int=256, # tokens per text, cut from the left
                    shard_size:int=256, # texts per shard file
                    batch_size:int=16, # texts per forward pass
                    rebuild:bool=False, # delete a cache built with another fingerprint instead of raising
+                   reuse_prompt:bool=False, # texts sharing a prompt window: run it once, reuse its keys/values
                    max_shards:int|None=None, # stop after computing this many new shards (simulates a killed run)
                    progress:bool=True,
                   ) -> dict: # feats {name: [N, d]}, response_tokens, response_chars [N], fingerprint, stats
@@ -269,7 +368,8 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
     n0, t = _next_shard(cache), time.time()
     device = next(model.parameters()).device
     for c, chunk in enumerate(tqdm(chunks, desc='feature shards', disable=not progress or len(chunks) < 2)):
-        shard = _compute_shard(model, tokenizer, [items[first[k]] for k in chunk], chunk, settings, batch_size, device)
+        shard = _compute_shard(model, tokenizer, [items[first[k]] for k in chunk], chunk, settings, batch_size, device,
+                               reuse_prompt)
         path = cache/f'shard-{n0 + c:05d}.pt'
         atomic_write_torch(path, {**shard, 'fingerprint': meta['fingerprint']})
         index.update({k: (path, i) for i, k in enumerate(chunk)})
@@ -310,16 +410,25 @@ def pair_items(dataset) -> list[tuple[str, str]]:
     "(prompt, response) of every pair's chosen and rejected response, in that order."
     return [(p, y) for p, c, r in zip(dataset['prompt'], dataset['chosen'], dataset['rejected']) for y in (c, r)]
 
+def _column(feats:dict, n:str) -> Tensor|None:
+    "One named feature of every text: a cached pooling, or `cos{l}`, the cosine of the response mean and prompt mean."
+    if n in feats:
+        return feats[n]
+    if n.startswith('cos') and f'mean{n[3:]}' in feats and f'prompt{n[3:]}' in feats:
+        return torch.cosine_similarity(feats[f'mean{n[3:]}'], feats[f'prompt{n[3:]}'], dim=1)[:, None]
+    return None
+
 def pair_deltas(features:dict, # output of `build_features` for `pair_items(dataset)`
-                name:str='mean16', # feature set: '{pool}{layer}', or several joined by '+'
+                name:str='mean16', # feature set: '{pool}{layer}' or 'cos{layer}', or several joined by '+'
                ) -> tuple[Tensor, Tensor]: # ([N, d] feature differences, [N] length differences in 100 tokens)
     "Chosen-minus-rejected features and lengths of every pair."
-    missing = [n for n in name.split('+') if n not in features['feats']]
+    cols = {n: _column(features['feats'], n) for n in name.split('+')}
+    missing = [n for n, c in cols.items() if c is None]
     if missing:
         raise ValueError(f"feature set {name!r}: {missing} not in the cache (it has {sorted(features['feats'])})")
     if not bool(features['found'].all()):
         raise ValueError(f"{int((~features['found']).sum())} texts have no cached features: build the cache first")
-    x = torch.cat([features['feats'][n] for n in name.split('+')], 1)
+    x = torch.cat(list(cols.values()), 1)
     ell = features['response_tokens'].float() / 100
     return x[0::2] - x[1::2], ell[0::2] - ell[1::2]
 
@@ -355,6 +464,19 @@ def _inner_split(groups:np.ndarray, rng:np.random.Generator, share:float=0.25) -
 # %% ../nbs/06a_features.ipynb #c023
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
 
+def _choose_l2(x:Tensor, groups:np.ndarray, grid, inner_folds:int, rng:np.random.Generator) -> float:
+    "The penalty of `grid` with the lowest held-out log-loss: one split (a quarter of the prompts) or k prompt folds."
+    if inner_folds <= 1:
+        splits = [_inner_split(groups, rng)]
+    else:
+        g = np.unique(groups)
+        fold_of = dict(zip(g, rng.permutation(len(g)) % inner_folds))
+        fold = np.array([fold_of[v] for v in groups])
+        splits = [fold == f for f in range(inner_folds)]
+    def loss(l2):
+        return sum(torch.nn.functional.softplus(-(x[v] @ _fit_logistic(x[~v], l2))).sum().item() for v in splits)
+    return min(grid, key=loss)
+
 def fit_heads(dx:Tensor, # [N, d] feature differences (`pair_deltas`)
               dlen:Tensor, # [N] length differences
               aspect:Tensor, # [N] aspect index of each pair's label
@@ -363,6 +485,7 @@ def fit_heads(dx:Tensor, # [N, d] feature differences (`pair_deltas`)
               use_features:bool=True, # False: a length-only head (the baseline)
               length_balance:bool=False, # train each head on a length-balanced subsample
               l2_grid=L2_GRID, # penalties tried per aspect
+              inner_folds:int=1, # 1: L2 chosen on one held-out quarter of the prompts; k>1: k inner folds by prompt
               seed:int=0,
              ) -> dict: # scale, w [K, d], a [K], beta [K], l2 [K], n [K]
     "K linear Bradley-Terry heads on feature differences with an explicit length input, and their length slopes."
@@ -378,10 +501,8 @@ def fit_heads(dx:Tensor, # [N, d] feature differences (`pair_deltas`)
             raise ValueError(f"fit_heads: no training pairs for aspect {j}")
         xj, gj = x[idx], np.asarray(groups)[idx]
         best = l2_grid[0]
-        if use_features and len(l2_grid) > 1 and len(np.unique(gj)) >= 4:
-            val = _inner_split(gj, rng)
-            loss = lambda l2: torch.nn.functional.softplus(-(xj[val] @ _fit_logistic(xj[~val], l2))).mean().item()
-            best = min(l2_grid, key=loss)
+        if use_features and len(l2_grid) > 1 and len(np.unique(gj)) >= max(4, inner_folds):
+            best = _choose_l2(xj, gj, l2_grid, inner_folds, rng)
         W[j], L2s, ns = _fit_logistic(xj, best), L2s + [best], ns + [len(idx)]
     margins = x @ W.T
     beta = (margins * dlen[:, None]).sum(0) / (dlen ** 2).sum().clamp(min=1e-12)
@@ -438,6 +559,23 @@ def pd_from_margins(margins:Tensor, # [N, K] estimated margins
     "PD of every pair from its K margins, scaled like `score_dataset` and `rating_pd`."
     s = scale_margins(margins, gamma=gamma)
     return preference_divergence(s, torch.zeros_like(s), aspect)
+
+# %% ../nbs/06a_features.ipynb #c027b
+STACK_L2_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+ESTIMATORS = dict(stack=dict(l2_grid=STACK_L2_GRID, inner_folds=3))
+
+def stack_feature(layers:list[int]) -> str:
+    "Response means of every layer, the deepest layer's last token, per layer the response-prompt cosine."
+    return '+'.join([f'mean{l}' for l in layers] + [f'last{max(layers)}'] + [f'cos{l}' for l in layers])
+
+def resolve_feature(feature:str|None, # 'stack', a feature set ('mean16', 'mean8+last16', ...) or None (the default)
+                    layers:list[int], # the cached layers
+                   ) -> tuple[str, dict]: # (feature set, `fit_heads` settings)
+    "Feature set and head-fitting settings of an estimator name."
+    feature = feature or f'mean{max(layers)}'
+    if feature in ESTIMATORS:
+        return stack_feature(layers), dict(ESTIMATORS[feature])
+    return feature, {}
 
 # %% ../nbs/06a_features.ipynb #c029
 def sign_agreement(est, true) -> float:
@@ -505,8 +643,8 @@ def accuracy_by_aspect(margins:Tensor, # [N, K] estimated margins
 
 # %% ../nbs/06a_features.ipynb #c032
 def default_layers(n_blocks:int) -> list[int]:
-    "Two blocks at about a quarter and a half of the depth (8 and 16 for SmolLM2's 30)."
-    return sorted({max(1, round(n_blocks * 0.27)), max(1, round(n_blocks * 0.53))})
+    "Four blocks up to about half of the depth (4, 8, 12 and 16 for SmolLM2's 30): the forward stops at the deepest."
+    return sorted({max(1, round(n_blocks * f)) for f in (0.13, 0.27, 0.4, 0.53)})
 
 def default_cache(base:str) -> Path:
     "Feature cache folder of a backbone: `$PD_ALIGN_CACHE/features/<base>` (default `~/.cache/pd_align`)."
@@ -531,8 +669,8 @@ def _prompt_keys(prompts) -> list[str]:
 def fit_feature_heads(data, # aggregated fine-grained pairs
                       base:str, # backbone name ('smollm2', hub name, path)
                       cache:str|Path|None=None, # feature cache (default `default_cache(base)`)
-                      feature:str|None=None, # feature set (default 'mean{deepest layer}')
-                      layers:list[int]|None=None, pools=('last', 'mean'), max_length:int=256,
+                      feature:str|None=None, # 'stack' or a feature set (default 'mean{deepest layer}')
+                      layers:list[int]|None=None, pools=('last', 'mean', 'prompt'), max_length:int=256,
                       k:int=5, length_balance:bool=False, rebuild:bool=False, seed:int=0, progress:bool=True,
                      ) -> tuple[dict, dict]: # (heads, report: cross-fitted held-out accuracy per aspect, settings)
     "Cache features, cross-validate and fit K linear Bradley-Terry heads on all pairs (only the cache is written)."
@@ -541,21 +679,27 @@ def fit_feature_heads(data, # aggregated fine-grained pairs
     settings = dict(layers=layers, pools=list(pools), max_length=max_length)
     cache = cache or default_cache(base)
     feats = dataset_features(model, tok, data, cache, settings, rebuild, progress)
-    feature = feature or f'mean{max(layers)}'
+    estimator = feature or f'mean{max(layers)}'
+    feature, fit = resolve_feature(estimator, layers)
     aspects = get_aspects(data)
     prompts = list(data['prompt'])
     dx, dlen = pair_deltas(feats, feature)
     asp = aspect_index(data, aspects)
-    cf = crossfit_margins(dx, dlen, asp, len(aspects), prompts, k=k, seed=seed, length_balance=length_balance)
+    cf = crossfit_margins(dx, dlen, asp, len(aspects), prompts, k=k, seed=seed, length_balance=length_balance, **fit)
     acc = accuracy_by_aspect(cf['margins'], asp, aspects, prompts, seed=seed)
-    heads = fit_heads(dx, dlen, asp, len(aspects), np.asarray(prompts), length_balance=length_balance, seed=seed)
-    report = dict(kind='feature_heads', base=base, cache=str(cache), feature=feature, settings=settings,
+    acc_nl = accuracy_by_aspect(cf['margins_nl'], asp, aspects, prompts, seed=seed)
+    heads = fit_heads(dx, dlen, asp, len(aspects), np.asarray(prompts), length_balance=length_balance, seed=seed,
+                      **fit)
+    report = dict(kind='feature_heads', base=base, cache=str(cache), estimator=estimator, feature=feature, fit=fit,
+                  settings=settings, heldout_accuracy_nl=acc_nl,
                   aspects=aspects, k=k, length_balance=length_balance, seed=seed, heldout_accuracy=acc,
                   features=feats['stats'], features_fingerprint=feats['fingerprint'], n_train=len(data),
                   train_prompts=_prompt_keys(prompts))
     return dict(heads), report
 
 # %% ../nbs/06a_features.ipynb #c034
+DEFAULT_KEEP_LENGTH = True   # the PD mode of `score_feature_heads` and `pd-align score`, from 10_real_data's evidence
+
 def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed in place on the seen rows)
                    dx:Tensor, dlen:Tensor, asp:Tensor, # the scored pairs' feature and length differences, aspects
                    seen:np.ndarray, # [N] bool: the heads trained on this pair's prompt
@@ -567,7 +711,7 @@ def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed 
         return fold, []
     seen_prompts = [p for p, s in zip(prompts, seen) if s]
     cf = crossfit_margins(dx[seen], dlen[seen], asp[seen], len(report['aspects']), seen_prompts, k=report['k'],
-                          seed=report['seed'], length_balance=report['length_balance'])
+                          seed=report['seed'], length_balance=report['length_balance'], **report.get('fit', {}))
     margins[seen] = cf['margins'] if keep_length else cf['margins_nl']
     fold[seen] = cf['fold']
     return fold, [dict(f) for f in cf['folds']]
@@ -575,10 +719,11 @@ def _crossfit_seen(margins:Tensor, # [N, K] margins of the saved heads (changed 
 def score_feature_heads(data, # fine-grained pairs to score
                         heads:dict, # from `fit_feature_heads`
                         report:dict, # its report (backbone, cache, settings, the keys of the training prompts)
-                        keep_length:bool=False, # PD from margins with the length contribution (default: removed)
+                        keep_length:bool|None=None, # PD with the length contribution (None: `DEFAULT_KEEP_LENGTH`)
                         rebuild:bool=False, progress:bool=True,
                        ) -> tuple: # (`data` with `pd` and `fold` columns, info: the cross-fitting folds, PD summary)
     "Score every pair with feature heads (cross-fitted where they saw its prompt) and add PD."
+    keep_length = DEFAULT_KEEP_LENGTH if keep_length is None else keep_length
     if len(data) == 0:
         raise ValueError('score: the dataset has no pairs')
     aspects = report['aspects']

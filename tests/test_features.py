@@ -11,7 +11,8 @@ import torch
 from pd_align.cli import main
 from pd_align.io import save_dataset_atomic
 from pd_align.features import (FeatureCacheMismatch, build_features, crossfit_margins, pair_deltas, pair_items, prompt_folds,
-                               head_margins, fit_heads)
+                               head_margins, fit_heads, resolve_feature, ESTIMATORS, STACK_L2_GRID, forward_features,
+                               DEFAULT_KEEP_LENGTH)
 from pd_align.reward import CallCounter
 from pd_align.synthetic import synthetic_pairs
 from pd_align.tiny import tiny_model_and_tokenizer
@@ -35,7 +36,7 @@ def test_one_forward_per_unique_response(world, lm_tok, tmp_path):
     n_unique = len(set(items))
     assert n_unique < len(items)
     c = forwards(lm)
-    f = build_features(lm, tok, items, tmp_path/'c', layers=[1, 2], shard_size=16, progress=False)
+    f = build_features(lm, tok, items, tmp_path/'c', layers=[1, 2], shard_size=16, progress=False, reuse_prompt=False)
     assert c.rows == n_unique and f['stats']['computed'] == n_unique
     assert f['feats']['mean2'].shape == (len(items), lm.config.hidden_size) and bool(f['found'].all())
     g = build_features(lm, tok, items, tmp_path/'c', layers=[1, 2], shard_size=16, progress=False)
@@ -51,11 +52,12 @@ def test_resume_after_killed_run(world, lm_tok, tmp_path):
     n_unique = len(set(items))
     full = build_features(lm, tok, items, tmp_path/'ref', layers=[2], progress=False)
     c = forwards(lm)
-    part = build_features(lm, tok, items, tmp_path/'c', layers=[2], shard_size=16, max_shards=2, progress=False)  # "killed"
+    part = build_features(lm, tok, items, tmp_path/'c', layers=[2], shard_size=16, max_shards=2, progress=False,
+                          reuse_prompt=False)  # "killed"
     assert part['stats']['computed'] == 32 and part['stats']['missing'] == n_unique - 32
     assert int(part['found'].sum()) < len(items)
     (tmp_path/'c'/'shard-99999.tmp').write_bytes(b'half-written')   # a shard interrupted mid-write is ignored
-    rest = build_features(lm, tok, items, tmp_path/'c', layers=[2], shard_size=16, progress=False)
+    rest = build_features(lm, tok, items, tmp_path/'c', layers=[2], shard_size=16, progress=False, reuse_prompt=False)
     assert rest['stats']['from_cache'] == 32 and rest['stats']['computed'] == n_unique - 32
     assert c.rows == n_unique                                    # nothing computed twice
     assert torch.allclose(rest['feats']['mean2'], full['feats']['mean2'], atol=1e-5)
@@ -71,7 +73,7 @@ def test_fingerprint_mismatch(world, lm_tok, tmp_path):
     with pytest.raises(FeatureCacheMismatch, match='fingerprint'):
         build_features(other, tok, items, tmp_path/'c', layers=[2], progress=False)   # other weights
     f = build_features(lm, tok, items, tmp_path/'c', layers=[1], rebuild=True, progress=False)
-    assert f['stats']['computed'] == len(set(items)) and sorted(f['feats']) == ['last1', 'mean1']
+    assert f['stats']['computed'] == len(set(items)) and sorted(f['feats']) == ['last1', 'mean1', 'prompt1']
 
 def test_no_pair_scored_by_a_head_trained_on_its_prompt():
     rng = np.random.default_rng(0)
@@ -122,3 +124,78 @@ def test_cli_feature_heads_end_to_end(world, lm_tok, tmp_path, capsys):
     assert main(['select', '--scored', str(tmp_path/'s'), '--ratio', '0.3', '--out', str(tmp_path/'sel')]) == 0
     assert main(['reward', '--heads', 'features', '--data', str(tmp_path/'data'), '--out', str(tmp_path/'rm2')]) == 2
     assert '--heads features needs --base' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('max_length', [256, 24])   # 24: most windows are cut, so few texts share a prefix
+def test_prompt_reuse_gives_the_same_features_with_fewer_tokens(world, lm_tok, tmp_path, max_length):
+    lm, tok = lm_tok
+    long = lambda p: ' '.join([p] * 12)   # prompts long enough to be worth sharing (16 tokens or more)
+    items = [(long(p), y) for p, y in pair_items(world)[:24]] + [(long(world['prompt'][0]), 'a third answer')]
+    seen = []
+    hook = lm.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    kw = dict(layers=[1, 2], max_length=max_length, batch_size=4, progress=False)
+    new = build_features(lm, tok, items, tmp_path/'new', reuse_prompt=True, **kw)
+    n_new, seen[:] = sum(seen), []
+    old = build_features(lm, tok, items, tmp_path/'old', reuse_prompt=False, **kw)
+    hook.remove()
+    assert sorted(new['feats']) == sorted(f'{p}{l}' for p in ('last', 'mean', 'prompt') for l in (1, 2))
+    for name in old['feats']:
+        assert torch.allclose(new['feats'][name], old['feats'][name], atol=1e-5), name
+    if max_length == 256:
+        assert n_new < 0.8 * sum(seen)   # the shared prompts went through once
+
+def test_prompt_pooling_is_the_mean_over_the_prompt_tokens(lm_tok):
+    lm, tok = lm_tok
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 11, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    out = forward_features(lm, ids, mask, torch.tensor([2, 1]), [1], ['prompt', 'mean', 'last'])
+    h = lm.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[1]
+    assert torch.allclose(out['prompt1'][0], h[0, :4].mean(0), atol=1e-5)
+    assert torch.allclose(out['prompt1'][1], h[1, :3].mean(0), atol=1e-5)
+    assert torch.allclose(out['mean1'][0], h[0, 4:].mean(0), atol=1e-5)
+    assert torch.allclose(out['last1'][1], h[1, 3], atol=1e-5)
+
+def test_stack_estimator_is_fixed_and_nested():
+    name, fit = resolve_feature('stack', [4, 8, 12, 16])
+    assert name == 'mean4+mean8+mean12+mean16+last16+cos4+cos8+cos12+cos16'
+    assert fit == dict(l2_grid=STACK_L2_GRID, inner_folds=3) == ESTIMATORS['stack']
+    assert resolve_feature('mean8+last16', [8, 16]) == ('mean8+last16', {})
+    rng = np.random.default_rng(0)
+    N, d = 300, 40
+    dx = torch.tensor(rng.normal(size=(N, d)))
+    w = torch.zeros(d, dtype=torch.float64)
+    w[0] = 3.0
+    sign = torch.where(torch.rand(N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+                       < torch.sigmoid(dx @ w), 1.0, -1.0)
+    dx, dlen = dx * sign[:, None], torch.tensor(rng.normal(size=N)) * sign
+    groups = np.array([f'p{i // 3}' for i in range(N)])
+    h = fit_heads(dx, dlen, torch.zeros(N, dtype=torch.long), 1, groups, **fit)
+    assert h['l2'][0] in STACK_L2_GRID
+    acc = float((head_margins(h, dx, dlen)[:, 0] > 0).double().mean())
+    assert acc > 0.8
+
+def test_score_uses_the_default_pd_mode_and_prints_the_heads_quality(world, lm_tok, tmp_path, capsys):
+    lm, tok = lm_tok
+    lm.save_pretrained(tmp_path/'lm')
+    tok.save_pretrained(tmp_path/'lm')
+    save_dataset_atomic(world, tmp_path/'data')
+    base = ['--data', str(tmp_path/'data'), '--features-cache', str(tmp_path/'cache')]
+    assert main(['reward', '--heads', 'features', '--base', str(tmp_path/'lm'), *base, '--folds', '3',
+                 '--feature', 'mean1', '--out', str(tmp_path/'rm')]) == 0
+    capsys.readouterr()
+    runs = {}
+    for flag in ([], ['--keep-length'], ['--remove-length']):
+        out = tmp_path/('s' + ''.join(flag))
+        assert main(['score', '--reward-model', str(tmp_path/'rm'), '--data', str(tmp_path/'data'), *flag,
+                     '--out', str(out)]) == 0
+        runs[tuple(flag)] = (json.loads((out/'score.json').read_text()), capsys.readouterr().out)
+    assert runs[()][0]['keep_length'] is DEFAULT_KEEP_LENGTH is True
+    assert runs[('--keep-length',)][0]['keep_length'] and not runs[('--remove-length',)][0]['keep_length']
+    text = runs[()][1]
+    assert 'estimator mean1 (3-fold cross-fitted by prompt' in text and 'PD with length kept' in text
+    assert text.count('held-out accuracy') == len(set(world['aspect'])) and 'n=' in text and '; other mode' in text
+    assert 'PD with length removed' in runs[('--remove-length',)][1]
+    with pytest.raises(SystemExit) as e:   # the two modes exclude each other: a one-line usage error
+        main(['score', '--reward-model', str(tmp_path/'rm'), '--data', str(tmp_path/'data'), '--keep-length',
+              '--remove-length', '--out', str(tmp_path/'x')])
+    assert e.value.code == 2 and 'not allowed with argument --keep-length' in capsys.readouterr().err
