@@ -4,13 +4,15 @@
 
 # %% ../nbs/00_io.ipynb #c002
 from __future__ import annotations
-import collections, gzip, io, itertools, json, os, shutil, tempfile, uuid
+import collections, dataclasses, gzip, io, itertools, json, os, shutil, tempfile, uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 # %% auto #0
 __all__ = ['check_on_error', 'iter_jsonl', 'read_jsonl', 'atomic_write_text', 'atomic_write_bytes', 'atomic_write_torch',
-           'atomic_write_json', 'write_jsonl_atomic', 'atomic_write_folder', 'save_dataset_atomic']
+           'atomic_write_json', 'write_jsonl_atomic', 'atomic_write_folder', 'save_dataset_atomic', 'ArtefactError',
+           'one_line', 'json_kind', 'read_json', 'load_artefact', 'ConfigError', 'check_keys', 'config_from_dict',
+           'read_mapping', 'read_config']
 
 # %% ../nbs/00_io.ipynb #c005
 def check_on_error(on_error:str, # 'raise' or 'skip'
@@ -205,3 +207,166 @@ def save_dataset_atomic(ds, # a `datasets.Dataset` (anything with `save_to_disk`
                        ) -> Path:
     "`ds.save_to_disk` into a temp sibling folder, then swap it into `path` (an existing folder is replaced)."
     return atomic_write_folder(path, lambda tmp: ds.save_to_disk(str(tmp)))
+
+# %% ../nbs/00_io.ipynb #r29002
+class ArtefactError(ValueError):
+    "A file or folder that cannot be used as it is: one line naming it, what is wrong, and the command that fixes it."
+    def __init__(self, path, # the file or folder
+                 problem:str, # what is wrong with it
+                 fix:str|None=None, # what to do about it (a command), when known
+                ):
+        self.path, self.problem, self.fix = str(path), one_line(problem), fix
+        super().__init__(f'{path}: {self.problem}' + (f'; fix: {fix}' if fix else ''))
+
+def one_line(text, # any message (an exception's may span lines)
+             limit:int=300, # characters kept
+            ) -> str:
+    "`text` with its whitespace runs (newlines too) made single spaces, cut to `limit` characters."
+    s = ' '.join(str(text).split())
+    return s if len(s) <= limit else s[:limit - 3] + '...'
+
+_KINDS = {dict: 'an object', list: 'an array', str: 'a string', bool: 'true/false', int: 'a number',
+          float: 'a number', type(None): 'null'}
+
+def json_kind(obj) -> str:
+    "What a parsed JSON value is, in words ('an object', 'an array', ...)."
+    return _KINDS.get(type(obj), type(obj).__name__)
+
+# %% ../nbs/00_io.ipynb #r29003
+def _json_text(path:Path, fix:str|None) -> str:
+    "The text of a JSON file (gunzipped when the name ends with .gz); `ArtefactError` when it cannot be read."
+    try:
+        with _open_bytes(path) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ArtefactError(path, 'missing', fix) from None
+    except IsADirectoryError:
+        raise ArtefactError(path, 'is a folder, not a JSON file', fix) from None
+    except (OSError, EOFError) as e:
+        raise ArtefactError(path, f'cannot be read ({type(e).__name__}: {e})', fix) from None
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise ArtefactError(path, f'not a JSON file (not UTF-8 text at byte {e.start}: damaged?)', fix) from None
+    if not text.strip():
+        raise ArtefactError(path, 'empty (an interrupted write?)', fix)
+    return text
+
+def read_json(path:str|Path, # a .json (or .json.gz) file
+              expect:type|tuple|None=dict, # the type the top level must have (None: anything)
+              fix:str|None=None, # the command that repairs or rebuilds the file, for the error
+             ):
+    "The parsed JSON of `path`; `ArtefactError` naming the file when it is missing, empty, not JSON or another shape."
+    path = Path(path)
+    text = _json_text(path, fix)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArtefactError(path, f'not valid JSON ({e.msg} at line {e.lineno} column {e.colno})', fix) from None
+    if expect is not None and not isinstance(obj, expect):
+        want = ' or '.join(_KINDS.get(t, t.__name__) for t in (expect if isinstance(expect, tuple) else (expect,)))
+        raise ArtefactError(path, f'expected {want} at the top level, got {json_kind(obj)}', fix)
+    return obj
+
+def load_artefact(path:str|Path, # the file or folder to load
+                  loader, # called as `loader(path)`
+                  fix:str|None=None, # the command that repairs or rebuilds it, for the error
+                  what:str='file', # what `path` should be, in words ('a torch file', 'a datasets folder')
+                 ):
+    "`loader(path)`; a missing `path`, or any error of the loader, becomes one `ArtefactError` naming `path` and `fix`."
+    path = Path(path)
+    if not path.exists():
+        raise ArtefactError(path, 'missing', fix)
+    try:
+        return loader(path)
+    except ArtefactError:
+        raise
+    except Exception as e:
+        raise ArtefactError(path, f'damaged or not {what} ({type(e).__name__}: {e})', fix) from e
+
+# %% ../nbs/00_io.ipynb #r29007
+class ConfigError(ArtefactError):
+    "A settings file or mapping with an unknown key, a missing key or a bad value (`key` names it when known)."
+    def __init__(self, path, problem:str, fix:str|None=None, key:str|None=None):
+        super().__init__(path, problem, fix)
+        self.key = key
+
+def _keys(names:list) -> str: return ', '.join(repr(k) for k in names)
+
+def check_keys(d:Mapping, # the settings
+               cls, # a dataclass
+               source, # where `d` came from (a file), for the error
+               require_all:bool=False, # every field is required (a protocol), not only those without a default
+               nested:dict|None=None, # {field: dataclass} whose mapping values are checked the same way
+               prefix:str='', # printed before the keys ('design.')
+               fix:str|None=None,
+              ) -> None:
+    "`ConfigError` naming the first unknown keys or missing required keys of `d` for dataclass `cls`."
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        raise ConfigError(source, f"unknown key{'s' * (len(unknown) > 1)} {_keys(prefix + k for k in unknown)} "
+                                  f"(known: {', '.join(names)})", fix, key=prefix + unknown[0])
+    free = (dataclasses.MISSING,)
+    need = names if require_all else [f.name for f in fields
+                                      if f.default in free and f.default_factory in free]
+    missing = [k for k in need if k not in d]
+    if missing:
+        raise ConfigError(source, f"missing key{'s' * (len(missing) > 1)} {_keys(prefix + k for k in missing)}"
+                                  + (' (every field must be given)' if require_all else ''), fix,
+                          key=prefix + missing[0])
+    for name, sub in (nested or {}).items():
+        if name in d and not isinstance(d[name], Mapping):
+            raise ConfigError(source, f"key {prefix + name!r}: expected an object, got {json_kind(d[name])}", fix,
+                              key=prefix + name)
+        if name in d:
+            check_keys(d[name], sub, source, require_all, None, f'{prefix}{name}.', fix)
+
+def config_from_dict(d:Mapping, # the settings
+                     cls, # a dataclass
+                     source, # where `d` came from, for the error
+                     require_all:bool=False, nested:dict|None=None, prefix:str='', fix:str|None=None,
+                    ): # an instance of `cls`
+    "`cls(**d)` after `check_keys`; its own `ValueError`/`TypeError` becomes one `ConfigError` naming `source`."
+    if not isinstance(d, Mapping):
+        raise ConfigError(source, f'expected an object{" for " + prefix.rstrip(".") if prefix else ""}, '
+                                  f'got {json_kind(d)}', fix)
+    check_keys(d, cls, source, require_all, nested, prefix, fix)
+    try:
+        return cls(**d)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(source, f'{prefix}{e}' if prefix else str(e), fix) from None
+
+def read_mapping(path:str|Path, # a .json, .json.gz, .yaml or .yml file
+                 fix:str|None=None,
+                ) -> dict:
+    "The top-level mapping of a JSON or YAML settings file; `ArtefactError` naming the file otherwise."
+    path = Path(path)
+    if path.suffix not in ('.yaml', '.yml'):
+        return read_json(path, dict, fix)
+    import yaml
+    try:
+        d = yaml.safe_load(_json_text(path, fix))
+    except yaml.YAMLError as e:
+        raise ArtefactError(path, f'not valid YAML ({e})', fix) from None
+    if not isinstance(d, dict):
+        raise ArtefactError(path, f'expected a mapping at the top level, got {type(d).__name__}', fix)
+    return d
+
+def read_config(path:str|Path, # a JSON or YAML settings file
+                cls, # the dataclass it holds
+                section:str|None=None, # read this key of the file (the rest is free prose)
+                require_all:bool=False, # every field must be given (a pre-registered protocol)
+                nested:dict|None=None, # {field: dataclass} checked the same way
+                fix:str|None=None, # the command that fixes it, for the error
+               ): # an instance of `cls`
+    "Settings file -> dataclass, strictly: not JSON, wrong shape, unknown or missing keys each raise one `ConfigError`."
+    d = read_mapping(path, fix)
+    if section is not None:
+        if section not in d:
+            raise ConfigError(path, f'missing key {section!r}', fix, key=section)
+        d = d[section]
+    return config_from_dict(d, cls, path, require_all, nested, f'{section}.' if section else '', fix)

@@ -802,14 +802,8 @@ def protocol_dict(p:Protocol, # the design
 
 def load_protocol(path:str|Path) -> Protocol:
     "The `Protocol` in a protocol file (JSON written by `protocol_dict`)."
-    doc = json.loads(Path(path).read_text())
-    if 'design' not in doc:
-        raise ValueError(f"protocol file {path}: no 'design' entry")
-    known = {f.name for f in fields(Protocol)}
-    bad = sorted(set(doc['design']) - known)
-    if bad:
-        raise ValueError(f"protocol file {path}: unknown design fields {bad}; known: {sorted(known)}")
-    return Protocol(**doc['design'])
+    from pd_align.io import read_config # strict: every design and config field given, no unknown key, one-line errors
+    return read_config(path, Protocol, 'design', require_all=True, nested={'config': TextToyConfig})
 
 # %% ../nbs/08_text_toy.ipynb #c065
 def _row(seed, share, method, n_train, steps, ev, **extra) -> dict:

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from .data import get_aspects
-from .io import atomic_write_json, atomic_write_torch, atomic_write_folder
+from .io import atomic_write_json, atomic_write_torch, atomic_write_folder, read_mapping, ConfigError
 from .losses import sequence_logps, dpo_loss, dfpo_loss
 
 # %% auto #0
@@ -112,14 +112,11 @@ class DPOConfig:
                   **overrides): # fields that replace the file's values
         "Load a config from json or yaml, then apply `overrides`."
         path = Path(path)
-        text = path.read_text()
-        if path.suffix in ('.yaml', '.yml'):
-            import yaml
-            d = yaml.safe_load(text) or {}
-        elif path.suffix == '.json': d = json.loads(text)
-        else: raise ValueError(f"config file {path}: expected .json, .yaml or .yml")
-        if not isinstance(d, dict): raise ValueError(f"config file {path}: expected a mapping at the top level")
-        return cls.from_dict({**d, **overrides})
+        if path.suffix not in ('.json', '.yaml', '.yml'):
+            raise ConfigError(path, 'a DPOConfig file must be .json, .yaml or .yml')
+        d = read_mapping(path)
+        try: return cls.from_dict({**d, **overrides})
+        except ValueError as e: raise ConfigError(path, str(e)) from None
 
     def to_dict(self) -> dict: return asdict(self)
     def replace(self, **changes) -> DPOConfig: return dataclasses.replace(self, **changes)

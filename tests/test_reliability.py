@@ -99,3 +99,77 @@ def test_summary_table_matches_the_code():
     "Every property of `EXAMPLES` has a row in this module's docstring, with the number of cases it really runs."
     rows = dict(re.findall(r'\(`(\w+)`, (\d+)\)', __doc__))
     assert {k: int(v) for k, v in rows.items()} == P.EXAMPLES, 'the summary table and EXAMPLES disagree'
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Issue 29: strict settings files (protocols and configs): unknown keys, missing keys, not JSON, wrong shape.
+
+import json
+from conftest import run_cli
+from pd_align.text_toy import Protocol, TextToyConfig, protocol_dict, smoke_protocol
+
+def one_line_error(res, *needles):
+    "A CLI result that is one stderr line (exit 2, no traceback) containing every needle."
+    rc, out, err = res
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert rc == 2 and len(lines) == 1 and 'Traceback' not in err, (rc, err)
+    for n in needles:
+        assert str(n) in lines[0], (n, lines[0])
+    return lines[0]
+
+def _protocol_doc() -> dict:
+    return json.loads(json.dumps(protocol_dict(smoke_protocol(), title='t')))
+
+@pytest.mark.parametrize('edit, needles', [
+    (lambda d: 'not json', ['not valid JSON']),
+    (lambda d: [1, 2], ['expected an object at the top level, got an array']),
+    (lambda d: {'title': 'no design'}, ["missing key 'design'"]),
+    (lambda d: {**d, 'design': [1]}, ['expected an object for design, got an array']),
+    (lambda d: {**d, 'design': {**d['design'], 'bogus': 1}}, ["unknown key 'design.bogus'"]),
+    (lambda d: {'design': {'seeds': [1, 2]}, 'bogus': 1},
+     ["missing keys 'design.shares'", 'every field must be given']),
+    (lambda d: {**d, 'design': {k: v for k, v in d['design'].items() if k != 'ratio'}}, ["missing key 'design.ratio'"]),
+    (lambda d: {**d, 'design': {**d['design'], 'config': {**d['design']['config'], 'n_promts': 3}}},
+     ["unknown key 'design.config.n_promts'"]),
+    (lambda d: {**d, 'design': {**d['design'], 'config': {k: v for k, v in d['design']['config'].items()
+                                                          if k != 'beta'}}}, ["missing key 'design.config.beta'"]),
+    (lambda d: {**d, 'design': {**d['design'], 'primary_share': 0.9}}, ['primary_share 0.9 is not in shares']),
+])
+def test_protocol_is_strict(tmp_path, edit, needles):
+    "A protocol file runs exactly as written or not at all: one line naming the file and the key (issue 29)."
+    doc = edit(_protocol_doc())
+    p = tmp_path / 'p.json'
+    p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    one_line_error(run_cli('text-toy', '--protocol', p), f'pd-align text-toy: error: {p}: ', *needles)
+
+def test_protocol_round_trip_is_accepted(tmp_path):
+    "The file `protocol_dict` writes is read back to the same design (the strict reader refuses nothing it writes)."
+    from pd_align.text_toy import load_protocol
+    p = tmp_path / 'p.json'
+    p.write_text(json.dumps(_protocol_doc()))
+    assert load_protocol(p) == Protocol(**{**vars(smoke_protocol()), 'config': vars(smoke_protocol().text_config())})
+
+@pytest.mark.parametrize('name, content, needles', [
+    ('c.json', '{"lr": 1e-3, "lerning_rate": 2}', ["unknown DPOConfig field 'lerning_rate'"]),
+    ('c.json', '{"lr": ', ['not valid JSON']),
+    ('c.json', '[1]', ['expected an object at the top level']),
+    ('c.json', '', ['empty']),
+    ('c.yaml', 'lr: [1e-3\n', ['not valid YAML']),
+    ('c.yaml', '- 1\n', ['expected a mapping at the top level']),
+    ('c.json', '{"beta": -1}', ['beta must be > 0']),
+    ('c.toml', 'lr = 1', ['must be .json, .yaml or .yml']),
+])
+def test_dpo_config_file_is_strict(tmp_path, name, content, needles):
+    "`pd-align train --config`: a bad settings file is one line naming the file, before any data or model is read."
+    p = tmp_path / name
+    p.write_text(content)
+    one_line_error(run_cli('train', '--data', tmp_path / 'absent', '--config', p, '--out', tmp_path / 'run'),
+                   str(p), *needles)
+    assert not (tmp_path / 'run').exists()
+
+def test_set_override_keys_are_strict(tmp_path):
+    "`--set` names an unknown field and a value of the wrong type, in one line."
+    one_line_error(run_cli('train', '--data', tmp_path, '--set', 'lerning_rate=1', '--out', tmp_path / 'r'),
+                   "--set lerning_rate=1: unknown DPOConfig field 'lerning_rate'")
+    one_line_error(run_cli('train', '--data', tmp_path, '--set', 'max_steps=abc', '--out', tmp_path / 'r'),
+                   "max_steps must be int or None, got 'abc'")
