@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from .data import aggregate
+from .io import ConfigError, read_mapping, config_from_dict
 from .divergence import spearman
 from .train import DPOConfig, train_dpo, tokenize_pairs, collate_pairs, pair_logps, _eval_mode
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
@@ -227,16 +228,18 @@ def protocol2_dict(p:Protocol2, # the design
                    **text, # every key of `PROSE_KEYS`
                   ) -> dict: # JSON-safe; `load_protocol2` reads it back
     "The protocol file's content: the prose, and the design with the full `TextToyConfig`."
-    _exact_keys(text, PROSE_KEYS, 'the prose', '<protocol2_dict>')
+    _exact_keys(text, PROSE_KEYS, '', '<protocol2_dict>')
     d = asdict(p)
     d['config'] = asdict(p.text_config())
     return dict(text, design=d)
 
 def _exact_keys(got, want, where:str, path):
-    "A ValueError naming the file, the place and every missing or unknown key."
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    if missing: raise ValueError(f"protocol file {path}: {where} is missing the key(s) {missing}")
-    if extra: raise ValueError(f"protocol file {path}: {where} has unknown key(s) {extra}; known: {sorted(want)}")
+    "A `pd_align.io.ConfigError` naming the file and the first unknown or missing key of `where`."
+    missing, extra = [k for k in want if k not in got], [k for k in got if k not in want]
+    if extra: raise ConfigError(path, f"unknown key(s) {[where + k for k in extra]} (known: {', '.join(want)})",
+                                key=where + extra[0])
+    if missing: raise ConfigError(path, f"missing key(s) {[where + k for k in missing]} (every key must be given)",
+                                  key=where + missing[0])
 
 def heldout_capacity(p:Protocol2) -> dict: # {seed: gold-ordered candidate pairs on its held-out prompts}
     "How many implicit-reward pairs each seed's held-out prompts and candidate sets give (no model needed)."
@@ -251,19 +254,18 @@ def check_producible(p:Protocol2, path='<protocol>'):
     cap = heldout_capacity(p)
     short = sorted(s for s, n in cap.items() if n < p.heldout_pairs)
     if short:
-        raise ValueError(f"protocol file {path}: heldout_pairs={p.heldout_pairs}, but the held-out candidates of "
-                         f"seed(s) {short} give only {min(cap[s] for s in short)} gold-ordered pairs")
+        raise ConfigError(path, f"design.heldout_pairs={p.heldout_pairs}, but the held-out candidates of seed(s) "
+                                f"{short} give only {min(cap[s] for s in short)} gold-ordered pairs",
+                          key='design.heldout_pairs')
 
 def load_protocol2(path:str|Path) -> Protocol2:
-    "Protocol 2 from its file, strictly: every key present, none unknown, and a held-out count the design can produce."
-    try: doc = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"protocol file {path}: not JSON ({e})") from None
-    _exact_keys(doc, PROSE_KEYS + ('design',), 'the top level', path)
-    _exact_keys(doc['design'], [f.name for f in fields(Protocol2)], "'design'", path)
-    _exact_keys(doc['design']['config'], [f.name for f in fields(TextToyConfig)], "'design.config'", path)
-    _exact_keys(doc['design']['gate'], GATE_KEYS, "'design.gate'", path)
-    try: p = Protocol2(**doc['design'])
-    except (TypeError, ValueError) as e: raise ValueError(f"protocol file {path}: {e}") from None
+    "Protocol 2 from its file, strictly (`pd_align.io`): every key present, none unknown, a producible held-out count."
+    doc = read_mapping(path)
+    _exact_keys(doc, PROSE_KEYS + ('design',), '', path)
+    design = doc['design']
+    if isinstance(design, dict) and isinstance(design.get('gate'), dict):
+        _exact_keys(design['gate'], GATE_KEYS, 'design.gate.', path)
+    p = config_from_dict(design, Protocol2, path, require_all=True, nested={'config': TextToyConfig}, prefix='design.')
     check_producible(p, path)
     return p
 

@@ -250,6 +250,7 @@ from pd_align.text_toy2 import (Protocol2, load_protocol2, protocol2_dict, smoke
                                 heldout_capacity, learning_gate, hypothesis_tests2, CONFIRM2_METHODS, hypotheses_or_none, UninformativeRun,
                                 summary2, write_protocol2_results, read_protocol2_results, paired_test, split_prompts)
 from pd_align.experiments import Results
+from pd_align.io import ConfigError
 
 PROTOCOL2_FILE = Path(__file__).parents[1] / 'nbs' / 'results' / 'text_toy_protocol2.json'
 
@@ -268,20 +269,20 @@ def test_protocol2_loader_round_trip_and_version(tmp_path):
     assert load_protocol(PROTOCOL_FILE).seeds == (100, 101, 102, 103, 104) # protocol 1 still loads, as registered
 
 @pytest.mark.parametrize('edit,match', [
-    (lambda d: d.pop('decision_rule'), r"top level is missing the key\(s\) \['decision_rule'\]"),
-    (lambda d: d.update(notes='x'), r"top level has unknown key\(s\) \['notes'\]"),
-    (lambda d: d['design'].pop('sesoi'), r"'design' is missing the key\(s\) \['sesoi'\]"),
-    (lambda d: d['design'].update(seedz=[1]), r"'design' has unknown key\(s\) \['seedz'\]"),
-    (lambda d: d['design']['config'].pop('dpo_lr'), r"'design.config' is missing the key\(s\) \['dpo_lr'\]"),
-    (lambda d: d['design']['config'].update(dpo_lr2=1.0), r"'design.config' has unknown key\(s\) \['dpo_lr2'\]"),
-    (lambda d: d['design']['gate'].pop('min_gain'), r"'design.gate' is missing the key\(s\) \['min_gain'\]"),
+    (lambda d: d.pop('decision_rule'), r"missing key\(s\) \['decision_rule'\]"),
+    (lambda d: d.update(notes='x'), r"unknown key\(s\) \['notes'\]"),
+    (lambda d: d['design'].pop('sesoi'), r"missing key 'design.sesoi'"),
+    (lambda d: d['design'].update(seedz=[1]), r"unknown key 'design.seedz'"),
+    (lambda d: d['design']['config'].pop('dpo_lr'), r"missing key 'design.config.dpo_lr'"),
+    (lambda d: d['design']['config'].update(dpo_lr2=1.0), r"unknown key 'design.config.dpo_lr2'"),
+    (lambda d: d['design']['gate'].pop('min_gain'), r"missing key\(s\) \['design.gate.min_gain'\]"),
     (lambda d: d['design'].update(seeds=[3, 3]), 'seeds must be'),
     (lambda d: d['design']['methods'].update({'0.3': ['full', 'dpo']}), 'unknown method'),
 ])
 def test_protocol2_loader_is_strict(tmp_path, edit, match):
     f = _protocol2_file(tmp_path, edit=edit)
-    with pytest.raises(ValueError, match=match) as e: load_protocol2(f)
-    assert str(f) in str(e.value) # the error names the file
+    with pytest.raises(ConfigError, match=match) as e: load_protocol2(f)
+    assert str(e.value).startswith(str(f)) and '\n' not in str(e.value) # one line, naming the file
 
 def test_protocol2_refuses_a_heldout_count_the_design_cannot_produce(tmp_path):
     p = smoke_protocol2()
@@ -290,7 +291,7 @@ def test_protocol2_refuses_a_heldout_count_the_design_cannot_produce(tmp_path):
     ok = Protocol2(**{**asdict(p), 'heldout_pairs': min(cap.values())})
     assert load_protocol2(_protocol2_file(tmp_path, ok)).heldout_pairs == min(cap.values()) # the most there are
     too_many = Protocol2(**{**asdict(p), 'heldout_pairs': min(cap.values()) + 1})
-    with pytest.raises(ValueError, match=f'heldout_pairs={min(cap.values()) + 1}.*give only {min(cap.values())}'):
+    with pytest.raises(ConfigError, match=f'heldout_pairs={min(cap.values()) + 1}.*give only {min(cap.values())}'):
         load_protocol2(_protocol2_file(tmp_path, too_many))
 
 def test_prompt_split_is_disjoint_and_covers_every_prompt():
