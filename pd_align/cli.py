@@ -474,10 +474,11 @@ def cmd_text_toy(args) -> int:
         raise CLIError('give --protocol FILE (e.g. nbs/results/text_toy_protocol2.json) or --quick, not both')
     if args.protocol and not Path(args.protocol).is_file():
         raise CLIError(f'--protocol: no such file {args.protocol}')
-    out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
+    out = prepare_out(args.out, args.overwrite, resume=args.resume) if args.out else None
     if args.protocol and not is_protocol2(args.protocol): return _text_toy_protocol1(args, out)
     from pd_align.text_toy2 import run_text_toy2, table2, gate_text
-    res, gate, hyp = run_text_toy2(args.protocol, quick=args.quick, out=out, progress=False, workers=args.workers)
+    res, gate, hyp = run_text_toy2(args.protocol, quick=args.quick, out=out, progress=False, workers=args.workers,
+                                   resume=args.resume)
     print(gate_text(gate) + '\n')
     for share in sorted(res.summary['share'].unique()):
         print(f'conflict share {share:.0%}')
@@ -508,7 +509,7 @@ def add_text_toy(sub, # `build_parser`'s sub-parsers
     t.add_argument('--quick', action='store_true', help="protocol 2's shape at smoke size (under 2 min; for CI)")
     t.add_argument('--protocol', default=None, help='a committed protocol JSON (version 2, or protocol 1)')
     t.add_argument('--workers', type=int, default=1, help='seeds run in parallel processes')
-    add_common(t, out_required=False, seed=False) # the protocol fixes the seeds
+    add_common(t, out_required=False, resume=True, seed=False) # the protocol fixes the seeds
     t.set_defaults(handler=cmd_text_toy)
 
 # %% ../nbs/11_cli.ipynb #c031

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from .data import aggregate
-from .io import ConfigError, read_mapping, config_from_dict
+from .io import ConfigError, read_mapping, config_from_dict, atomic_write_json
 from .divergence import spearman
 from .train import DPOConfig, train_dpo, tokenize_pairs, collate_pairs, pair_logps, _eval_mode
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
@@ -28,9 +28,10 @@ __all__ = ['CONFIRM2_METHODS', 'GATE_KEYS', 'PROSE_KEYS', 'split_prompts', 'cand
            'candidate_logps', 'exact_gold', 'candidate_kl', 'implicit_accuracy', 't_cdf', 't_ppf', 'paired_test',
            'power_paired', 'seeds_for_power', 'Protocol2', 'protocol2_dict', 'heldout_capacity', 'check_producible',
            'load_protocol2', 'is_protocol2', 'train_config', 'epochs_steps', 'seed_setup2', 'evaluate2', 'share_scores',
-           'run_share2', 'confirm_seed2', 'run_protocol2', 'learning_gate', 'UninformativeRun', 'gate_text',
-           'hypothesis_tests2', 'hypotheses_or_none', 'hypothesis_sentence', 'summary2', 'table2', 'smoke_protocol2',
-           'write_protocol2_results', 'read_protocol2_results', 'run_text_toy2']
+           'run_share2', 'part_path', 'read_parts', 'confirm_seed2', 'run_protocol2', 'learning_gate',
+           'UninformativeRun', 'gate_text', 'hypothesis_tests2', 'hypotheses_or_none', 'hypothesis_sentence',
+           'summary2', 'table2', 'smoke_protocol2', 'write_protocol2_results', 'read_protocol2_results',
+           'run_text_toy2']
 
 # %% ../nbs/08a_text_toy2.ipynb #c005
 def split_prompts(seed:int, # the experiment seed
@@ -182,7 +183,10 @@ class Protocol2:
     version:int=2
     seeds:tuple=(0, 1) # fresh confirmatory seeds
     methods:dict=field(default_factory=lambda: {'0.0': ['full'], '0.1': ['full', 'random', 'pd', 'pd_high'],
-                                                '0.3': list(CONFIRM2_METHODS)}) # {conflict share: methods run there}
+                                                '0.3': ['full', 'random', 'pd', 'pd_high']}) # {share: methods}
+    descriptive:dict=field(default_factory=lambda: {'0.3': ['ova', 'avg', 'dfpo_est', 'random_epochs', 'raf',
+                                                            'pd_oracle', 'pd_nl']}) # {share: methods}, last seeds
+    descriptive_seeds:int=3 # how many of the seeds (the last ones, so the main ones finish first) run them too
     ratio:float=0.3 # budget of the subset methods
     n_per_aspect:int=500 # pairs in each aspect's sub-dataset
     dpo_steps:int=300 # optimizer steps of every method ('random_epochs': the epochs of 'full' instead)
@@ -201,10 +205,17 @@ class Protocol2:
         self.seeds, self.hypotheses = tuple(self.seeds), tuple(tuple(h) for h in self.hypotheses)
         self.hypothesis_shares = tuple(float(s) for s in self.hypothesis_shares)
         self.methods = {str(float(k)): list(v) for k, v in self.methods.items()}
+        self.descriptive = {str(float(k)): list(v) for k, v in self.descriptive.items()}
         if self.version != 2: raise ValueError(f"version must be 2, got {self.version}")
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be at least 2 distinct seeds, got {self.seeds}")
         for k, ms in self.methods.items(): check_methods(ms, CONFIRM2_METHODS, f'methods[{k}]')
+        for k, ms in self.descriptive.items():
+            check_methods(ms, CONFIRM2_METHODS, f'descriptive[{k}]')
+            if k not in self.methods: raise ValueError(f"descriptive share {k} is not a share of methods")
+            if set(ms) & set(self.methods[k]): raise ValueError(f"descriptive[{k}] repeats methods of methods[{k}]")
+        if not 0 <= self.descriptive_seeds <= len(self.seeds):
+            raise ValueError(f"descriptive_seeds must be in 0..{len(self.seeds)}, got {self.descriptive_seeds}")
         if sorted(self.gate) != sorted(GATE_KEYS):
             raise ValueError(f"gate must have exactly the keys {list(GATE_KEYS)}, got {sorted(self.gate)}")
         if self.gate['method'] not in self.methods.get(str(float(self.gate['share'])), []):
@@ -220,8 +231,17 @@ class Protocol2:
 
     @property
     def shares(self) -> tuple: return tuple(sorted(float(k) for k in self.methods))
-    def methods_at(self, share:float) -> list: return self.methods[str(float(share))]
-    def all_methods(self) -> tuple: return tuple(dict.fromkeys(m for s in self.shares for m in self.methods_at(s)))
+    def methods_at(self, share:float, # a conflict share of `methods`
+                   seed:int|None=None, # a seed: adds the descriptive methods when it is one of the last seeds
+                  ) -> list:
+        "The methods run at `share` (on `seed`)."
+        last = self.seeds[len(self.seeds) - self.descriptive_seeds:]
+        extra = self.descriptive.get(str(float(share)), []) if seed in last else []
+        return self.methods[str(float(share))] + extra
+    def all_methods(self) -> tuple:
+        "Every method of any share, in order (the descriptive ones after the main ones)."
+        ms = [m for s in self.shares for m in self.methods_at(s) + self.descriptive.get(str(s), [])]
+        return tuple(dict.fromkeys(ms))
     def text_config(self) -> TextToyConfig: return make_config('default', **self.config)
 
 def protocol2_dict(p:Protocol2, # the design
@@ -350,7 +370,7 @@ def _row2(seed, share, method, n_train, steps, ev, **extra) -> dict:
 def run_share2(model, tok, c:TextToyConfig, p:Protocol2, seed:int, share:float, setup:dict,
               ) -> tuple[list, dict, dict]: # (rows, data row, {method: sampled responses})
     "One seed and conflict share: the sub-datasets, the scores the methods need, one policy per method."
-    methods = p.methods_at(share)
+    methods = p.methods_at(share, seed)
     ds = aggregate(mix_conflicts(setup['pool'], p.n_per_aspect, share, seed))
     scores, info = share_scores(ds, model, tok, c, seed, methods)
     info.update(n_pairs=len(ds), realised_share=subset_conflict(ds))
@@ -368,11 +388,25 @@ def run_share2(model, tok, c:TextToyConfig, p:Protocol2, seed:int, share:float, 
         samples[m] = ev['responses']
     return rows, info, samples
 
-_SHARED2 = {} # the SFT model, tokenizer, config and protocol, for the (forked) seed workers
+_SHARED2 = {} # the SFT model, tokenizer, config, protocol and parts folder, for the (forked) seed workers
+
+def part_path(parts:str|Path, seed:int) -> Path: return Path(parts) / f'seed-{seed}.json'
+
+def read_parts(parts:str|Path|None, p:Protocol2) -> dict: # {seed: (rows, data rows, samples)} of finished seeds
+    "The seeds an interrupted run already finished (`--resume`), refused when they were run by another protocol."
+    done = {}
+    for s in p.seeds:
+        f = part_path(parts, s) if parts is not None else None
+        if f is None or not f.exists(): continue
+        doc = json.loads(f.read_text())
+        if doc['protocol'] != json.loads(json.dumps(asdict(p))):
+            raise ConfigError(f, 'this seed was run by another protocol; use a new --out folder')
+        done[s] = (doc['rows'], doc['data'], doc['samples'])
+    return done
 
 def confirm_seed2(seed:int) -> tuple[list, list, dict]: # (rows, data rows, samples)
-    "Every share and method of one seed, from the SFT model in `_SHARED2` (set by `run_protocol2`)."
-    model, tok, c, p = _SHARED2['args']
+    "Every share and method of one seed, from the SFT model in `_SHARED2` (set by `run_protocol2`); saved if asked."
+    model, tok, c, p, parts = _SHARED2['args']
     with torch_threads(1):
         ts, rows, data = time.time(), [], []
         setup = seed_setup2(model, tok, c, p, seed)
@@ -387,30 +421,41 @@ def confirm_seed2(seed:int) -> tuple[list, list, dict]: # (rows, data rows, samp
                              pool_conflict=float(np.mean([x['conflict'] for x in setup['pool']])), **info,
                              seconds=time.time() - ts))
             samples[str(share)] = s
-    return rows, data, dict(seed=seed, **samples)
+    samples = dict(seed=seed, **samples)
+    if parts is not None:
+        atomic_write_json(part_path(parts, seed), dict(protocol=asdict(p), rows=rows, data=data, samples=samples))
+    return rows, data, samples
 
 def run_protocol2(p:Protocol2, # the design (`load_protocol2`)
                   progress:bool=True,
                   workers:int=1, # seeds run in parallel by forked processes (the numbers do not depend on it)
+                  parts:str|Path|None=None, # folder for one file per finished seed; finished seeds are not rerun
                  ) -> Results: # runs (seed x share x method, with 'sft'), summary; tables: data; extra: samples
     "The second confirmatory run: per seed and share, every method's policy, scored exactly on held-out prompts."
     if workers < 1: raise ValueError(f"workers must be >= 1, got {workers}")
     c, t0 = p.text_config(), time.time()
+    done = read_parts(parts, p)
+    if parts is not None: Path(parts).mkdir(parents=True, exist_ok=True)
     with torch_threads(1): model, tok, losses = pretrained_lm(c, progress)
     t_pre = time.time() - t0
-    _SHARED2['args'] = (model, tok, c, p)
-    if workers > 1:
+    _SHARED2['args'] = (model, tok, c, p, parts)
+    todo = [s for s in p.seeds if s not in done]
+    if workers > 1 and len(todo) > 1:
         import multiprocessing
         os.environ['TOKENIZERS_PARALLELISM'] = 'false' # the tokenizers library's threads do not survive a fork
-        with multiprocessing.get_context('fork').Pool(min(workers, len(p.seeds))) as pool:
-            jobs = pool.imap(confirm_seed2, p.seeds)
-            parts = list(tqdm(jobs, total=len(p.seeds), desc='seeds', disable=not progress))
-    else: parts = [confirm_seed2(s) for s in tqdm(p.seeds, desc='seeds', leave=False, disable=not progress)]
-    runs = pandas.DataFrame([r for part in parts for r in part[0]])
-    data = pandas.DataFrame([d for part in parts for d in part[1]])
+        with multiprocessing.get_context('fork').Pool(min(workers, len(todo))) as pool:
+            jobs = pool.imap(confirm_seed2, todo)
+            new = list(tqdm(jobs, total=len(todo), desc='seeds', disable=not progress))
+    else: new = [confirm_seed2(s) for s in tqdm(todo, desc='seeds', leave=False, disable=not progress)]
+    parts_of = {**done, **dict(zip(todo, new))}
+    ordered = [parts_of[s] for s in p.seeds]
+    runs = pandas.DataFrame([r for part in ordered for r in part[0]])
+    data = pandas.DataFrame([d for part in ordered for d in part[1]])
     config = dict(protocol=asdict(p), text_config=asdict(c), seconds=round(time.time() - t0, 1),
-                  pretrain_seconds=round(t_pre, 1), pretrain_final_loss=float(np.mean(losses[-50:])), workers=workers)
-    return Results(runs, summary2(runs, p), config, dict(data=data), dict(samples=parts[0][2]))
+                  pretrain_seconds=round(t_pre, 1), pretrain_final_loss=float(np.mean(losses[-50:])), workers=workers,
+                  resumed_seeds=sorted(done))
+    return Results(runs, summary2(runs, p), config, dict(data=data), dict(samples=ordered[0][2]))
+
 
 # %% ../nbs/08a_text_toy2.ipynb #c020
 def learning_gate(runs:pandas.DataFrame, # per-seed rows (`run_protocol2`, or read back from results.json)
@@ -493,7 +538,8 @@ def smoke_protocol2() -> Protocol2:
     "Protocol 2's shape at smoke size (CI, `--quick`): two seeds, the smoke LM, few pairs, steps and candidates."
     c = asdict(make_config('smoke', n_prompts=48))
     return Protocol2(seeds=(0, 1), methods={'0.0': ['full'], '0.1': ['full', 'random', 'pd', 'pd_high'],
-                                             '0.3': ['full', 'random', 'random_epochs', 'pd', 'pd_high']},
+                                             '0.3': ['full', 'random', 'pd', 'pd_high']},
+                     descriptive={'0.3': ['random_epochs', 'pd_oracle']}, descriptive_seeds=1,
                      n_per_aspect=12, dpo_steps=6, n_candidates=8, heldout_pairs=40, diag_samples=1, config=c)
 
 def write_protocol2_results(res:Results, p:Protocol2, out:str|Path) -> list[Path]:
@@ -520,10 +566,14 @@ def run_text_toy2(protocol:str|Path|Protocol2|None=None, # a protocol-2 file or 
                   out:str|Path|None=None, # results folder; None writes nothing
                   progress:bool=True,
                   workers:int=1, # seeds in parallel (forked processes)
+                  resume:bool=False, # keep the seeds an interrupted run finished (`out`/seeds/), run the others
                  ) -> tuple[Results, dict, pandas.DataFrame|None]: # (results, gate, hypotheses or None)
     "Protocol 2 for the CLI: run, gate, hypotheses (only when the gate passed), optionally written."
     if quick == (protocol is not None): raise ValueError("give either a protocol or quick=True, not both or neither")
     p = smoke_protocol2() if quick else protocol if isinstance(protocol, Protocol2) else load_protocol2(protocol)
-    res = run_protocol2(p, progress, workers)
+    parts = Path(out) / 'seeds' if out is not None else None
+    if parts is not None and not resume and read_parts(parts, p):
+        raise ValueError(f'{parts} holds finished seeds: pass resume=True (--resume) or use a new folder')
+    res = run_protocol2(p, progress, workers, parts)
     if out is not None: write_protocol2_results(res, p, out)
     return res, learning_gate(res.runs, p), hypotheses_or_none(res.runs, p)

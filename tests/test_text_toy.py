@@ -237,7 +237,7 @@ def test_cli_text_toy_quick(tmp_path, capsys):
     assert all(r['kl'] >= -1e-9 and 0 <= r['identical'] <= 1 for r in res['runs'])
     steps = {(r['seed'], r['share'], r['method']): r['steps'] for r in res['runs']}
     assert steps[(0, 0.3, 'random')] == steps[(0, 0.3, 'full')] == steps[(0, 0.0, 'full')] == 6 # equal steps
-    assert steps[(0, 0.3, 'random_epochs')] == 2 # 30% of the pairs at the epochs of full data
+    assert steps[(1, 0.3, 'random_epochs')] == 2 and (0, 0.3, 'random_epochs') not in steps # descriptive: last seed
     for f in ('gate.csv', 'data.csv', 'table.txt', 'runs.csv'): assert (tmp_path / 'o' / f).stat().st_size > 0
     assert main(['text-toy', '--quick', '--protocol', str(PROTOCOL_FILE)]) == 2 # one or the other
     assert main(['text-toy']) == 2
@@ -351,3 +351,15 @@ def test_paired_test_decisions():
     assert paired_test([x + 0.1 for x in d], 0.03)['decision'] == 'higher'
     assert paired_test([x * 10 for x in d], 0.03)['decision'] == 'not resolved'
     with pytest.raises(ValueError, match='>= 2'): paired_test([0.1], 0.03)
+
+def test_finished_seeds_are_resumed_only_under_their_protocol(tmp_path):
+    from pd_align.text_toy2 import read_parts, part_path, run_text_toy2
+    from pd_align.io import atomic_write_json
+    p = smoke_protocol2()
+    assert read_parts(tmp_path, p) == {} and read_parts(None, p) == {}
+    rows = [dict(seed=0, share=0.0, method='sft', gold=0.1)]
+    atomic_write_json(part_path(tmp_path / 'seeds', 0), dict(protocol=asdict(p), rows=rows, data=[], samples={}))
+    assert read_parts(tmp_path / 'seeds', p) == {0: (rows, [], {})}
+    other = Protocol2(**{**asdict(p), 'dpo_steps': 7})
+    with pytest.raises(ConfigError, match='another protocol'): read_parts(tmp_path / 'seeds', other)
+    with pytest.raises(ValueError, match='resume'): run_text_toy2(p, out=tmp_path, progress=False)
