@@ -363,3 +363,15 @@ def test_finished_seeds_are_resumed_only_under_their_protocol(tmp_path):
     other = Protocol2(**{**asdict(p), 'dpo_steps': 7})
     with pytest.raises(ConfigError, match='another protocol'): read_parts(tmp_path / 'seeds', other)
     with pytest.raises(ValueError, match='resume'): run_text_toy2(p, out=tmp_path, progress=False)
+
+def test_protocol2_file_is_the_registered_design():
+    p = load_protocol2(PROTOCOL2_FILE)
+    used = {0, 1, 2, 800} | set(range(100, 105)) | set(range(900, 904)) # exploratory, run 1, pilot
+    assert len(p.seeds) >= 10 and not set(p.seeds) & used
+    assert p.dpo_steps >= 300 and p.n_per_aspect >= 500 and 0 <= p.text_config().rpo_alpha <= 0.2
+    assert p.gate == dict(share=0.0, method='full', min_gain=0.10, min_implicit_acc=0.65)
+    assert p.hypotheses == (('pd', 'full'), ('pd', 'random'), ('pd_high', 'full')) and p.hypothesis_shares == (0.1, 0.3)
+    assert set(p.all_methods()) == set(CONFIRM2_METHODS) and 'random_epochs' in p.methods_at(0.3, p.seeds[-1]) and 'random_epochs' not in p.methods_at(0.3, p.seeds[0])
+    assert p.descriptive_seeds >= 3
+    assert min(heldout_capacity(p).values()) >= p.heldout_pairs
+
