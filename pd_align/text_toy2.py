@@ -291,7 +291,10 @@ def load_protocol2(path:str|Path) -> Protocol2:
 
 def is_protocol2(path:str|Path) -> bool:
     "Whether a protocol file is a version-2 protocol (its design has `version` 2); protocol 1's has no version."
-    return json.loads(Path(path).read_text()).get('design', {}).get('version') == 2
+    try: doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError): return False # unreadable: the protocol-1 reader says what is wrong with it
+    design = doc.get('design') if isinstance(doc, dict) else None
+    return isinstance(design, dict) and design.get('version') == 2
 
 # %% ../nbs/08a_text_toy2.ipynb #c018
 def train_config(c:TextToyConfig, p:Protocol2, seed:int) -> DPOConfig:
