@@ -344,6 +344,12 @@ def test_failed_gate_blocks_the_hypothesis_table(tmp_path):
     assert list(h['decision']) == ['higher', 'equivalent within +-0.03 (TOST)', 'lower'] * 2
     assert h['n_seeds'].eq(10).all() and h.loc[0, 'difference'] == pytest.approx(0.05 + 0.0002)
     assert (tmp_path / 'pass' / 'hypotheses.csv').exists()
+    from pd_align.text_toy2 import hypothesis_sentence
+    words = [hypothesis_sentence(r, P2.sesoi) for _, r in h.iterrows()]
+    assert '`pd` scored higher than `full`' in words[0] and 'equivalent within ±0.03 by TOST' in words[1]
+    assert '`pd_high` scored lower than `full`' in words[2] and all('n = 10 seeds' in w for w in words)
+    unresolved = dict(h.iloc[0], decision='not resolved')
+    assert 'not resolved' in hypothesis_sentence(unresolved, 0.03) and 'neither a difference nor' in hypothesis_sentence(unresolved, 0.03)
 
 def test_paired_test_decisions():
     d = [0.01, -0.01, 0.005, -0.005, 0.0, 0.002, -0.002, 0.001, -0.001, 0.0]
