@@ -545,12 +545,33 @@ def add_toy(sub, # `build_parser`'s sub-parsers
 
 # %% ../nbs/11_cli.ipynb #c029
 def cmd_text_toy(args) -> int:
-    "Run the text-toy confirmatory experiment (held-out prompts, every baseline, conflict sweep) and print its tables."
-    from pd_align.text_toy import run_text_toy_confirmatory, confirmatory_table
+    "Run a pre-registered text-toy protocol (2, or 1 by its file) and print the gate, the tables and the hypotheses."
+    from pd_align.text_toy2 import is_protocol2
     if args.workers < 1:
         raise CLIError(f'--workers must be >= 1, got {args.workers}')
-    out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
-    res, hyp = run_text_toy_confirmatory(args.protocol, quick=args.quick, out=out, progress=False, workers=args.workers)
+    if args.quick == bool(args.protocol):
+        raise CLIError('give --protocol FILE (e.g. nbs/results/text_toy_protocol2.json) or --quick, not both')
+    if args.protocol and not Path(args.protocol).is_file():
+        raise CLIError(f'--protocol: no such file {args.protocol}')
+    out = prepare_out(args.out, args.overwrite, resume=args.resume) if args.out else None
+    if args.protocol and not is_protocol2(args.protocol): return _text_toy_protocol1(args, out)
+    from pd_align.text_toy2 import run_text_toy2, table2, gate_text
+    res, gate, hyp = run_text_toy2(args.protocol, quick=args.quick, out=out, progress=False, workers=args.workers,
+                                   resume=args.resume)
+    print(gate_text(gate) + '\n')
+    for share in sorted(res.summary['share'].unique()):
+        print(f'conflict share {share:.0%}')
+        print(table2(res.summary, share) + '\n')
+    if hyp is None: print('hypotheses: not read, the learning gate failed (the run is uninformative, not a null)')
+    else: print(hyp.to_string(index=False, float_format=lambda v: f'{v:+.3f}'))
+    print_method_key(res)
+    print_written(out, 'results.json, results.csv, runs.csv, data.csv, gate.csv, hypotheses.csv and table.txt')
+    return 0
+
+def _text_toy_protocol1(args, out) -> int:
+    "The first text-toy protocol (a file without `version`), run and printed as it was registered."
+    from pd_align.text_toy import run_text_toy_confirmatory, confirmatory_table
+    res, hyp = run_text_toy_confirmatory(args.protocol, out=out, progress=False, workers=args.workers)
     for share in sorted(res.summary['share'].unique()):
         print(f'conflict share {share:.0%}')
         print(confirmatory_table(res.summary, share) + '\n')
@@ -562,12 +583,12 @@ def cmd_text_toy(args) -> int:
 def add_text_toy(sub, # `build_parser`'s sub-parsers
                  ):
     "The `text-toy` sub-parser."
-    t = sub.add_parser('text-toy', help='text-toy confirmatory run: tiny LM, held-out prompts, all baselines '
-                                        '(default ~8 CPU-min)')
-    t.add_argument('--quick', action='store_true', help='smoke size (seconds): the same experiment on a tiny scale')
-    t.add_argument('--protocol', default=None, help='protocol JSON (default: the pre-registered one, `Protocol()`)')
+    t = sub.add_parser('text-toy', help='text-toy pre-registered run: tiny LM, held-out prompts, all baselines, '
+                                        'learning gate (protocol 2: ~30 CPU-min)')
+    t.add_argument('--quick', action='store_true', help="protocol 2's shape at smoke size (under 2 min; for CI)")
+    t.add_argument('--protocol', default=None, help='a committed protocol JSON (version 2, or protocol 1)')
     t.add_argument('--workers', type=int, default=1, help='seeds run in parallel processes')
-    add_common(t, out_required=False, seed=False) # the protocol fixes the seeds
+    add_common(t, out_required=False, resume=True, seed=False) # the protocol fixes the seeds
     t.set_defaults(handler=cmd_text_toy)
 
 # %% ../nbs/11_cli.ipynb #c031

@@ -41,6 +41,7 @@ METHODS = {m.name: m for m in (
     Method('dfpo_est', 'DFPO (est.)', 'all pairs, DFPO loss with estimated PD'),
     Method('random', 'RAND', 'a uniform random subset', 'random'),
     Method('random_steps', 'RAND (steps)', 'the same random subset trained for as many optimizer steps as full data'),
+    Method('random_epochs', 'RAND (epochs)', 'the random subset trained for as many epochs as full data'),
     Method('raf', 'RAF', 'largest margin of one unified reward model fit on all labels'),
     Method('pd_oracle', 'PD (rati.)', 'most negative PD from the true aspect scores', 'pd'),
     Method('pd', 'PD', 'most negative PD from the estimated (K-head proxy) rewards', 'pd'),

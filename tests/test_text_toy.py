@@ -226,14 +226,158 @@ def test_hypothesis_decisions(effect, first):
     assert (h['n_seeds'] == 5).all() and h.loc[0, 'difference'] == pytest.approx(effect + 0.0)
 
 def test_cli_text_toy_quick(tmp_path, capsys):
+    "`--quick` runs protocol 2's smoke shape: the gate first, every share's table, the hypotheses or the gate's refusal."
     from pd_align.cli import main
     assert main(['text-toy', '--quick', '--out', str(tmp_path / 'o')]) == 0
     out = capsys.readouterr().out
-    assert 'conflict share 30%' in out and 'pd vs full' in out and 'random_steps' in out
+    assert out.startswith('Learning gate') and 'conflict share 0%' in out and 'conflict share 30%' in out
+    assert ('pd vs full' in out) != ('not read, the learning gate failed' in out)
     res = json.loads((tmp_path / 'o' / 'results.json').read_text())
-    assert res['seeds'] == [0, 1] and {r['method'] for r in res['runs']} >= {'full', 'ova', 'avg', 'dfpo_est', 'raf', 'pd_nl'}
-    assert all(r['kl'] >= 0 for r in res['runs'])
-    for f in ('hypotheses.csv', 'data.csv', 'table.txt', 'text_toy_confirmatory.png', 'text_toy_diagnostics.png'):
-        assert (tmp_path / 'o' / f).stat().st_size > 0
+    assert res['seeds'] == [0, 1] and {r['method'] for r in res['runs']} >= {'sft', 'full', 'random_epochs', 'pd_high'}
+    assert all(r['kl'] >= -1e-9 and 0 <= r['identical'] <= 1 for r in res['runs'])
+    steps = {(r['seed'], r['share'], r['method']): r['steps'] for r in res['runs']}
+    assert steps[(0, 0.3, 'random')] == steps[(0, 0.3, 'full')] == steps[(0, 0.0, 'full')] == 6 # equal steps
+    assert steps[(1, 0.3, 'random_epochs')] == 2 and (0, 0.3, 'random_epochs') not in steps # descriptive: last seed
+    for f in ('gate.csv', 'data.csv', 'table.txt', 'runs.csv'): assert (tmp_path / 'o' / f).stat().st_size > 0
     assert main(['text-toy', '--quick', '--protocol', str(PROTOCOL_FILE)]) == 2 # one or the other
+    assert main(['text-toy']) == 2
     assert main(['text-toy', '--quick', '--workers', '0']) == 2
+    assert main(['text-toy', '--protocol', str(tmp_path / 'missing.json')]) == 2
+
+# ---- protocol 2 (issue 25): strict loader, producible held-out count, the learning gate that blocks the hypotheses
+from dataclasses import asdict
+from pd_align.text_toy2 import (Protocol2, load_protocol2, protocol2_dict, smoke_protocol2, PROSE_KEYS, is_protocol2,
+                                heldout_capacity, learning_gate, hypothesis_tests2, CONFIRM2_METHODS, hypotheses_or_none, UninformativeRun,
+                                summary2, write_protocol2_results, read_protocol2_results, paired_test, split_prompts)
+from pd_align.experiments import Results
+from pd_align.io import ConfigError
+
+PROTOCOL2_FILE = Path(__file__).parents[1] / 'nbs' / 'results' / 'text_toy_protocol2.json'
+
+def _protocol2_file(tmp_path, p=None, edit=None):
+    doc = protocol2_dict(p or smoke_protocol2(), **{k: 'x' for k in PROSE_KEYS})
+    if edit: edit(doc)
+    f = tmp_path / 'p2.json'
+    f.write_text(json.dumps(doc))
+    return f
+
+def test_protocol2_loader_round_trip_and_version(tmp_path):
+    f = _protocol2_file(tmp_path)
+    p = load_protocol2(f)
+    assert p.text_config() == smoke_protocol2().text_config() and p.seeds == (0, 1) and p.shares == (0.0, 0.1, 0.3)
+    assert is_protocol2(f) and not is_protocol2(PROTOCOL_FILE)
+    assert load_protocol(PROTOCOL_FILE).seeds == (100, 101, 102, 103, 104) # protocol 1 still loads, as registered
+
+@pytest.mark.parametrize('edit,match', [
+    (lambda d: d.pop('decision_rule'), r"missing key\(s\) \['decision_rule'\]"),
+    (lambda d: d.update(notes='x'), r"unknown key\(s\) \['notes'\]"),
+    (lambda d: d['design'].pop('sesoi'), r"missing key 'design.sesoi'"),
+    (lambda d: d['design'].update(seedz=[1]), r"unknown key 'design.seedz'"),
+    (lambda d: d['design']['config'].pop('dpo_lr'), r"missing key 'design.config.dpo_lr'"),
+    (lambda d: d['design']['config'].update(dpo_lr2=1.0), r"unknown key 'design.config.dpo_lr2'"),
+    (lambda d: d['design']['gate'].pop('min_gain'), r"missing key\(s\) \['design.gate.min_gain'\]"),
+    (lambda d: d['design'].update(seeds=[3, 3]), 'seeds must be'),
+    (lambda d: d['design']['methods'].update({'0.3': ['full', 'dpo']}), 'unknown method'),
+])
+def test_protocol2_loader_is_strict(tmp_path, edit, match):
+    f = _protocol2_file(tmp_path, edit=edit)
+    with pytest.raises(ConfigError, match=match) as e: load_protocol2(f)
+    assert str(e.value).startswith(str(f)) and '\n' not in str(e.value) # one line, naming the file
+
+def test_protocol2_refuses_a_heldout_count_the_design_cannot_produce(tmp_path):
+    p = smoke_protocol2()
+    cap = heldout_capacity(p)
+    assert set(cap) == {0, 1} and min(cap.values()) > p.heldout_pairs
+    ok = Protocol2(**{**asdict(p), 'heldout_pairs': min(cap.values())})
+    assert load_protocol2(_protocol2_file(tmp_path, ok)).heldout_pairs == min(cap.values()) # the most there are
+    too_many = Protocol2(**{**asdict(p), 'heldout_pairs': min(cap.values()) + 1})
+    with pytest.raises(ConfigError, match=f'heldout_pairs={min(cap.values()) + 1}.*give only {min(cap.values())}'):
+        load_protocol2(_protocol2_file(tmp_path, too_many))
+
+def test_prompt_split_is_disjoint_and_covers_every_prompt():
+    for seed in range(20):
+        sp = split_prompts(seed)
+        assert (len(sp['train']), len(sp['heldout']), len(sp['topic'])) == (14, 7, 3)
+        assert len(set(sp['train']) | set(sp['heldout']) | set(sp['topic'])) == 24
+    assert len({split_prompts(s)['topic'][0] for s in range(20)}) > 3
+
+def _fake_runs2(gain, acc=0.8, effect=0.0):
+    "Per-seed rows like `run_protocol2`'s: ALL gains `gain` over SFT at 0%, pd differs from full by `effect`."
+    rows, noise = [], (0.01, -0.02, 0.015, -0.005, 0.0, 0.004, -0.004, 0.012, -0.01, 0.0)
+    for s, e in enumerate(noise):
+        base = dict(seed=s, kl=0.5, kl_topic=0.5, gold_topic=0.0, identical=0.1, grammatical=0.9, train_conflict=0.1,
+                    steps=300, loss=0.5, n_train=10, ratio=0.3, **{a: 0.0 for a in ASPECTS})
+        rows += [dict(base, share=0.0, method='sft', gold=0.1 * s, implicit_acc=float('nan')),
+                 dict(base, share=0.0, method='full', gold=0.1 * s + gain + e, implicit_acc=acc)]
+        for share in (0.1, 0.3):
+            for m, g in (('sft', 0.0), ('full', 0.2), ('random', 0.25), ('pd', 0.2 + effect + e), ('pd_high', 0.0 + e)):
+                rows.append(dict(base, share=share, method=m, gold=g + 0.1 * s, implicit_acc=acc))
+    return pandas.DataFrame(rows)
+
+P2 = Protocol2(seeds=tuple(range(10)), methods={'0.0': ['full'], '0.1': ['full', 'random', 'pd', 'pd_high'],
+                                                '0.3': ['full', 'random', 'pd', 'pd_high']}, sesoi=0.03)
+
+@pytest.mark.parametrize('gain,acc,passed', [(0.15, 0.8, True), (0.05, 0.8, False), (0.15, 0.6, False),
+                                              (0.099, 0.9, False)])
+def test_learning_gate_thresholds(gain, acc, passed):
+    g = learning_gate(_fake_runs2(gain, acc), P2)
+    assert g['passed'] is passed and g['n_seeds'] == 10
+    assert g['gain'] == pytest.approx(gain + 0.0002) and g['implicit_acc'] == pytest.approx(acc)
+
+def test_failed_gate_blocks_the_hypothesis_table(tmp_path):
+    runs = _fake_runs2(0.05)
+    with pytest.raises(UninformativeRun, match='uninformative'): hypothesis_tests2(runs, P2)
+    assert hypotheses_or_none(runs, P2) is None
+    res = Results(runs, summary2(runs, P2), dict(protocol=asdict(P2)), {}, {})
+    write_protocol2_results(res, P2, tmp_path / 'fail')
+    assert not (tmp_path / 'fail' / 'hypotheses.csv').exists() and (tmp_path / 'fail' / 'gate.csv').exists()
+    text = (tmp_path / 'fail' / 'table.txt').read_text()
+    assert text.startswith('Learning gate FAILED') and 'hypotheses: not read' in text and 'pd vs full' not in text
+    back = read_protocol2_results(tmp_path / 'fail') # the gate is recomputed from the results file
+    assert back['gate']['passed'] is False and back['hypotheses'] is None
+    runs = _fake_runs2(0.15, effect=0.05)
+    res = Results(runs, summary2(runs, P2), dict(protocol=asdict(P2)), {}, {})
+    write_protocol2_results(res, P2, tmp_path / 'pass')
+    back = read_protocol2_results(tmp_path / 'pass')
+    h = back['hypotheses']
+    assert back['gate']['passed'] and list(h['share']) == [0.1] * 3 + [0.3] * 3
+    assert list(h['decision']) == ['higher', 'equivalent within +-0.03 (TOST)', 'lower'] * 2
+    assert h['n_seeds'].eq(10).all() and h.loc[0, 'difference'] == pytest.approx(0.05 + 0.0002)
+    assert (tmp_path / 'pass' / 'hypotheses.csv').exists()
+    from pd_align.text_toy2 import hypothesis_sentence
+    words = [hypothesis_sentence(r, P2.sesoi) for _, r in h.iterrows()]
+    assert '`pd` scored higher than `full`' in words[0] and 'equivalent within ±0.03 by TOST' in words[1]
+    assert '`pd_high` scored lower than `full`' in words[2] and all('n = 10 seeds' in w for w in words)
+    unresolved = dict(h.iloc[0], decision='not resolved')
+    assert 'not resolved' in hypothesis_sentence(unresolved, 0.03) and 'neither a difference nor' in hypothesis_sentence(unresolved, 0.03)
+
+def test_paired_test_decisions():
+    d = [0.01, -0.01, 0.005, -0.005, 0.0, 0.002, -0.002, 0.001, -0.001, 0.0]
+    assert paired_test(d, 0.03)['decision'].startswith('equivalent') and paired_test(d, 0.03)['p_tost'] < 1e-6
+    assert paired_test([x + 0.1 for x in d], 0.03)['decision'] == 'higher'
+    assert paired_test([x * 10 for x in d], 0.03)['decision'] == 'not resolved'
+    with pytest.raises(ValueError, match='>= 2'): paired_test([0.1], 0.03)
+
+def test_finished_seeds_are_resumed_only_under_their_protocol(tmp_path):
+    from pd_align.text_toy2 import read_parts, part_path, run_text_toy2
+    from pd_align.io import atomic_write_json
+    p = smoke_protocol2()
+    assert read_parts(tmp_path, p) == {} and read_parts(None, p) == {}
+    rows = [dict(seed=0, share=0.0, method='sft', gold=0.1)]
+    atomic_write_json(part_path(tmp_path / 'seeds', 0), dict(protocol=asdict(p), rows=rows, data=[], samples={}))
+    assert read_parts(tmp_path / 'seeds', p) == {0: (rows, [], {})}
+    other = Protocol2(**{**asdict(p), 'dpo_steps': 7})
+    with pytest.raises(ConfigError, match='another protocol'): read_parts(tmp_path / 'seeds', other)
+    with pytest.raises(ValueError, match='resume'): run_text_toy2(p, out=tmp_path, progress=False)
+
+def test_protocol2_file_is_the_registered_design():
+    p = load_protocol2(PROTOCOL2_FILE)
+    used = {0, 1, 2, 800} | set(range(100, 105)) | set(range(900, 904)) # exploratory, run 1, pilot
+    assert len(p.seeds) >= 10 and not set(p.seeds) & used
+    assert p.dpo_steps >= 300 and p.n_per_aspect >= 500 and 0 <= p.text_config().rpo_alpha <= 0.2
+    assert p.gate == dict(share=0.0, method='full', min_gain=0.10, min_implicit_acc=0.65)
+    assert p.hypotheses == (('pd', 'full'), ('pd', 'random'), ('pd_high', 'full')) and p.hypothesis_shares == (0.1, 0.3)
+    assert set(p.all_methods()) == set(CONFIRM2_METHODS) and 'random_epochs' in p.methods_at(0.3, p.seeds[-1]) and 'random_epochs' not in p.methods_at(0.3, p.seeds[0])
+    assert p.descriptive_seeds >= 3
+    assert min(heldout_capacity(p).values()) >= p.heldout_pairs
+
