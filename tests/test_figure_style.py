@@ -26,7 +26,7 @@ ALLOWED = {
 # the divergence layer sits below experiments, so it takes the colour as an argument with this default
 LAYER_DEFAULTS = {('divergence', '#2ca02c'): 'pd_oracle', ('02_divergence', '#2ca02c'): 'pd_oracle'}
 # known gaps in notebooks other helpers own (listed in issue 26's note for the coordinator)
-KNOWN_GAPS = {'10_real_data': "colours rows by hand ('tab:orange' length, 'tab:blue' PD): use method_color"}
+KNOWN_GAPS = {}
 
 
 def colour_literals(code:str) -> list[str]:

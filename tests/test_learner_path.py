@@ -81,7 +81,7 @@ def test_untitled_figure_check_can_fail():
 
 
 # tutorial notebooks other helpers own that are still committed without outputs (listed for the coordinator)
-KNOWN_UNEXECUTED = {'06a_features': 'owned by issue 27 (being edited): execute it at default size after the merge'}
+KNOWN_UNEXECUTED = {}
 
 
 def cases(known:dict) -> list:
