@@ -4,6 +4,7 @@
 """
 import os
 
+import re
 import pytest
 from execnb.nbio import read_nb
 from execnb.shell import CaptureShell
@@ -58,4 +59,5 @@ def test_notebooks_name_no_shared_folder():
     "No notebook, README line or user-facing default points at the team's ../shared folder (users have none)."
     for path in [*sorted((ROOT/'nbs').glob('*.ipynb')), ROOT/'README.md', *sorted((ROOT/'pd_align').glob('*.py'))]:
         text = path.read_text()
-        assert '../shared' not in text and "'shared'" not in text, path.name
+        # a path built from a 'shared' folder name ('..'/'shared', 'shared'/'data'); 'shared' alone is the toy's policy
+        assert '../shared' not in text and not re.search(r"/\s*['\"]shared['\"]|['\"]shared['\"]\s*/", text), path.name
