@@ -365,8 +365,8 @@ def text_world_summary(runs:pandas.DataFrame, # rows of `simulate`
                      means=('label_conflict', 'steps', 'converged'))
 
 # (treatment, control, the sign of treatment - control in the paper's Tables 1-2 at 10/20/30% conflict)
-PAPER_COMPARISONS = (('pd', 'full', +1), ('pd_oracle', 'full', +1), ('random', 'full', -1), ('pd', 'dfpo', +1),
-                     ('pd', 'pd_nl', +1), ('pd_high', 'sft', -1))
+PAPER_COMPARISONS = (('pd', 'full', +1), ('pd_oracle', 'full', +1), ('random', 'full', -1), ('pd', 'dfpo_est', +1),
+                     ('pd_oracle', 'dfpo', +1), ('pd', 'pd_nl', +1), ('pd_high', 'sft', -1))
 PAPER_SHARES = (0.1, 0.2, 0.3) # the conflict shares the paper reports
 
 def compare(runs:pandas.DataFrame, # rows of `simulate`
