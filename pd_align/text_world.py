@@ -25,10 +25,10 @@ from .experiments import (Results, check_methods, method_key, summarize, format_
 # %% auto #0
 __all__ = ['LENGTH_BIAS', 'SHARES', 'TEXT_WORLD_METHODS', 'QUICK', 'EVALS', 'PAPER_COMPARISONS', 'PAPER_SHARES', 'FIGURE_METHODS',
            'DIFF_METHODS', 'abstract_tokens', 'ngrams', 'hash_bucket', 'response_length', 'featurize', 'candidate_sets',
-           'sample_prompts', 'TextWorld', 'make_text_world', 'TextWorldConfig', 'SeedWorlds', 'seed_worlds',
-           'labelled_pool', 'crossfit_rewards', 'method_scores', 'method_specs', 'spec_run', 'run_seed',
-           'TextWorldResults', 'text_world_summary', 'compare', 'simulate', 'plot_text_world', 'text_world_table',
-           'run_text_world', 'read_text_world']
+           'candidate_gold', 'set_expected_gold', 'sample_prompts', 'TextWorld', 'make_text_world', 'TextWorldConfig',
+           'SeedWorlds', 'seed_worlds', 'labelled_pool', 'crossfit_rewards', 'method_scores', 'method_specs',
+           'spec_run', 'run_seed', 'TextWorldResults', 'text_world_summary', 'compare', 'simulate', 'plot_text_world',
+           'text_world_table', 'run_text_world', 'read_text_world']
 
 # %% ../nbs/08b_text_world.ipynb #c005
 LENGTH_BIAS = (1.0, 0.0, 0.0, 0.5) # annotators' extra log-odds per unit of length difference, per aspect of `ASPECTS`
@@ -78,7 +78,7 @@ def featurize(prompts:list[str], # one prompt per response
 # %% ../nbs/08b_text_world.ipynb #c009
 def candidate_sets(prompts:list[str], # prompts of the grammar (each names one of `TOPICS`)
                    n:int=16, # distinct candidates per prompt
-                   seed:int=0, # prompt i's set depends only on (seed, i, prompt)
+                   seed:int|str=0, # prompt i's set depends only on (seed, i, prompt)
                    grammar:Grammar|None=None, # response probabilities (default `Grammar()`)
                    max_draws:int=50, # give up after max_draws * n draws for one prompt
                   ) -> list[list[str]]: # n distinct responses per prompt, in draw order
@@ -97,6 +97,29 @@ def candidate_sets(prompts:list[str], # prompts of the grammar (each names one o
                              f"{max_draws * n} draws")
         out.append(list(seen))
     return out
+
+def candidate_gold(prompts:list[str], # P prompts
+                   candidates:list[list[str]], # P candidate sets of M responses each (`candidate_sets`)
+                   weights=None, # gold aspect weights (default uniform, `pd_align.text_toy.gold_weights`)
+                  ) -> Tensor: # [P, M] float64 gold reward of every candidate
+    "The text toy's gold reward of every candidate of every set."
+    M = {len(cs) for cs in candidates}
+    if len(prompts) != len(candidates) or len(M) > 1:
+        raise ValueError(f"candidates: need one set per prompt ({len(prompts)}), all of one size; got {len(candidates)}"
+                         f" sets of sizes {sorted(M)}")
+    flat_p = [p for p, cs in zip(prompts, candidates) for _ in cs]
+    flat_r = [r for cs in candidates for r in cs]
+    return (score_matrix(flat_p, flat_r) @ gold_weights(weights)).reshape(len(prompts), -1)
+
+def set_expected_gold(logps:Tensor, # [..., P, M] log-probabilities (any normalisation) of each candidate under a policy
+                      gold:Tensor, # [P, M] gold reward of each candidate (`candidate_gold`)
+                      ref_logps:Tensor|None=None, # [P, M] the reference's; given: weights pi/pi_ref (see below)
+                     ) -> Tensor: # [...] mean over prompts of the expected gold
+    "Exact expected gold of a policy over fixed candidate sets: each prompt's policy renormalised over its set."
+    if logps.shape[-2:] != gold.shape:
+        raise ValueError(f"logps: expected [..., {gold.shape[0]}, {gold.shape[1]}], got {tuple(logps.shape)}")
+    w = logps.double() - (0 if ref_logps is None else ref_logps.double())
+    return (w.softmax(-1) * gold.double()).sum(-1).mean(-1)
 
 # %% ../nbs/08b_text_world.ipynb #c012
 def sample_prompts(topics, # topics to draw from

@@ -161,3 +161,15 @@ def test_cli_text_world(tmp_path):
                          env=ENV, timeout=120)
     lines = [l for l in bad.stderr.splitlines() if l.strip()]
     assert bad.returncode == 2 and len(lines) == 1 and 'shares' in lines[0] and 'Traceback' not in bad.stderr
+
+
+def test_set_expected_gold_is_the_loglinear_policys():
+    "For the log-linear policy, `set_expected_gold` of its logits equals `pd_align.loglinear.expected_gold`."
+    from pd_align.loglinear import policy_logits, expected_gold
+    w = tw.make_text_world(tw.sample_prompts(TOPICS, 6, 's'), n_candidates=8, seed='s')
+    theta = torch.randn(3, w.features.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gold = tw.candidate_gold(w.prompts, w.candidates)
+    assert torch.allclose(gold, w.gold)
+    logits = policy_logits(theta, w.features, w.toy.ref_logits)
+    assert torch.allclose(tw.set_expected_gold(logits, gold), expected_gold(theta, w.features, w.toy.ref_logits, w.gold))
+    with pytest.raises(ValueError, match='one set per prompt'): tw.candidate_gold(w.prompts[:2], w.candidates)
