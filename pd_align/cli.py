@@ -502,8 +502,11 @@ def cmd_text_world(args) -> int:
     print(text_world_table(res))
     print(f"gold: exact expected gold reward on held-out prompts (or topics), mean ± 95% t-interval over "
           f"{res.config['seeds']} seeds; vs_full / vs_random: paired difference to ALL / RAND, ± 95% t-interval")
-    cols = ['share', 'treatment', 'control', 'difference', 'ci', 'n', 'verdict']
-    print(res.comparisons[cols].to_string(index=False, float_format=lambda v: f'{v:+.3f}'))
+    cmp = res.comparisons.assign(share=[f'{s:.0%}' for s in res.comparisons['share']],
+                                 difference=[f'{d:+.3f} ± {h:.3f}' for d, h in zip(res.comparisons['difference'],
+                                                                                res.comparisons['ci'])])
+    print("the paper's comparisons on held-out prompts (treatment - control, paired, 95% t-interval):")
+    print(cmp[['share', 'treatment', 'control', 'difference', 'n', 'verdict']].to_string(index=False))
     print(f"{len(res.runs)} policies in {res.config['seconds']:.1f} s")
     print_written(out, 'results.json, results.csv, runs.csv, topics.csv, comparisons.csv, table.txt and the plot')
     return 0
