@@ -442,13 +442,17 @@ def cmd_toy(args) -> int:
     "Run the conflict-share sweep with every baseline; print the table with 95% intervals and a key of the methods."
     from pd_align.toy import run_toy, toy_table
     out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
-    res = run_toy(seeds=args.seeds, ratio=args.ratio, shares=args.shares, out=out, seed=args.seed, quick=args.quick)
+    res = run_toy(seeds=args.seeds, ratio=args.ratio, shares=args.shares, out=out, seed=args.seed, quick=args.quick,
+                  policy=args.policy)
     print(toy_table(res.summary))
     print_method_key(res)
     print(f"gold: expected gold reward of the policy (reward units), mean ± 95% t-interval over {res.config['seeds']} "
           "seeds; vs_full / vs_random: paired difference to ALL / RAND on the same data, ± 95% t-interval")
+    print("policy: tabular = one logit per (prompt, response), gold on the training prompts; shared = log-linear on "
+          "the response features, gold on held-out prompts; converged: share of runs the stopping rule stopped before "
+          "its cap")
     print(f"{len(res.runs)} policies trained in {res.config['seconds']:.1f} s")
-    print_written(out, 'results.json, results.csv, runs.csv, worlds.csv, table.txt and the plots')
+    print_written(out, 'results.json, results.csv, runs.csv, worlds.csv, curves.csv, table.txt and the plots')
     return 0
 
 def add_toy(sub, # `build_parser`'s sub-parsers
@@ -462,6 +466,9 @@ def add_toy(sub, # `build_parser`'s sub-parsers
                                                   "(default '0,0.1,0.2,0.3,0.4'; '0.1,0.3' with --quick)")
     t.add_argument('--quick', action='store_true',
                    help='small setting for CI: 3 seeds, 2 shares, smaller worlds (seconds)')
+    t.add_argument('--policy', choices=('tabular', 'shared', 'both'), default='both',
+                   help='tabular (one logit per prompt and response), shared (log-linear on the response features, '
+                        'evaluated on held-out prompts) or both on the same data (default)')
     add_common(t, out_required=False)
     t.set_defaults(handler=cmd_toy)
 

@@ -20,281 +20,32 @@ from .theory import label_noise
 from .selection import (select_by_pd, select_highest_pd, select_by_margin, select_by_holistic_margin, select_random,
                                 select_full)
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results, read_results,
-                                  torch_threads, plot_against, legend_outside, caption)
+                                  torch_threads, plot_against, legend_outside, caption, paired_ci)
+from .loglinear import StopRule, LoglinearRuns, loglinear_run, train_loglinear, policy_logits, REASONS
 
 # %% auto #0
-__all__ = ['ASPECTS', 'CONFLICT_LEVELS', 'DEFAULT_METHODS', 'TOY_METHODS', 'SELECTIONS', 'SHARES', 'LENGTH_BIAS', 'SWEEP_METHODS',
-           'SWEEP_RATIOS', 'NOISE_LEVELS', 'RATING_NOISE', 'PANELS', 'GOLD_LABEL', 'QUICK', 'conflict_correlation',
+__all__ = ['DEFAULT_METHODS', 'TOY_METHODS', 'SELECTIONS', 'SHARES', 'LENGTH_BIAS', 'SWEEP_METHODS', 'SWEEP_RATIOS',
+           'NOISE_LEVELS', 'RATING_NOISE', 'POLICIES', 'PANELS', 'GOLD_LABEL', 'QUICK', 'MAP_KNOB', 'MAP_VALUES',
+           'MAP_RATIOS', 'MAP_METHODS', 'MAP_SETTINGS', 'KNOB_LABELS', 'TabularRuns', 'tabular_run', 'train_runs',
+           'train_tabular_dpo', 'evaluate_runs', 'evaluate', 'holistic_margins', 'mix_conflict', 'relabel_flips',
+           'identity_gap', 'ToyResults', 'ToyConfig', 'simulate', 'simulate_config', 'shared_run', 'toy_summary',
+           'run_experiment', 'plot_conflict_share', 'plot_pd_quality', 'plot_budget', 'plot_example_pd',
+           'plot_curve_ends', 'toy_figures', 'toy_table', 'parse_shares', 'run_toy', 'map_summary', 'policy_map',
+           'plot_policy_map', 'map_sentence', 'policy_table', 'ASPECTS', 'CONFLICT_LEVELS', 'conflict_correlation',
            'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets', 'toy_pairs', 'gold_pair_scores',
            'own_margin', 'oracle_pd', 'estimate_aspect_rewards', 'estimate_unified_reward', 'estimated_pd',
-           'TabularRuns', 'tabular_run', 'train_runs', 'train_tabular_dpo', 'evaluate_runs', 'evaluate',
-           'holistic_margins', 'mix_conflict', 'relabel_flips', 'identity_gap', 'ToyResults', 'ToyConfig', 'simulate',
-           'simulate_config', 'toy_summary', 'run_experiment', 'plot_conflict_share', 'plot_pd_quality', 'plot_budget',
-           'plot_example_pd', 'toy_figures', 'toy_table', 'parse_shares', 'run_toy']
+           'crossfit_pd']
 
 # %% ../nbs/05_toy.ipynb #c006
-ASPECTS = ('helpfulness', 'honesty', 'instruction_following', 'truthfulness')
-CONFLICT_LEVELS = {'low': 0.5, 'mid': 0.0, 'high': -0.3}
-
-def conflict_correlation(conflict:str|float, # 'low', 'mid', 'high' or the correlation itself
-                         n_aspects:int, # K >= 2
-                        ) -> float: # off-diagonal correlation rho of the aspect rewards
-    "The inter-aspect correlation for a conflict level; 'high' stops 90% of the way to the PD limit -1/(K-1)."
-    if n_aspects < 2:
-        raise ValueError(f"n_aspects: need at least 2 aspects, got {n_aspects}")
-    floor = -1 / (n_aspects - 1)
-    if isinstance(conflict, str):
-        if conflict not in CONFLICT_LEVELS:
-            raise ValueError(f"conflict: expected one of {list(CONFLICT_LEVELS)} or a float, got {conflict!r}")
-        rho = CONFLICT_LEVELS[conflict]
-        return max(rho, 0.9 * floor) if conflict == 'high' else rho
-    rho = float(conflict)
-    if not floor < rho < 1:
-        raise ValueError(f"conflict: correlation {rho} makes the covariance singular or indefinite; need {floor:.3f} "
-                         f"< rho < 1 for K={n_aspects}")
-    return rho
+from .toy_world import (ASPECTS, CONFLICT_LEVELS, conflict_correlation, ToyWorld, make_world, ToyPairs,
+                                draw_pairs, sample_subdatasets, toy_pairs, gold_pair_scores, own_margin, oracle_pd,
+                                estimate_aspect_rewards, estimate_unified_reward, estimated_pd, crossfit_pd,
+                                _length_balance_weights, _newton_bt, _fit_linear_bt)
+_all_ = ['ASPECTS', 'CONFLICT_LEVELS', 'conflict_correlation', 'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs',
+         'sample_subdatasets', 'toy_pairs', 'gold_pair_scores', 'own_margin', 'oracle_pd', 'estimate_aspect_rewards',
+         'estimate_unified_reward', 'estimated_pd', 'crossfit_pd']
 
 # %% ../nbs/05_toy.ipynb #c008
-@dataclass
-class ToyWorld:
-    "A synthetic multi-aspect world: `P` prompts x `M` candidate responses, `K` known aspect rewards each."
-    rewards: Tensor # [P, M, K] true per-aspect rewards r_k(x, y)
-    lengths: Tensor # [P, M] standardised response length
-    features: Tensor # [P, M, D] observable response features; the last column is the length
-    weights: Tensor # [K] aspect weights w_k, summing to 1
-    ref_logits: Tensor # [P, M] reference policy logits
-    aspects: tuple # K aspect names
-    correlation: float # off-diagonal correlation of the aspect rewards
-    length_aspect: int # index of the aspect the length is correlated with
-    length_bias: Tensor # [K] annotators' extra log-odds per unit of length difference, per aspect (not in gold reward)
-    seed: int
-
-    @property
-    def holistic(self) -> Tensor:
-        "[P, M] gold holistic reward r = sum_k w_k r_k."
-        return self.rewards @ self.weights
-    @property
-    def n_prompts(self) -> int: return self.rewards.shape[0]
-    @property
-    def n_responses(self) -> int: return self.rewards.shape[1]
-    @property
-    def n_aspects(self) -> int: return self.rewards.shape[2]
-    def __repr__(self):
-        return (f"ToyWorld(P={self.n_prompts}, M={self.n_responses}, aspects={list(self.aspects)}, "
-                f"rho={self.correlation:+.3f}, length_bias={self.length_bias.tolist()}, seed={self.seed})")
-
-# %% ../nbs/05_toy.ipynb #c009
-def make_world(n_prompts:int=100, # P prompts
-               n_responses:int=6, # M candidate responses per prompt
-               aspects:tuple=ASPECTS, # K aspect names
-               conflict:str|float='high', # 'low' (rho=+0.5), 'mid' (0), 'high' (-0.3 for K=4) or rho itself
-               seed:int=0, # seeds every draw; a seed gives the same standard-normal draws at every conflict level
-               weights=None, # [K] aspect weights (default uniform), normalised to sum 1
-               length_aspect:int|str=0, # aspect (index or name) the length is correlated with
-               length_corr:float=0.5, # correlation c of the length with that aspect's reward
-               length_bias:float|tuple=0.0, # annotators' extra log-odds per unit of length difference: one value or [K]
-               feature_noise:float=0.5, # sigma_f of the noisy reward copy inside the features
-               n_nuisance:int=3, # uninformative feature coordinates
-               ref_logits:Tensor|None=None, # [P, M] reference policy logits (default uniform)
-              ) -> ToyWorld:
-    "Draw a toy world whose aspect rewards have correlation set by `conflict`."
-    K, P, M = len(aspects), n_prompts, n_responses
-    rho = conflict_correlation(conflict, K)
-    if P < 1 or M < 2:
-        raise ValueError(f"n_prompts >= 1 and n_responses >= 2 needed, got {P}, {M}")
-    if not -1 < length_corr < 1:
-        raise ValueError(f"length_corr: need |c| < 1, got {length_corr}")
-    a = list(aspects).index(length_aspect) if isinstance(length_aspect, str) else int(length_aspect)
-    if not 0 <= a < K:
-        raise ValueError(f"length_aspect: index {a} out of range for {K} aspects")
-    w = normalise_weights(weights, K, torch.float32)
-    bias = torch.as_tensor(length_bias, dtype=torch.float32).flatten()
-    if bias.numel() not in (1, K):
-        raise ValueError(f"length_bias: expected one value or {K} (one per aspect), got {bias.numel()}")
-    bias = bias.expand(K).clone()
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(P, M, K, generator=g)
-    cov = (1 - rho) * torch.eye(K) + rho * torch.ones(K, K)
-    rewards = z @ torch.linalg.cholesky(cov).T
-    lengths = length_corr * rewards[..., a] + math.sqrt(1 - length_corr ** 2) * torch.randn(P, M, generator=g)
-    noisy = rewards + feature_noise * torch.randn(P, M, K, generator=g)
-    nuisance = torch.randn(P, M, n_nuisance, generator=g)
-    rotation, _ = torch.linalg.qr(torch.randn(K + n_nuisance, K + n_nuisance, generator=g))
-    features = torch.cat([torch.cat([noisy, nuisance], -1) @ rotation, lengths[..., None]], -1)
-    ref = torch.zeros(P, M) if ref_logits is None else torch.as_tensor(ref_logits, dtype=torch.float32)
-    if ref.shape != (P, M):
-        raise ValueError(f"ref_logits: expected shape {(P, M)}, got {tuple(ref.shape)}")
-    return ToyWorld(rewards, lengths, features, w, ref, tuple(aspects), rho, a, bias, seed)
-
-# %% ../nbs/05_toy.ipynb #c013
-@dataclass
-class ToyPairs:
-    "Index view of labelled pairs: prompt, chosen and rejected response, and labelling aspect of each."
-    prompt: Tensor # [N] prompt index
-    chosen: Tensor # [N] chosen response index
-    rejected: Tensor # [N] rejected response index
-    aspect: Tensor # [N] labelling aspect index
-    def __len__(self): return len(self.prompt)
-    def subset(self, index:Tensor) -> ToyPairs:
-        "The pairs at `index`."
-        return ToyPairs(self.prompt[index], self.chosen[index], self.rejected[index], self.aspect[index])
-
-def _draw_aspect(world:ToyWorld, k:int, n:int, g:torch.Generator):
-    "n Bradley-Terry labelled pairs on aspect k: (prompt, chosen, rejected) index tensors."
-    P, M = world.n_prompts, world.n_responses
-    p = torch.randint(P, (n,), generator=g)
-    a = torch.randint(M, (n,), generator=g)
-    b = (a + 1 + torch.randint(M - 1, (n,), generator=g)) % M
-    r, ln = world.rewards[..., k], world.lengths
-    logit = r[p, a] - r[p, b] + world.length_bias[k] * (ln[p, a] - ln[p, b])
-    a_wins = torch.rand(n, generator=g) < torch.sigmoid(logit)
-    return p, torch.where(a_wins, a, b), torch.where(a_wins, b, a)
-
-def draw_pairs(world:ToyWorld, # the world to label
-               pairs_per_aspect:int=500, # pairs labelled on each aspect
-               seed:int=0, # seeds the pairs and the labels
-              ) -> ToyPairs: # aspect 0's pairs first, then aspect 1's, ...
-    "Bradley-Terry labelled pairs, `pairs_per_aspect` per aspect, each labelled on its own aspect only."
-    if pairs_per_aspect < 1:
-        raise ValueError(f"pairs_per_aspect: need >= 1, got {pairs_per_aspect}")
-    g = torch.Generator().manual_seed(seed)
-    p, c, r = map(torch.cat, zip(*[_draw_aspect(world, k, pairs_per_aspect, g) for k in range(world.n_aspects)]))
-    return ToyPairs(p, c, r, torch.arange(world.n_aspects).repeat_interleave(pairs_per_aspect))
-
-def sample_subdatasets(world:ToyWorld, # the world to label
-                       pairs_per_aspect:int=500, # pairs labelled on each aspect
-                       seed:int=0, # seeds the pairs and the labels (same draws as `draw_pairs`)
-                      ): # fine-grained `Dataset` (pd_align.data schema) + prompt_idx, chosen_idx, rejected_idx
-    "One Bradley-Terry labelled sub-dataset per aspect, aggregated into one fine-grained dataset with true scores."
-    pairs, names, subs = draw_pairs(world, pairs_per_aspect, seed), list(world.aspects), {}
-    sc, sr = world.rewards[pairs.prompt, pairs.chosen].tolist(), world.rewards[pairs.prompt, pairs.rejected].tolist()
-    rows = list(zip(pairs.prompt.tolist(), pairs.chosen.tolist(), pairs.rejected.tolist(), sc, sr))
-    for k, name in enumerate(names):
-        recs = [dict(id=str(i), prompt=f"prompt {p}", chosen=f"response {c} to prompt {p}",
-                     rejected=f"response {r} to prompt {p}", aspect=name, source='toy',
-                     chosen_scores=dict(zip(names, s1)), rejected_scores=dict(zip(names, s2)),
-                     prompt_idx=p, chosen_idx=c, rejected_idx=r)
-                for i, (p, c, r, s1, s2) in enumerate(rows[k * pairs_per_aspect:(k + 1) * pairs_per_aspect])]
-        # strict=False: a Bradley-Terry label may prefer the response with the lower reward on its own aspect
-        subs[name] = from_records(recs, aspects=names, strict=False)
-    return aggregate(subs)
-
-# %% ../nbs/05_toy.ipynb #c015
-def _index_column(ds, name) -> Tensor:
-    if name not in ds.column_names:
-        raise ValueError(f"{name}: missing column; build the dataset with `sample_subdatasets`")
-    return torch.as_tensor(np.asarray(ds[name]), dtype=torch.long)
-
-def toy_pairs(data, # a toy `Dataset` (from `sample_subdatasets`) or `ToyPairs`
-              world:ToyWorld) -> ToyPairs:
-    "The (prompt, chosen, rejected, aspect) index tensors of toy pairs."
-    if isinstance(data, ToyPairs): return data
-    if get_aspects(data) != list(world.aspects):
-        raise ValueError(f"aspects: dataset has {get_aspects(data)}, world has {list(world.aspects)}")
-    prompt, chosen, rejected = (_index_column(data, f'{c}_idx') for c in ('prompt', 'chosen', 'rejected'))
-    return ToyPairs(prompt, chosen, rejected, aspect_index(data, list(world.aspects)))
-
-def gold_pair_scores(world:ToyWorld, data) -> tuple[Tensor, Tensor]:
-    "[N, K] true chosen and rejected aspect rewards of the pairs (from the score columns for a `Dataset`)."
-    if isinstance(data, ToyPairs):
-        return world.rewards[data.prompt, data.chosen], world.rewards[data.prompt, data.rejected]
-    return scores_matrix(data, list(world.aspects))
-
-def own_margin(world:ToyWorld, data) -> Tensor:
-    "[N] the labelling aspect's true margin Delta_k."
-    ch, rj = gold_pair_scores(world, data)
-    return (ch - rj).gather(1, toy_pairs(data, world).aspect[:, None]).squeeze(1)
-
-# %% ../nbs/05_toy.ipynb #c020
-def oracle_pd(world:ToyWorld, data) -> Tensor:
-    "[N] preference divergence from the true aspect rewards (the `pd_oracle` baseline)."
-    ch, rj = gold_pair_scores(world, data)
-    return preference_divergence(ch, rj, toy_pairs(data, world).aspect, world.weights)
-
-def _newton_bt(x:Tensor, group:Tensor, n_groups:int, offset:Tensor, ridge:Tensor, iters:int,
-               weight:Tensor|None=None) -> Tensor:
-    "Ridge Bradley-Terry (logistic, no intercept) fits on rows `x` [N, D], one per group, all at once: [G, D]."
-    x, offset = x.double(), offset.double()
-    raw = torch.ones(len(group), dtype=torch.float64) if weight is None else weight.double()
-    group_total = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, raw)
-    wts = raw / group_total[group]  # each group's weights sum to 1
-    members = [(group == g).nonzero().squeeze(1) for g in range(n_groups)]
-    theta = torch.zeros(n_groups, x.shape[1], dtype=torch.float64)
-    for _ in range(iters):
-        p = torch.sigmoid((theta[group] * x).sum(-1) + offset)
-        grad = torch.zeros_like(theta).index_add_(0, group, ((p - 1) * wts)[:, None] * x) + 2 * ridge * theta
-        curv = p * (1 - p) * wts
-        hess = torch.stack([(x[i] * curv[i, None]).T @ x[i] for i in members]) # X_g' diag(curv) X_g, no [N, D, D]
-        step = torch.linalg.solve(hess + torch.diag(2 * ridge + 1e-9), grad)
-        theta = theta - step
-        if step.abs().max() < 1e-9: break
-    return theta.float()
-
-def _length_balance_weights(dlen:Tensor, group:Tensor, n_groups:int) -> Tensor:
-    "Weights giving chosen-at-least-as-long and chosen-shorter pairs half of each group's weight each."
-    plus = (dlen >= 0).double()
-    n_plus = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, plus)[group]
-    n_all = torch.bincount(group, minlength=n_groups).double()[group]
-    n_minus = n_all - n_plus
-    w = torch.where(plus > 0, 0.5 / n_plus.clamp(min=1), 0.5 / n_minus.clamp(min=1))
-    one_sided = (n_plus == 0) | (n_minus == 0)
-    return torch.where(one_sided, 1 / n_all, w)
-
-def _fit_linear_bt(world:ToyWorld, pr:ToyPairs, group:Tensor, n_groups:int, length_penalty, length_balance:bool,
-                   l2:float, iters:int) -> Tensor:
-    "[P, M, G] linear Bradley-Terry rewards, one model per group of pairs."
-    X = world.features if length_penalty is False else world.features[..., :-1]
-    dx = X[pr.prompt, pr.chosen] - X[pr.prompt, pr.rejected]
-    dlen = world.lengths[pr.prompt, pr.chosen] - world.lengths[pr.prompt, pr.rejected]
-    fixed = 0.0 if isinstance(length_penalty, bool) else float(length_penalty)
-    design = torch.cat([dx, dlen[:, None]], 1) if length_penalty is True else dx
-    ridge = torch.zeros(design.shape[1], dtype=torch.float64)
-    ridge[:dx.shape[1]] = l2  # the length term is not shrunk
-    weight = _length_balance_weights(dlen, group, n_groups) if length_balance else None
-    with torch_threads(1): theta = _newton_bt(design, group, n_groups, fixed * dlen, ridge, iters, weight)
-    return X @ theta[:, :X.shape[-1]].T
-
-def estimate_aspect_rewards(world:ToyWorld, # supplies the response features
-                            data, # toy `Dataset` or `ToyPairs`; aspect k's model sees only its own pairs
-                            # True: fit and drop a length term; float: a fixed rho; False: length is a feature
-                            length_penalty:bool|float=True,
-                            length_balance:bool=False, # weight each D_k to 50% chosen-longer pairs
-                            l2:float=1e-3, # ridge strength lambda on theta
-                            iters:int=25, # Newton iterations (the ridge logistic loss is strictly convex)
-                           ) -> Tensor: # [P, M, K] estimated aspect rewards (length part removed when penalised)
-    "Per-aspect linear Bradley-Terry reward models, each fit on its own sub-dataset only."
-    pr, K = toy_pairs(data, world), world.n_aspects
-    empty = (torch.bincount(pr.aspect, minlength=K) == 0).nonzero()
-    if len(empty):
-        raise ValueError(f"data: aspect {world.aspects[empty[0].item()]!r} has no pairs to fit its reward model on")
-    return _fit_linear_bt(world, pr, pr.aspect, K, length_penalty, length_balance, l2, iters)
-
-def estimate_unified_reward(world:ToyWorld, # supplies the response features
-                            data, # toy `Dataset` or `ToyPairs`: every label, whatever its aspect
-                            length_penalty:bool|float=True, # as in `estimate_aspect_rewards`
-                            length_balance:bool=True, # weight the pairs to 50% chosen-longer
-                            l2:float=1e-3, iters:int=25,
-                           ) -> Tensor: # [P, M] one estimated reward
-    "One linear Bradley-Terry reward model fit on all sub-datasets' labels as if they were one preference (RAF)."
-    pr = toy_pairs(data, world)
-    if len(pr) == 0:
-        raise ValueError("data: no pairs to fit the unified reward model on")
-    one_group = torch.zeros(len(pr), dtype=torch.long)
-    return _fit_linear_bt(world, pr, one_group, 1, length_penalty, length_balance, l2, iters)[..., 0]
-
-def estimated_pd(world:ToyWorld, data,
-                 rewards_hat:Tensor|None=None, # [P, M, K] estimated rewards (default `estimate_aspect_rewards`)
-                 gamma:float=0.9, # quantile used to scale each aspect's margins
-                 method:str='quantile', # or 'zscore' (see `scale_margins`)
-                ) -> Tensor: # [N] estimated PD
-    "PD from estimated rewards, margins scaled per aspect as in the paper (quantile scaling, clipped to [-1, 1])."
-    if rewards_hat is None: rewards_hat = estimate_aspect_rewards(world, data)
-    pr = toy_pairs(data, world)
-    deltas = rewards_hat[pr.prompt, pr.chosen] - rewards_hat[pr.prompt, pr.rejected]
-    scaled = scale_margins(deltas, gamma=gamma, method=method)
-    return preference_divergence(scaled, torch.zeros_like(scaled), pr.aspect, world.weights)
-
-# %% ../nbs/05_toy.ipynb #c024
 @dataclass
 class TabularRuns:
     "R independent tabular DPO/DFPO runs, n (padded) training pairs each."
@@ -349,37 +100,63 @@ def _gather_logps(logps:Tensor, prompt:Tensor, resp:Tensor) -> Tensor:
     "[R, P, M] log-probs, [R, n] prompts and responses -> [R, n] log-probs of those responses."
     return logps.flatten(1).gather(1, prompt * logps.shape[-1] + resp)
 
+def _run_losses(logits:Tensor, runs:TabularRuns, wn:Tensor, ref_c:Tensor, ref_r:Tensor, beta:float) -> Tensor:
+    "[R] each run's weighted mean DPO (or DFPO) loss at `logits`."
+    lp = logits.log_softmax(-1)
+    pc, pr = _gather_logps(lp, runs.prompt, runs.chosen), _gather_logps(lp, runs.prompt, runs.rejected)
+    i_dpo, i_dfpo = (~runs.dfpo).nonzero().squeeze(1), runs.dfpo.nonzero().squeeze(1)
+    per = torch.zeros(len(runs), dtype=lp.dtype)
+    if len(i_dpo):
+        l, _, _ = dpo_loss(pc[i_dpo], pr[i_dpo], ref_c[i_dpo], ref_r[i_dpo], beta=beta)
+        per = per.index_put((i_dpo,), (l * wn[i_dpo]).sum(1))
+    if len(i_dfpo):
+        l, _, _ = dfpo_loss(pc[i_dfpo], pr[i_dfpo], ref_c[i_dfpo], ref_r[i_dfpo], runs.pd[i_dfpo],
+                            runs.aspect_weight[i_dfpo], beta=beta)
+        per = per.index_put((i_dfpo,), (l * wn[i_dfpo]).sum(1))
+    return per
+
+def _stop_info(rule:StopRule, reason:Tensor, n_steps:Tensor, losses:list, norms:list) -> dict:
+    "n_steps, converged, reason and the loss / gradient-norm history (NaN after each run stopped)."
+    reason = torch.where(reason == 0, 2, reason)
+    stopped = torch.arange(len(losses))[:, None] > n_steps[None]
+    hist = {k: torch.stack(v).double().masked_fill(stopped, float('nan')) for k, v in (('loss', losses),
+                                                                                   ('grad_norm', norms))}
+    return dict(n_steps=n_steps, converged=reason != 2, reason=reason, history=hist, rule=rule)
+
 def train_runs(runs:TabularRuns,
                beta:float=0.1, # DPO beta
-               steps:int=150, # full-batch Adam steps
+               steps:int=150, # full-batch Adam steps (the cap when `rule` is given: `rule.max_steps` is used)
                lr:float=0.1, # Adam learning rate
+               rule:StopRule|None=None, # stopping rule (default: exactly `steps` steps, no early stop)
+               info:dict|None=None, # filled with n_steps, converged, reason, history (as `LoglinearFit`)
               ) -> Tensor: # [R, P, M] trained policy logits
-    "Train R independent tabular policies by full-batch DPO/DFPO in one vectorised loop."
+    "Train R independent tabular policies by full-batch DPO/DFPO in one vectorised loop, each to `rule`."
+    rule = StopRule(gtol=0.0, rtol=0.0, max_steps=steps) if rule is None else rule
     wn = runs.weight / runs.weight.sum(1, keepdim=True)
     ref_lp = runs.ref_logits.log_softmax(-1)
     ref_c, ref_r = _gather_logps(ref_lp, runs.prompt, runs.chosen), _gather_logps(ref_lp, runs.prompt, runs.rejected)
-    i_dpo, i_dfpo = (~runs.dfpo).nonzero().squeeze(1), runs.dfpo.nonzero().squeeze(1)
     logits = runs.ref_logits.clone()
     m, v = torch.zeros_like(logits), torch.zeros_like(logits)
     b1, b2, eps = 0.9, 0.999, 1e-8  # Adam (torch.optim.Adam's defaults), written out: same update, no optimiser import
+    reason, n_steps = torch.zeros(len(runs), dtype=torch.long), torch.zeros(len(runs), dtype=torch.long)
+    losses, norms = [], []
     with torch_threads(1):
-        for t in range(1, steps + 1):
+        for t in range(1, rule.max_steps + 2):
             logits.requires_grad_(True)
-            lp = logits.log_softmax(-1)
-            pc, pr = _gather_logps(lp, runs.prompt, runs.chosen), _gather_logps(lp, runs.prompt, runs.rejected)
-            total = 0.
-            if len(i_dpo):
-                l, _, _ = dpo_loss(pc[i_dpo], pr[i_dpo], ref_c[i_dpo], ref_r[i_dpo], beta=beta)
-                total = total + (l * wn[i_dpo]).sum()
-            if len(i_dfpo):
-                l, _, _ = dfpo_loss(pc[i_dfpo], pr[i_dfpo], ref_c[i_dfpo], ref_r[i_dfpo], runs.pd[i_dfpo],
-                                    runs.aspect_weight[i_dfpo], beta=beta)
-                total = total + (l * wn[i_dfpo]).sum()
-            (grad,) = torch.autograd.grad(total, logits)
+            per = _run_losses(logits, runs, wn, ref_c, ref_r, beta)
+            (grad,) = torch.autograd.grad(per.sum(), logits)
+            losses.append(per.detach())
+            norms.append(grad.flatten(1).norm(dim=1))
+            reason = torch.where(reason == 0, rule.reason(losses, norms[-1]), reason)
+            active = reason == 0
+            if t > rule.max_steps or not active.any(): break
             with torch.no_grad():
                 m.mul_(b1).add_(grad, alpha=1 - b1)
                 v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                logits = logits.detach() - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+                new = logits.detach() - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+                logits = torch.where(active[:, None, None], new, logits.detach())
+            n_steps = n_steps + active.long()
+    if info is not None: info.update(_stop_info(rule, reason, n_steps, losses, norms))
     return logits.detach()
 
 def train_tabular_dpo(world:ToyWorld, # the world (supplies the reference policy)
@@ -396,7 +173,7 @@ def train_tabular_dpo(world:ToyWorld, # the world (supplies the reference policy
     if loss == 'dfpo' and pd is None: pd = oracle_pd(world, data)
     return train_runs(tabular_run(world, data, index, loss=loss, pd=pd), beta=beta, steps=steps, lr=lr)[0]
 
-# %% ../nbs/05_toy.ipynb #c025
+# %% ../nbs/05_toy.ipynb #c009
 def evaluate_runs(world:ToyWorld, policy:Tensor # [R, P, M] (or [P, M]) logits
                  ) -> dict: # {'gold', 'gold_norm', 'win_rate', 'kl'}: [R] tensors
     "Gold metrics of a batch of tabular policies."
@@ -419,7 +196,7 @@ def evaluate(world:ToyWorld, # the world with the gold rewards
         raise ValueError(f"policy: expected logits of shape {tuple(world.ref_logits.shape)}, got {tuple(policy.shape)}")
     return {k: v.item() for k, v in evaluate_runs(world, policy).items()}
 
-# %% ../nbs/05_toy.ipynb #c031
+# %% ../nbs/05_toy.ipynb #c015
 DEFAULT_METHODS = ('full', 'ova', 'avg', 'dfpo', 'dfpo_est', 'random', 'raf', 'pd_oracle', 'pd', 'pd_high', 'pd_nl',
                    'holistic_margin', 'gold_labels')
 TOY_METHODS = DEFAULT_METHODS + ('margin',) # every method this world implements (`margin`: largest own-aspect margin)
@@ -442,16 +219,20 @@ def mix_conflict(world:ToyWorld, # the world
                  pool:ToyPairs, # labelled pairs to draw from (e.g. `draw_pairs` with a large `pairs_per_aspect`)
                  share:float, # wanted share of conflicting pairs in every aspect's sub-dataset, in [0, 1]
                  pairs_per_aspect:int=500, # n: pairs per aspect in the result
+                 min_margin:float=0.0, # conflicting pairs are drawn among those with holistic margin < -min_margin
                 ) -> Tensor: # indices into `pool`, aspect by aspect
     "Per aspect, round(share*n) pairs whose label disagrees with the gold holistic preference and the rest agreeing."
     if not 0 <= share <= 1:
         raise ValueError(f"share: must be in [0, 1], got {share}")
-    conflicting = holistic_margins(world, pool) < 0
+    if min_margin < 0:
+        raise ValueError(f"min_margin: need >= 0, got {min_margin}")
+    margin = holistic_margins(world, pool)
+    conflicting = margin < -min_margin
     n_conf = round(share * pairs_per_aspect)
     out = []
     for k, name in enumerate(world.aspects):
         ck = ((pool.aspect == k) & conflicting).nonzero().squeeze(1)
-        ak = ((pool.aspect == k) & ~conflicting).nonzero().squeeze(1)
+        ak = ((pool.aspect == k) & (margin >= 0)).nonzero().squeeze(1)
         if len(ck) < n_conf or len(ak) < pairs_per_aspect - n_conf:
             need = (n_conf, pairs_per_aspect - n_conf)
             raise ValueError(f"share: aspect {name!r}: the pool has {len(ck)} conflicting and {len(ak)} agreeing "
@@ -477,7 +258,7 @@ def relabel_flips(world:ToyWorld, # the world
     avg = ((ch - rj).double() + bias * dlen[:, None] + noise) @ world.weights.double()
     return dict(ova=~ova_keeps, avg=avg < 0, gold_labels=dr < 0)
 
-# %% ../nbs/05_toy.ipynb #c035
+# %% ../nbs/05_toy.ipynb #c019
 def _selector(N:int, seed:int, scores:dict):
     "method, ratio -> indices of the training pairs."
     def select(method:str, ratio:float) -> Tensor:
@@ -514,16 +295,18 @@ def identity_gap(world:ToyWorld, # the world (gold rewards, reference policy)
     l_dpo = dpo_loss(pc, pr_, rc, rr, beta=beta)[0].mean()
     return direct.item(), abs(direct - (l_dpo + (q * h).mean())).item()
 
-def _method_scores(world:ToyWorld, pairs:ToyPairs, wanted:set, gamma:float) -> dict:
+def _method_scores(world:ToyWorld, pairs:ToyPairs, wanted:set, gamma:float, folds:int=0) -> dict:
     "The per-pair scores the selection rules of `wanted` rank by (true PD, margins, estimated PDs, RAF margin)."
     ch, rj = gold_pair_scores(world, pairs)
     own = (ch - rj).gather(1, pairs.aspect[:, None]).squeeze(1)
     scores = dict(pd_oracle=preference_divergence(ch, rj, pairs.aspect, world.weights),
                   holistic_margin=holistic_margin(ch, rj, world.weights), margin=own)
     if wanted & {'pd', 'dfpo_est'}:
-        scores['pd'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, True, True), gamma)
+        if folds: scores['pd'] = crossfit_pd(world, pairs, folds, True, True, gamma)
+        else: scores['pd'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, True, True), gamma)
     if 'pd_nl' in wanted:
-        scores['pd_nl'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, False, False), gamma)
+        if folds: scores['pd_nl'] = crossfit_pd(world, pairs, folds, False, False, gamma)
+        else: scores['pd_nl'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, False, False), gamma)
     if 'raf' in wanted:
         unified = estimate_unified_reward(world, pairs)
         scores['raf'] = unified[pairs.prompt, pairs.chosen] - unified[pairs.prompt, pairs.rejected]
@@ -561,7 +344,7 @@ def _world_specs(world:ToyWorld, # the world of the dataset
     "The run specifications of one dataset, and its statistics."
     N = len(pairs)
     sweep_methods, sweep_ratios = (c.sweep_methods, c.sweep_ratios) if sweep else ((), ())
-    scores = _method_scores(world, pairs, set(c.methods) | set(sweep_methods), c.gamma)
+    scores = _method_scores(world, pairs, set(c.methods) | set(sweep_methods), c.gamma, c.folds)
     pd_true = scores['pd_oracle']
     quality = {m: spearman(scores[m], pd_true) for m in ('pd_oracle', 'pd', 'pd_nl') if m in scores}
     select = _selector(N, seed, scores)
@@ -580,7 +363,7 @@ def _world_specs(world:ToyWorld, # the world of the dataset
                 n_pairs=N)
     return specs, info
 
-# %% ../nbs/05_toy.ipynb #c036
+# %% ../nbs/05_toy.ipynb #c020
 @dataclass
 class ToyResults(Results):
     "`pd_align.experiments.Results` (summary per (share, method); runs: kind 'main', 'sweep' or 'quality') + plot data."
@@ -601,6 +384,8 @@ def _check_shares(shares) -> tuple:
     if bad:
         raise ValueError(f"shares: must be in [0, 1], got {bad}")
     return shares
+
+POLICIES = {'tabular': ('tabular',), 'shared': ('shared',), 'both': ('tabular', 'shared')}
 
 @dataclass
 class ToyConfig:
@@ -626,8 +411,17 @@ class ToyConfig:
     noise_levels: tuple = NOISE_LEVELS # sigma of the reward noise for the quality curve
     gamma: float = 0.9 # margin-scaling quantile of the estimated PD
     beta: float = 0.1 # DPO beta
-    steps: int = 150 # full-batch Adam steps
-    lr: float = 0.1 # Adam learning rate
+    steps: int = 150 # the stopping rule's cap: full-batch Adam steps (tabular), Newton steps (shared)
+    lr: float = 0.1 # Adam learning rate (tabular policy)
+    policy: str = 'tabular' # 'tabular', 'shared' (log-linear on the features, held-out prompts) or 'both'
+    n_heldout: int = 200 # held-out prompts of each world, where the shared policy is evaluated
+    label_scale: float = 1.0 # annotators' sharpness (`make_world`)
+    conflict_margin: float = 0.0 # conflicting pairs have holistic margin < -conflict_margin (`mix_conflict`)
+    crossfit_folds: int|None = None # prompt folds of the estimated PD; None: 2 with a shared policy, else 0
+    l2: float = 1e-4 # ridge of the shared policy's objective (strictly convex: one finite minimiser)
+    gtol: float = 1e-6 # stopping rule: gradient norm below this, ...
+    rtol: float = 1e-7 # ... or relative loss decrease over `window` steps below this
+    window: int = 10
 
     def __post_init__(self):
         self.shares = _check_shares(self.shares)
@@ -644,6 +438,22 @@ class ToyConfig:
         self.weights = None if self.weights is None else tuple(map(float, self.weights))
         self.length_bias = tuple(float(b) for b in torch.as_tensor(self.length_bias).flatten().tolist())
         self.sweep_ratios, self.noise_levels = tuple(self.sweep_ratios), tuple(self.noise_levels)
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy: expected one of {list(POLICIES)}, got {self.policy!r}")
+        if self.n_heldout < 1 and self.policy != 'tabular':
+            raise ValueError(f"n_heldout: the shared policy needs held-out prompts, got {self.n_heldout}")
+        StopRule(self.gtol, self.rtol, self.window, self.steps)  # checks the rule's settings
+
+    @property
+    def policies(self) -> tuple: # the policies trained, in table order
+        return POLICIES[self.policy]
+    @property
+    def rule(self) -> StopRule: # the one stopping rule of every run
+        return StopRule(self.gtol, self.rtol, self.window, self.steps)
+    @property
+    def folds(self) -> int: # prompt folds of the estimated PD
+        if self.crossfit_folds is not None: return int(self.crossfit_folds)
+        return 2 if 'shared' in self.policies else 0
 
     def _sweep_share(self) -> float|None:
         share = self.shares[len(self.shares) // 2] if self.sweep_share == 'middle' else self.sweep_share
@@ -657,8 +467,9 @@ class ToyConfig:
 
     def world(self, seed:int) -> ToyWorld:
         "The world of one seed."
+        held = self.n_heldout if 'shared' in self.policies else 0
         return make_world(self.n_prompts, self.n_responses, self.aspects, self.world_conflict, seed, self.weights,
-                          length_bias=self.length_bias, **self.world_kw)
+                          length_bias=self.length_bias, label_scale=self.label_scale, n_heldout=held, **self.world_kw)
 
 def simulate(shares=SHARES, # conflict shares of every aspect's sub-dataset
              seeds:int=10, # seeds (worlds seed, seed+1, ...); every share uses the same worlds and pools
@@ -677,7 +488,7 @@ def _share_datasets(c:ToyConfig, world:ToyWorld, ws:int) -> tuple[list, list]:
     pool_conflict = (holistic_margins(world, pool) < 0).double().mean().item()
     out, rows = [], []
     for share in c.shares:
-        idx = mix_conflict(world, pool, share, c.pairs_per_aspect)
+        idx = mix_conflict(world, pool, share, c.pairs_per_aspect, c.conflict_margin)
         pairs = pool.subset(idx)
         flips = {k: v[idx] for k, v in pool_flips.items()}
         specs, info = _world_specs(world, pairs, flips, ws, c, share == c.sweep_share)
@@ -707,30 +518,70 @@ def simulate_config(c:ToyConfig, # the experiment
                 did = len(data_of)
                 data_of[did] = (world, pairs)
                 specs += [dict(s, data=did, share=share, seed=ws) for s in sp]
-        rows = _train_and_evaluate(specs, data_of, c.beta, c.steps, c.lr, progress)
+        rows, curves = [], []
+        for policy in c.policies:
+            r, cv = _train_and_evaluate(specs, data_of, c, policy, progress)
+            rows += r
+            curves += cv
     runs_df, worlds_df = pandas.DataFrame(rows), pandas.DataFrame(worlds)
     summary = toy_summary(runs_df, worlds_df, c.methods)
     example = _example(c, specs, data_of)
-    return ToyResults(runs_df, summary, c.as_dict(), dict(worlds=worlds_df), dict(example=example))
+    tables = dict(worlds=worlds_df, curves=pandas.DataFrame(curves))
+    return ToyResults(runs_df, summary, c.as_dict(), tables, dict(example=example))
 
-def _train_and_evaluate(specs:list, data_of:dict, beta:float, steps:int, lr:float, progress:bool) -> list:
-    "Train every run (grouped by size, one vectorised call per group) and evaluate it: one row per spec."
+def shared_run(world:ToyWorld, data, # toy `Dataset` or `ToyPairs`
+               index:Tensor|None=None, flip:Tensor|None=None, loss:str='dpo', pd:Tensor|None=None,
+              ) -> LoglinearRuns: # one run (R = 1) of the shared log-linear policy on the world's features
+    "The run `tabular_run` would make (same pairs, relabelling, loss and PD), for the shared policy."
+    t = tabular_run(world, data, index, flip, loss, pd)
+    return loglinear_run(world.features, t.prompt[0], t.chosen[0], t.rejected[0], loss=loss,
+                         pd=t.pd[0] if loss == 'dfpo' else None, aspect_weight=t.aspect_weight[0])
+
+def _fit_group(specs:list, members:list, data_of:dict, c:ToyConfig, policy:str) -> tuple[list, dict]:
+    "Train one group of equal-size runs together: ([R] per-run logits on the training prompts, stop info)."
+    def args(i): return (*data_of[specs[i]['data']], specs[i]['index'], specs[i].get('flip'),
+                         specs[i].get('loss', 'dpo'), specs[i].get('pd'))
+    if policy == 'tabular':
+        info = {}
+        logits = train_runs(TabularRuns.cat([tabular_run(*args(i)) for i in members]), c.beta, c.steps, c.lr,
+                            c.rule, info)
+        return list(logits), info
+    fit = train_loglinear(LoglinearRuns.cat([shared_run(*args(i)) for i in members]), c.beta, c.l2, c.rule)
+    info = dict(n_steps=fit.n_steps, converged=fit.converged, reason=fit.reason, history=fit.history,
+                theta=fit.theta)
+    return [policy_logits(fit.theta[j], data_of[specs[i]['data']][0].features,
+                          data_of[specs[i]['data']][0].ref_logits) for j, i in enumerate(members)], info
+
+def _curve_rows(s:dict, policy:str, info:dict, j:int, tail:int=30) -> list:
+    "The last `tail` steps (and step 0) of one run's loss and gradient norm."
+    loss, norm, n = info['history']['loss'][:, j], info['history']['grad_norm'][:, j], int(info['n_steps'][j])
+    steps = sorted({0, *range(max(0, n - tail), n + 1)})
+    return [dict(policy=policy, share=s['share'], seed=s['seed'], method=s['method'], step=k,
+                 loss=float(loss[k]), grad_norm=float(norm[k]), loss_minus_final=float(loss[k] - loss[n]))
+            for k in steps]
+
+def _train_and_evaluate(specs:list, data_of:dict, c:ToyConfig, policy:str, progress:bool) -> tuple[list, list]:
+    "Train every run of one policy (grouped by size, one vectorised call per group), evaluate it: rows and curves."
     groups = {}
     for i, s in enumerate(specs): groups.setdefault(len(s['index']), []).append(i)
-    rows = [None] * len(specs)
-    for n, members in tqdm(sorted(groups.items()), desc='training', disable=not progress, leave=False):
-        runs = TabularRuns.cat([tabular_run(*data_of[specs[i]['data']], specs[i]['index'], specs[i].get('flip'),
-                                            specs[i].get('loss', 'dpo'), specs[i].get('pd')) for i in members])
-        logits = train_runs(runs, beta=beta, steps=steps, lr=lr)
+    rows, curves = [None] * len(specs), []
+    where = 'training prompts' if policy == 'tabular' else 'held-out prompts'
+    for n, members in tqdm(sorted(groups.items()), desc=f'training ({policy})', disable=not progress, leave=False):
+        logits, info = _fit_group(specs, members, data_of, c, policy)
         for j, i in enumerate(members):
             s, (world, pairs) = specs[i], data_of[specs[i]['data']]
-            ev = {k: v.item() for k, v in evaluate_runs(world, logits[j]).items()}
-            l_h, gap = identity_gap(world, pairs, s['index'], logits[j], beta)
-            rows[i] = dict(share=s['share'], seed=s['seed'], kind=s['kind'], method=s['method'], ratio=s['ratio'],
-                           n_train=n, noise=s.get('noise', float('nan')),
-                           pd_spearman=s.get('pd_spearman', float('nan')),
-                           label_conflict=s['label_conflict'], **ev, holistic_loss=l_h, identity_gap=gap)
-    return rows
+            if policy == 'tabular': ev = evaluate_runs(world, logits[j])
+            else: ev = evaluate_runs(world.heldout, policy_logits(info['theta'][j], world.heldout.features,
+                                                                  world.heldout.ref_logits).float())
+            l_h, gap = identity_gap(world, pairs, s['index'], logits[j], c.beta)
+            rows[i] = dict(policy=policy, evaluated_on=where, share=s['share'], seed=s['seed'], kind=s['kind'],
+                           method=s['method'], ratio=s['ratio'], n_train=n, noise=s.get('noise', float('nan')),
+                           pd_spearman=s.get('pd_spearman', float('nan')), label_conflict=s['label_conflict'],
+                           **{k: v.item() for k, v in ev.items()}, holistic_loss=l_h, identity_gap=gap,
+                           n_steps=int(info['n_steps'][j]), converged=bool(info['converged'][j]),
+                           stop_reason=REASONS[int(info['reason'][j])])
+            if s['kind'] == 'main' and s['seed'] == c.seed: curves += _curve_rows(s, policy, info, j)
+    return rows, curves
 
 def toy_summary(runs:pandas.DataFrame, # per-run rows from `simulate`
                 worlds:pandas.DataFrame|None=None, # per-dataset rows (adds the realised conflict share)
@@ -738,11 +589,13 @@ def toy_summary(runs:pandas.DataFrame, # per-run rows from `simulate`
                ) -> pandas.DataFrame: # one row per (share, method)
     "`pd_align.experiments.summarize` of the main runs per conflict share, plus realised share and the identity check."
     main = runs[runs['kind'] == 'main']
-    out = summarize(main, metrics=('gold', 'gold_norm', 'win_rate', 'kl'), by=['share'], methods=methods,
-                    means=('label_conflict', 'holistic_loss'))
+    by = ['policy', 'share'] if 'policy' in main else ['share']
+    more = ('converged', 'n_steps') if 'converged' in main else ()
+    out = summarize(main.assign(**{k: main[k].astype(float) for k in more}), by=by, methods=methods,
+                    metrics=('gold', 'gold_norm', 'win_rate', 'kl'), means=('label_conflict', 'holistic_loss') + more)
     if worlds is not None: out['realised_share'] = out['share'].map(worlds.groupby('share')['realised_share'].mean())
-    gap = main.groupby(['share', 'method'])['identity_gap'].max()
-    out['identity_gap'] = [float(gap[(s, m)]) for s, m in zip(out['share'], out['method'])]
+    gap = main.groupby(by + ['method'])['identity_gap'].max()
+    out['identity_gap'] = [float(gap[tuple(k)]) for k in out[by + ['method']].itertuples(index=False)]
     return out
 
 def run_experiment(shares=SHARES, # conflict shares
@@ -753,7 +606,7 @@ def run_experiment(shares=SHARES, # conflict shares
     "The main comparison: mean and 95% CI of every method per conflict share (`simulate(...).summary`)."
     return simulate(shares, seeds, ratio, **kwargs).summary
 
-# %% ../nbs/05_toy.ipynb #c040
+# %% ../nbs/05_toy.ipynb #c024
 PANELS = {'relabelling and loss baselines (all pairs)': ('full', 'ova', 'avg', 'dfpo', 'dfpo_est', 'gold_labels'),
           'selections (30% of the pairs)': ('full', 'random', 'raf', 'pd_oracle', 'pd', 'pd_nl', 'pd_high',
                                             'holistic_margin', 'margin')}
@@ -846,15 +699,52 @@ def plot_example_pd(example:dict, ax=None):
     caption(ax.figure, "Grey: all pairs; green: the pairs PD selection keeps (shaded: their PD range); dashed: PD = 0.")
     return ax
 
-# %% ../nbs/05_toy.ipynb #c041
+# %% ../nbs/05_toy.ipynb #c025
+def plot_curve_ends(curves:pandas.DataFrame, # the `curves` table of `simulate` (last steps of every main run)
+                    share:float|None=None, # the share shown (default the largest)
+                   ):
+    "The end of every method's training curve: the relative loss decrease per step over the last steps, per policy."
+    import matplotlib.pyplot as plt
+    share = curves['share'].max() if share is None else share
+    at = curves[curves['share'] == share].sort_values('step')
+    policies = list(dict.fromkeys(at['policy']))
+    fig, axes = plt.subplots(1, len(policies), figsize=(5.2 * len(policies), 3.4), squeeze=False)
+    for ax, p in zip(axes[0], policies):
+        for i, (m, g) in enumerate(at[at['policy'] == p].groupby('method', sort=False)):
+            steps, loss = g['step'].values, g['loss'].values
+            step1 = steps[1:][np.diff(steps) == 1]  # consecutive steps only (step 0 is kept apart)
+            rel = ((loss[:-1] - loss[1:]) / np.abs(loss[1:]))[np.diff(steps) == 1]
+            ax.plot(step1, np.clip(rel, 1e-16, None), marker='.', lw=0.8, ms=2, color=f'C{i % 10}',
+                    ls='-' if i < 10 else '--', label=m)
+        ax.set_yscale('log')
+        ax.set_xlabel('step')
+        ax.set_ylabel('relative loss decrease\nin this step (log scale)', fontsize=8)
+        ax.set_title(f'{p} policy, share {share:.1f}', fontsize=9)
+    legend_outside(axes[0, -1])
+    fig.suptitle('The end of every method\'s training curve (one stopping rule; the first seed)', fontsize=10)
+    fig.tight_layout()
+    caption(fig, 'One run per method and policy (the first seed): no bands; floored at 1e-16. A line ends where the '
+                 'rule stopped the run. Tabular: every run reaches the cap still decreasing by about 1e-3 per step '
+                 '(no finite minimiser when a training set is separable); shared: every run stops by the gradient rule '
+                 'within a few Newton steps, its last steps decreasing the loss by far less.')
+    return fig
+
 QUICK = dict(seeds=3, shares=(0.1, 0.3), n_prompts=40, pairs_per_aspect=200, sweep_share=None, noise_levels=(0.5, 2.0))
 
 def toy_figures(res:ToyResults) -> dict:
-    "The PNG figures of a toy run: {file name: figure}."
-    figs = {'conflict_share.png': plot_conflict_share(res.runs)}
-    if (res.runs['kind'] == 'quality').any(): figs['pd_quality.png'] = plot_pd_quality(res.runs).figure
-    if (res.runs['kind'] == 'sweep').any():
-        figs['budget_sweep.png'] = plot_budget(res.runs, res.config['sweep_share']).figure
+    "The PNG figures of a toy run: {file name: figure}; a second policy's carry the suffix `_<policy>`."
+    runs, figs = res.runs, {}
+    policies = list(dict.fromkeys(runs['policy'])) if 'policy' in runs else [None]
+    for p in policies:
+        at, tag = (runs, '') if p is None else (runs[runs['policy'] == p], '' if p == policies[0] else f'_{p}')
+        fig = plot_conflict_share(at)
+        if p is not None: fig.suptitle(f'{p} policy (gold on {at["evaluated_on"].iloc[0]}): gold reward against '
+                                       'the conflict share', fontsize=10)
+        figs[f'conflict_share{tag}.png'] = fig
+        if (at['kind'] == 'quality').any(): figs[f'pd_quality{tag}.png'] = plot_pd_quality(at).figure
+        if (at['kind'] == 'sweep').any():
+            figs[f'budget_sweep{tag}.png'] = plot_budget(at, res.config['sweep_share']).figure
+    if len(res.tables.get('curves', ())): figs['curve_ends.png'] = plot_curve_ends(res.tables['curves'])
     figs['pd_histogram.png'] = plot_example_pd(res.example).figure
     return figs
 
@@ -864,7 +754,8 @@ def toy_table(summary:pandas.DataFrame, # from `toy_summary` (or read back from 
     "The summary as plain text: gold mean ± 95% CI, paired differences vs ALL and RAND, win rate, label conflict."
     if shares is not None: summary = summary[summary['share'].isin([float(s) for s in shares])]
     return format_table(summary, metrics=('gold',), baselines=('full', 'random'),
-                        formats=dict(win_rate='{:.3f}', label_conflict='{:.1%}', realised_share='{:.1%}'))
+                        formats=dict(win_rate='{:.3f}', label_conflict='{:.1%}', realised_share='{:.1%}',
+                                     converged='{:.0%}'))
 
 def parse_shares(shares) -> tuple:
     "'0,0.1,0.2' or a sequence -> tuple of floats in [0, 1]."
@@ -883,6 +774,7 @@ def run_toy(seeds:int|None=None, # seeds (every share uses the same worlds); def
             seed:int=0, # first seed
             quick:bool=False, # the small `QUICK` setting (3 seeds, 2 shares, smaller worlds): seconds, for CI
             progress:bool=True, # tqdm progress bars
+            policy:str='tabular', # 'tabular', 'shared' or 'both' (`pd-align toy` runs 'both')
             **kwargs, # anything `simulate` takes (n_prompts, pairs_per_aspect, methods, ...)
            ) -> ToyResults:
     "`pd-align toy`: the conflict-share sweep with every baseline (< 60 s on 2 CPU cores), optionally written to `out`."
@@ -890,7 +782,7 @@ def run_toy(seeds:int|None=None, # seeds (every share uses the same worlds); def
     setting = dict(QUICK) if quick else dict(seeds=10, shares=SHARES)
     if seeds is not None: setting['seeds'] = seeds
     if shares is not None: setting['shares'] = parse_shares(shares)
-    res = simulate(ratio=ratio, seed=seed, progress=progress, **{**setting, **kwargs})
+    res = simulate(ratio=ratio, seed=seed, progress=progress, policy=policy, **{**setting, **kwargs})
     res.config.update(seconds=round(time.time() - t0, 2), quick=quick)
     if out is not None:
         import matplotlib
@@ -899,3 +791,114 @@ def run_toy(seeds:int|None=None, # seeds (every share uses the same worlds); def
         table = toy_table(res.summary) + '\n' + method_key(res.summary['method']) + '\n'
         write_results(res, out, figures=toy_figures(res), texts={'table.txt': table})
     return res
+
+# %% ../nbs/05_toy.ipynb #c042
+MAP_KNOB, MAP_VALUES = 'conflict_margin', (0.0, 0.25, 0.5, 0.75) # the world knob of the map and its values
+MAP_RATIOS = (0.1, 0.3, 0.5, 0.7) # budgets of the map
+MAP_METHODS = ('pd', 'pd_oracle') # selections compared with ALL on the map
+MAP_SETTINGS = dict(pool_factor=8) # a larger pool: enough strongly conflicting pairs for a 40% share
+KNOB_LABELS = {'conflict_margin': 'conflict margin m', 'label_scale': 'label sharpness s'}
+
+def map_summary(runs:pandas.DataFrame, # main runs of `policy_map` (with knob, knob_value and budget columns)
+               ) -> pandas.DataFrame: # one row per (policy, knob value, budget, share, method)
+    "Paired difference of each map selection to ALL (gold, 95% t-interval over seeds) in every cell of the map."
+    rows = []
+    for (p, knob, v, budget, share), g in runs.groupby(['policy', 'knob', 'knob_value', 'budget', 'share'], sort=False):
+        full = g[g['method'] == 'full'].set_index('seed')['gold']
+        for m in [m for m in MAP_METHODS if m in set(g['method'])]:
+            d, h, n = paired_ci(g[g['method'] == m].set_index('seed')['gold'], full)
+            rows.append(dict(policy=p, knob=knob, knob_value=v, budget=budget, share=share, method=m, d_full=d,
+                             d_full_ci=h, n_seeds=n, beats_full=bool(d - h > 0), below_full=bool(d + h < 0)))
+    return pandas.DataFrame(rows)
+
+def policy_map(knob:str=MAP_KNOB, # the `ToyConfig` field varied: 'conflict_margin' or 'label_scale'
+               values=MAP_VALUES, # its values
+               ratios=MAP_RATIOS, # budgets
+               shares=SHARES, # conflict shares
+               seeds:int=5, # seeds per cell (the same worlds in every cell)
+               policy:str='both', # 'tabular', 'shared' or 'both'
+               seed:int=0, # first seed
+               progress:bool=True, # tqdm bar over the (knob value, budget) grid
+               **settings, # more `ToyConfig` fields (sizes, ...); default `MAP_SETTINGS`
+              ) -> Results: # runs (main rows, with knob, knob_value and budget), summary (`map_summary`), config
+    "Where PD selection beats full data: PD-budget - ALL over conflict share x a world knob x budget, per policy."
+    if knob not in KNOB_LABELS:
+        raise ValueError(f"knob: expected one of {list(KNOB_LABELS)}, got {knob!r}")
+    t0, parts, settings = time.time(), [], {**MAP_SETTINGS, **settings}
+    grid = [(v, r) for v in values for r in ratios]
+    for v, ratio in tqdm(grid, desc='map', disable=not progress, leave=False):
+        c = ToyConfig(shares, seeds, ratio, seed, methods=('full',) + MAP_METHODS, sweep_share=None, quality=False,
+                      policy=policy, **{**settings, knob: v})
+        parts.append(simulate_config(c, progress=False).runs.assign(knob=knob, knob_value=v, budget=ratio))
+    runs = pandas.concat(parts, ignore_index=True)
+    config = dict(c.as_dict(), knob=knob, values=list(values), ratios=list(ratios), seconds=round(time.time() - t0, 2))
+    return Results(runs, map_summary(runs), config)
+
+def plot_policy_map(summary:pandas.DataFrame, # `map_summary`
+                    method:str='pd', # the selection shown
+                   ):
+    "Heat maps of selection - ALL (gold): rows policies, columns knob values; boxed cells: 95% CI above 0."
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+    at = summary[summary['method'] == method]
+    label = KNOB_LABELS.get(at['knob'].iloc[0], at['knob'].iloc[0])
+    policies, values = list(dict.fromkeys(at['policy'])), sorted(at['knob_value'].unique())
+    shares, budgets = sorted(at['share'].unique()), sorted(at['budget'].unique())
+    lim = max(float(at['d_full'].abs().max()), 1e-6)
+    fig, axes = plt.subplots(len(policies), len(values), figsize=(2.9 * len(values) + 1.2, 2.5 * len(policies) + 0.8),
+                             squeeze=False, sharey=True)
+    for i, p in enumerate(policies):
+        for j, v in enumerate(values):
+            ax, cell = axes[i, j], at[(at['policy'] == p) & (at['knob_value'] == v)]
+            grid = cell.pivot(index='budget', columns='share', values='d_full').reindex(index=budgets, columns=shares)
+            im = ax.imshow(grid.values, origin='lower', cmap='RdBu', norm=TwoSlopeNorm(0, -lim, lim), aspect='auto')
+            for _, r in cell.iterrows():
+                x, y = shares.index(r['share']), budgets.index(r['budget'])
+                ax.text(x, y, f"{r['d_full']:+.2f}", ha='center', va='center', fontsize=6)
+                if r['beats_full']: ax.add_patch(plt.Rectangle((x - .5, y - .5), 1, 1, fill=False, lw=1.6, ec='k'))
+            ax.set_xticks(range(len(shares)), [f'{s:.0%}' for s in shares], fontsize=7)
+            ax.set_yticks(range(len(budgets)), [f'{b:.0%}' for b in budgets], fontsize=7)
+            ax.set_title(f'{p}, {label.split()[-1]} = {v:g}', fontsize=8)
+            if i == len(policies) - 1: ax.set_xlabel('conflict share', fontsize=8)
+            if j == 0: ax.set_ylabel('budget', fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f'gold: {method} - ALL')
+    n = int(at['n_seeds'].min())
+    fig.suptitle(f'Where {method.upper()} selection beats full data (boxed: paired 95% CI above 0), '
+                 f'panels: {label}', fontsize=10)
+    caption(fig, f"Each cell: mean over {n} seeds of gold({method} at that budget) - gold(ALL), paired on the same "
+                 "data; boxed where the 95% t-interval of the paired differences is above 0. Tabular: gold on the "
+                 "training prompts; shared: on held-out prompts.")
+    return fig
+
+def map_sentence(summary:pandas.DataFrame, # `map_summary`
+                 method:str='pd', share:float=0.1, budget:float=0.3) -> str:
+    "One sentence, from the numbers: where the paper's result (PD-30% above ALL at 10% conflict) holds on the map."
+    at = summary[summary['method'] == method]
+    label = KNOB_LABELS.get(at['knob'].iloc[0], at['knob'].iloc[0])
+    parts = []
+    for p, g in at.groupby('policy', sort=False):
+        cell = g[(g['share'] == share) & (g['budget'] == budget)].sort_values('knob_value')
+        yes = [f"{v:g}" for v in cell.loc[cell['beats_full'], 'knob_value']]
+        no = [f"{v:g}" for v in cell.loc[cell['below_full'], 'knob_value']]
+        where = f"at {label} = {', '.join(yes)}" if yes else f"at no {label} tried"
+        parts.append(f"for the {p} policy it holds {where} (ALL is higher at {', '.join(no) or 'none'}; "
+                     f"{int(g['beats_full'].sum())} of {len(g)} cells of its map have the CI above 0)")
+    n = int(at['n_seeds'].min())
+    return (f"The paper's {share:.0%}-conflict result ({method.upper()}-{budget:.0%} above ALL, paired 95% CI above "
+            f"0, n = {n} seeds): " + '; '.join(parts) + '.')
+
+# %% ../nbs/05_toy.ipynb #c046
+def policy_table(summary:pandas.DataFrame, # `toy_summary` of a run with both policies
+                 share:float, # the conflict share shown
+                ) -> pandas.DataFrame: # one row per method: gold and paired differences, per policy
+    "Tabular and shared policy side by side at one share: gold ± 95% CI, paired vs ALL and vs RAND ± 95% CI."
+    def pm(m, h): return '' if math.isnan(m) else f'{m:+.3f} ± {h:.3f}'
+    at = summary[summary['share'] == share]
+    out = None
+    for p, g in at.groupby('policy', sort=False):
+        t = pandas.DataFrame({'method': g['method'].values, 'n': g['n_seeds'].astype(int).values,
+                              f'{p} gold': [pm(a, b) for a, b in zip(g['gold'], g['gold_ci'])],
+                              f'{p} vs ALL': [pm(a, b) for a, b in zip(g['d_full'], g['d_full_ci'])],
+                              f'{p} vs RAND': [pm(a, b) for a, b in zip(g['d_random'], g['d_random_ci'])]})
+        out = t if out is None else out.merge(t.drop(columns='n'), on='method', how='outer', sort=False)
+    return out

@@ -93,6 +93,7 @@ def test_bad_inputs_in_process(scored, tmp_path):
         (['toy', '--ratio', '0'], ['ratio']),
         (['toy', '--seeds', 'two'], ['--seeds']),
         (['toy', '--shares', 'low'], ['shares']),
+        (['toy', '--policy', 'lm'], ['--policy']),
     ]
     for args, words in cases:
         rc, out, err = cli_inproc(*args)
@@ -210,3 +211,15 @@ def test_toy_subprocess(tmp_path):
     assert 'pd' in set(table['method']) and sorted(table['share'].unique()) == [0.1, 0.3]
     assert 'key: full = ALL' in out and ' ± ' in out and ' 800 ' in out and '800.0' not in out  # counts are integers
     assert not [f for f in files if f.startswith('.')], files  # no temp files left
+    assert set(table['policy']) == {'tabular', 'shared'}  # default --policy both: the two policies on the same data
+    assert 'held-out prompts' in out and {'conflict_share_shared.png', 'curve_ends.png', 'curves.csv'} <= files, files
+
+
+def test_toy_policy_shared(tmp_path):
+    "`pd-align toy --policy shared`: only the log-linear policy, every run converged by the stopping rule."
+    rc, out, err = cli_inproc('toy', '--quick', '--seeds', '2', '--shares', '0.2', '--policy', 'shared',
+                              '--out', tmp_path / 'toy')
+    assert rc == 0, err
+    import pandas as pd
+    table = pd.read_csv(tmp_path / 'toy' / 'results.csv')
+    assert set(table['policy']) == {'shared'} and (table['converged'] == 1.0).all() and (table['n_seeds'] == 2).all()

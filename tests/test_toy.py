@@ -182,3 +182,115 @@ def test_toy_config_is_the_experiment_and_reads_back_the_committed_one():
     stored = read_results(Path(__file__).resolve().parent.parent / 'nbs' / 'results' / 'toy').config
     again = ToyConfig(**{k: v for k, v in stored.items() if k not in ('seconds', 'quick')})
     assert again.as_dict() == {k: v for k, v in stored.items() if k not in ('seconds', 'quick')}
+
+
+# --- the shared-parameter (log-linear) policy beside the tabular one (issue 24)
+from pd_align.loglinear import LoglinearRuns, run_objective, objective_gradient, train_loglinear, StopRule
+from pd_align.toy import (shared_run, crossfit_pd, policy_map, map_summary, map_sentence, policy_table, TabularRuns,
+                          tabular_run, train_runs)
+
+TINY = dict(n_prompts=30, pairs_per_aspect=120, n_heldout=40, sweep_share=None, quality=False)
+
+
+def test_shared_policy_dpo_gradient_equals_autograd():
+    w = make_world(conflict='mid', seed=0, length_bias=LENGTH_BIAS)
+    pr = draw_pairs(w, 100, seed=0)
+    runs = LoglinearRuns.cat([shared_run(w, pr), shared_run(w, pr, torch.arange(50)),
+                              shared_run(w, pr, loss='dfpo', pd=oracle_pd(w, pr))])
+    theta = torch.randn(3, w.features.shape[-1], dtype=torch.float64, requires_grad=True)
+    (auto,) = torch.autograd.grad(run_objective(theta, runs, 0.1, 1e-4).sum(), theta)
+    closed = objective_gradient(theta.detach(), runs, 0.1, 1e-4)
+    assert torch.allclose(closed, auto, atol=1e-12) and closed.abs().max() > 1e-3
+
+
+def test_shared_run_is_the_tabular_run_on_features():
+    "Same pairs, same orientation (relabelled), same PD as `tabular_run`."
+    w = make_world(conflict='mid', seed=1)
+    pr = draw_pairs(w, 60, seed=1)
+    flip = torch.rand(len(pr)) < 0.5
+    pd = oracle_pd(w, pr)
+    t, s = tabular_run(w, pr, None, flip, 'dfpo', pd), shared_run(w, pr, None, flip, 'dfpo', pd)
+    want = w.features[t.prompt[0], t.chosen[0]] - w.features[t.prompt[0], t.rejected[0]]
+    assert torch.allclose(s.dphi[0], want.double()) and torch.allclose(s.pd[0], t.pd[0].double())
+
+
+def test_heldout_prompts_never_enter_training():
+    "Held-out prompts change the gold of the shared policy, never what it was trained on (same training loss)."
+    w = make_world(conflict='mid', seed=2, n_heldout=30)
+    base = make_world(conflict='mid', seed=2)
+    assert torch.equal(w.features, base.features) and w.heldout.n_prompts == 30
+    assert int(draw_pairs(w, 500, seed=0).prompt.max()) < w.n_prompts
+    kw = dict(shares=(0.2,), seeds=2, policy='shared', progress=False, **{**TINY, 'n_heldout': 40})
+    a = simulate(**kw).runs
+    b = simulate(**{**kw, 'n_heldout': 80}).runs
+    for col in ('holistic_loss', 'n_steps', 'label_conflict', 'identity_gap'):
+        assert a[col].tolist() == b[col].tolist(), col
+    assert (a['gold'] - b['gold']).abs().max() > 1e-3  # different held-out prompts, different gold
+    assert set(a['evaluated_on']) == {'held-out prompts'}
+
+
+def test_stopping_rule_is_applied_to_every_method_and_policy():
+    res = simulate(shares=(0.2,), seeds=1, policy='both', progress=False, **TINY)
+    r = res.runs
+    assert set(r['method']) == set(DEFAULT_METHODS)
+    for p in ('tabular', 'shared'):
+        assert set(r.loc[r['policy'] == p, 'method']) == set(DEFAULT_METHODS)
+    sh, tb = r[r['policy'] == 'shared'], r[r['policy'] == 'tabular']
+    assert sh['converged'].all() and (sh['n_steps'] < 30).all() and set(sh['stop_reason']) <= {
+        'gradient norm < gtol', 'loss plateau'}
+    assert (~tb['converged']).all() and (tb['n_steps'] == 150).all()  # the cap hit is visible
+    assert set(tb['stop_reason']) == {'max_steps reached (not converged)'}
+    loose = simulate(shares=(0.2,), seeds=1, policy='tabular', rtol=0.2, progress=False, **TINY).runs
+    assert loose['converged'].all() and (loose['n_steps'] < 150).all()  # the same rule stops tabular runs too
+    curves = res.tables['curves']
+    assert set(curves['method']) == set(DEFAULT_METHODS) and set(curves['policy']) == {'tabular', 'shared'}
+    assert 'tabular gold' in policy_table(res.summary, 0.2).columns
+
+
+def test_tabular_rule_default_is_fixed_steps():
+    w = make_world(conflict='mid', seed=0)
+    run = tabular_run(w, draw_pairs(w, 100, seed=0))
+    info = {}
+    a = train_runs(run, steps=20, info=info)
+    assert info['n_steps'].tolist() == [20] and not info['converged'].any()
+    assert torch.equal(a, train_runs(run, steps=20, rule=StopRule(0.0, 0.0, 10, 20)))
+
+
+def test_shared_policy_recovers_the_holistic_direction_in_a_realisable_world():
+    "Features = rotated exact rewards (no noise): DPO on gold labels points theta along the holistic reward."
+    w = make_world(n_prompts=200, conflict='mid', seed=0, feature_noise=0.0)
+    X = w.features.reshape(-1, w.features.shape[-1]).double()
+    u = torch.linalg.lstsq(X, w.holistic.reshape(-1, 1).double()).solution[:, 0]
+    assert torch.allclose(X @ u, w.holistic.reshape(-1).double(), atol=1e-4)  # realisable
+    pr = draw_pairs(w, 1000, seed=0)
+    gold = holistic_margins(w, pr) < 0
+    fit = train_loglinear(shared_run(w, pr, flip=gold), beta=0.1, l2=1e-4)
+    cos = torch.nn.functional.cosine_similarity(fit.theta[0], u, dim=0).item()
+    assert fit.converged.all() and cos > 0.95, cos
+
+
+def test_crossfit_pd_uses_heads_that_never_saw_the_prompt():
+    w = make_world(conflict='mid', seed=0, length_bias=LENGTH_BIAS)
+    pr = draw_pairs(w, 400, seed=0)
+    true = oracle_pd(w, pr)
+    cf = crossfit_pd(w, pr, 2)
+    assert spearman(cf, true) > 0.5
+    odd = pr.prompt % 2 == 1
+    changed = pr.subset(torch.arange(len(pr)))
+    changed.chosen = torch.where(odd, pr.rejected, pr.chosen)  # relabel every odd-prompt pair
+    changed.rejected = torch.where(odd, pr.chosen, pr.rejected)
+    cf2 = crossfit_pd(w, changed, 2)
+    # even-prompt pairs are scored by heads fit on odd prompts, whose labels changed; odd ones by unchanged heads
+    # (their own orientation flipped, so their unscaled deltas flip sign): the ranking of odd pairs is reversed
+    assert spearman(cf2[odd], -cf[odd]) > 0.9 and spearman(cf2[~odd], cf[~odd]) < 0.9
+    with pytest.raises(ValueError, match='folds'): crossfit_pd(w, pr, 1)
+
+
+def test_policy_map_marks_the_cells_above_zero():
+    m = policy_map(values=(0.0,), ratios=(0.3, 0.5), shares=(0.1,), seeds=2, progress=False, **{
+        k: v for k, v in TINY.items() if k not in ('sweep_share', 'quality')})
+    s = m.summary
+    assert len(s) == 2 * 2 * 2 and (s['n_seeds'] == 2).all()
+    assert s['beats_full'].tolist() == (s['d_full'] - s['d_full_ci'] > 0).tolist()
+    assert map_sentence(s).startswith("The paper's 10%-conflict result")
+    with pytest.raises(ValueError, match='policy'): ToyConfig(policy='lm')
