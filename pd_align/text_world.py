@@ -14,10 +14,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from .text_toy import (ASPECTS, TOPICS, TARGET_WORDS, Grammar, make_prompt, words, topic_of, score_matrix,
                                gold_weights, split_topics)
-from .toy import (ToyWorld, ToyPairs, draw_pairs, mix_conflict, holistic_margins, own_margin, relabel_flips,
-                          estimate_aspect_rewards, estimate_unified_reward, estimated_pd, oracle_pd, parse_shares,
+from .toy_world import ToyWorld, ToyPairs, draw_pairs, own_margin, oracle_pd, crossfit_pd
+from .toy import (mix_conflict, holistic_margins, relabel_flips, parse_shares, shared_run, _method_scores,
                           _selector, _main_spec)
-from .loglinear import LoglinearRuns, loglinear_run, train_loglinear, expected_gold, StopRule
+from .loglinear import LoglinearRuns, train_loglinear, expected_gold, StopRule
 from .divergence import spearman
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
                                   torch_threads, paired_ci, plot_against, legend_outside, caption, read_results)
@@ -26,9 +26,9 @@ from .experiments import (Results, check_methods, method_key, summarize, format_
 __all__ = ['LENGTH_BIAS', 'SHARES', 'TEXT_WORLD_METHODS', 'QUICK', 'EVALS', 'PAPER_COMPARISONS', 'PAPER_SHARES', 'FIGURE_METHODS',
            'DIFF_METHODS', 'abstract_tokens', 'ngrams', 'hash_bucket', 'response_length', 'featurize', 'candidate_sets',
            'candidate_gold', 'set_expected_gold', 'sample_prompts', 'TextWorld', 'make_text_world', 'TextWorldConfig',
-           'SeedWorlds', 'seed_worlds', 'labelled_pool', 'crossfit_rewards', 'method_scores', 'method_specs',
-           'spec_run', 'run_seed', 'TextWorldResults', 'text_world_summary', 'compare', 'simulate', 'plot_text_world',
-           'text_world_table', 'run_text_world', 'read_text_world']
+           'SeedWorlds', 'seed_worlds', 'labelled_pool', 'method_scores', 'method_specs', 'run_seed',
+           'TextWorldResults', 'text_world_summary', 'compare', 'simulate', 'plot_text_world', 'text_world_table',
+           'run_text_world', 'read_text_world']
 
 # %% ../nbs/08b_text_world.ipynb #c005
 LENGTH_BIAS = (1.0, 0.0, 0.0, 0.5) # annotators' extra log-odds per unit of length difference, per aspect of `ASPECTS`
@@ -134,7 +134,7 @@ def sample_prompts(topics, # topics to draw from
 
 @dataclass
 class TextWorld:
-    "Prompts with a fixed candidate set each: texts, text-toy aspect scores, and the `pd_align.toy.ToyWorld` view."
+    "Prompts with a fixed candidate set each: texts, text-toy aspect scores and the `pd_align.toy_world.ToyWorld` view."
     prompts: list # P prompts
     candidates: list # P lists of M candidate responses
     scores: Tensor # [P, M, K] float64 aspect scores of `pd_align.text_toy.aspect_scores`, K = len(ASPECTS)
@@ -197,7 +197,7 @@ class TextWorldConfig:
     pool_factor: int = 4 # pairs drawn per aspect before ties are dropped, in units of pairs_per_aspect
     methods: tuple = TEXT_WORLD_METHODS
     gamma: float = 0.9 # margin-scaling quantile of the estimated PD
-    folds: int = 2 # cross-fitting folds (by prompt) of the estimated rewards
+    folds: int = 2 # cross-fitting folds (by prompt) of the estimated PD
     beta: float = 0.1 # DPO beta
     l2: float = 1e-4 # ridge of the policy's objective (`pd_align.loglinear.train_loglinear`'s default)
     max_steps: int = 200 # the stopping rule's cap (Newton steps)
@@ -244,49 +244,20 @@ def labelled_pool(world:TextWorld, # the training world
                   pairs_per_aspect:int, # pairs drawn per aspect, before ties are dropped
                   seed:int=0, # pairs and labels
                  ) -> ToyPairs:
-    "Bradley-Terry labelled pairs (`pd_align.toy.draw_pairs`), without pairs tied on their aspect or on gold."
+    "Bradley-Terry labelled pairs (`pd_align.toy_world.draw_pairs`), without pairs tied on their aspect or on gold."
     pool = draw_pairs(world.toy, pairs_per_aspect, seed)
     keep = (own_margin(world.toy, pool) != 0) & (holistic_margins(world.toy, pool) != 0)
     return pool.subset(keep.nonzero().squeeze(1))
 
-# %% ../nbs/08b_text_world.ipynb #c024
-def crossfit_rewards(world:ToyWorld, # features and lengths of every prompt's candidates
-                     pairs:ToyPairs, # the labelled pairs
-                     fit, # (world, pairs) -> [P, M, ...] rewards (e.g. `pd_align.toy.estimate_aspect_rewards`)
-                     folds:int=2, # prompt folds
-                     seed:int=0, # the prompts' fold assignment
-                    ) -> Tensor: # [P, M, ...]: each prompt's rewards from a fit that never saw its pairs
-    "Cross-fitting by prompt: each fold's candidates are scored by a model fit on the other folds' pairs only."
-    g = torch.Generator().manual_seed(seed)
-    fold = torch.randperm(world.n_prompts, generator=g) % folds
-    out = None
-    for f in range(folds):
-        rest = (fold[pairs.prompt] != f).nonzero().squeeze(1)
-        r = fit(world, pairs.subset(rest))
-        out = torch.zeros_like(r) if out is None else out
-        out[fold == f] = r[fold == f]
-    return out
-
-# %% ../nbs/08b_text_world.ipynb #c027
+# %% ../nbs/08b_text_world.ipynb #c026
 def method_scores(world:TextWorld, # the training world
                   pairs:ToyPairs, # the labelled pairs
                   methods, # the methods to score for (estimated PD and RAF are fit only when needed)
                   gamma:float=0.9, # margin-scaling quantile of the estimated PD
-                  folds:int=2, # cross-fitting folds (by prompt)
-                  seed:int=0, # fold assignment
+                  folds:int=2, # cross-fitting folds (by prompt) of the estimated PD
                  ) -> dict: # {name: [N] scores}, the names `pd_align.toy`'s selector reads
-    "The scores the selections rank by: true PD, margins, and cross-fitted linear Bradley-Terry estimates on phi."
-    w, wanted = world.toy, set(methods)
-    scores = dict(pd_oracle=oracle_pd(w, pairs), holistic_margin=holistic_margins(w, pairs).float(),
-                  margin=own_margin(w, pairs))
-    heads = lambda fix: lambda a, b: estimate_aspect_rewards(a, b, length_penalty=fix, length_balance=fix)
-    for name, fix in (('pd', True), ('pd_nl', False)):
-        if name in wanted or (name == 'pd' and 'dfpo_est' in wanted):
-            scores[name] = estimated_pd(w, pairs, crossfit_rewards(w, pairs, heads(fix), folds, seed), gamma)
-    if 'raf' in wanted:
-        unified = crossfit_rewards(w, pairs, lambda a, b: estimate_unified_reward(a, b)[..., None], folds, seed)[..., 0]
-        scores['raf'] = unified[pairs.prompt, pairs.chosen] - unified[pairs.prompt, pairs.rejected]
-    return scores
+    "The scores the selections rank by (`pd_align.toy._method_scores` on the world's toy view)."
+    return _method_scores(world.toy, pairs, set(methods), gamma, folds)
 
 def method_specs(world:TextWorld, pairs:ToyPairs,
                  flips:dict, # `pd_align.toy.relabel_flips` of the pairs
@@ -299,32 +270,22 @@ def method_specs(world:TextWorld, pairs:ToyPairs,
     quality = {m: spearman(scores[m], scores['pd_oracle']) for m in ('pd', 'pd_nl') if m in scores}
     return [_main_spec(m, len(pairs), ratio, flips, scores, quality, select) for m in methods]
 
-def spec_run(world:TextWorld, pairs:ToyPairs, spec:dict) -> LoglinearRuns:
-    "The log-linear training run of one method spec: its pairs, relabelled where `flip` says, DPO or DFPO."
-    idx = spec['index']
-    sub = pairs.subset(idx)
-    f = spec['flip'][idx] if spec.get('flip') is not None else torch.zeros(len(idx), dtype=torch.bool)
-    chosen, rejected = torch.where(f, sub.rejected, sub.chosen), torch.where(f, sub.chosen, sub.rejected)
-    loss, pd = spec.get('loss', 'dpo'), spec.get('pd')
-    pd = None if pd is None else torch.where(f, -1.0, 1.0).double() * pd[idx].double()
-    return loglinear_run(world.features, sub.prompt, chosen, rejected, loss=loss, pd=pd,
-                         aspect_weight=world.toy.weights[sub.aspect].double())
-
-# %% ../nbs/08b_text_world.ipynb #c028
+# %% ../nbs/08b_text_world.ipynb #c027
 EVALS = {'gold': 'heldout', 'gold_topics': 'topics', 'gold_train': 'train'} # result column -> world it is measured on
 
 def _share_runs(c:TextWorldConfig, ws:SeedWorlds, pool:ToyPairs, pool_flips:dict, seed:int, share:float):
     "One share's dataset: its method specs with their training runs, and the dataset's statistics."
     idx = mix_conflict(ws.train.toy, pool, share, c.pairs_per_aspect)
     pairs, flips = pool.subset(idx), {k: v[idx] for k, v in pool_flips.items()}
-    scores = method_scores(ws.train, pairs, c.methods, c.gamma, c.folds, seed)
+    scores = method_scores(ws.train, pairs, c.methods, c.gamma, c.folds)
     wrong = holistic_margins(ws.train.toy, pairs) < 0
     specs = method_specs(ws.train, pairs, flips, scores, c.methods, c.ratio, seed)
     for s in specs:
         f = s.get('flip')
         s.update(share=share, label_conflict=(wrong[s['index']] ^ (f[s['index']] if f is not None else False))
                  .double().mean().item())
-    runs = [spec_run(ws.train, pairs, s) for s in specs]
+    runs = [shared_run(ws.train.toy, pairs, s['index'], s.get('flip'), s.get('loss', 'dpo'), s.get('pd'))
+            for s in specs]
     info = dict(share=share, n_pairs=len(pairs), realised_share=wrong.double().mean().item(),
                 pd_spearman_est=spearman(scores['pd'], scores['pd_oracle']) if 'pd' in scores else float('nan'),
                 pd_spearman_nl=spearman(scores['pd_nl'], scores['pd_oracle']) if 'pd_nl' in scores else float('nan'))
@@ -364,7 +325,7 @@ def _curves(hist:dict) -> list[dict]:
     return [dict(share=sh, method=m, step=t, loss=v) for sh, m, row in runs for t, v in enumerate(row)
             if not math.isnan(v)]
 
-# %% ../nbs/08b_text_world.ipynb #c033
+# %% ../nbs/08b_text_world.ipynb #c032
 @dataclass
 class TextWorldResults(Results):
     "`pd_align.experiments.Results`: summary per (share, method) on held-out prompts; tables topics, comparisons, data."
@@ -428,7 +389,7 @@ def simulate(c:TextWorldConfig|None=None, # the experiment (default `TextWorldCo
     config = dict(c.as_dict(), seconds=round(time.time() - t0, 1))
     return TextWorldResults(runs, text_world_summary(runs, 'gold', c.methods), config, tables)
 
-# %% ../nbs/08b_text_world.ipynb #c034
+# %% ../nbs/08b_text_world.ipynb #c033
 FIGURE_METHODS = ('full', 'random', 'dfpo', 'pd_oracle', 'pd', 'pd_nl', 'holistic_margin', 'gold_labels')
 DIFF_METHODS = ('pd', 'pd_oracle', 'random', 'dfpo')
 _STYLES = {'full': dict(color='k', ls='--')}
@@ -473,7 +434,7 @@ def text_world_table(res:TextWorldResults, # from `simulate`
     return ('held-out prompts (training topics, new candidate sets)\n' + part(res.summary, 'gold') +
             '\n\nheld-out topics\n' + part(res.topics, 'gold_topics') + '\n' + method_key(res.summary['method']) + '\n')
 
-# %% ../nbs/08b_text_world.ipynb #c035
+# %% ../nbs/08b_text_world.ipynb #c034
 def run_text_world(seeds:int|None=None, # seeds (default 10, or 3 with `quick`)
                    shares=None, # conflict shares: '0,0.1' or a sequence (default `SHARES`, or (0.1, 0.3) with `quick`)
                    out:str|Path|None=None, # results folder; None writes nothing

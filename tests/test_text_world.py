@@ -65,15 +65,15 @@ def test_gold_is_the_text_toys():
 def test_heldout_never_enters_training(monkeypatch):
     "Every training run's pairs index the training world only; held-out worlds do not change what is trained."
     seen, made = [], []
-    real_run, real_worlds = tw.loglinear_run, tw.seed_worlds
-    def spy_run(features, *a, **k):
-        seen.append(features)
-        return real_run(features, *a, **k)
-    monkeypatch.setattr(tw, 'loglinear_run', spy_run)
+    real_run, real_worlds = tw.shared_run, tw.seed_worlds
+    def spy_run(world, *a, **k):
+        seen.append(world)
+        return real_run(world, *a, **k)
+    monkeypatch.setattr(tw, 'shared_run', spy_run)
     monkeypatch.setattr(tw, 'seed_worlds', lambda c, s: made.append(real_worlds(c, s)) or made[-1])
     rows, _, _ = tw.run_seed(QUICK, 0)
     ws = made[0]
-    assert seen and all(f is ws.train.features for f in seen)
+    assert len(seen) == len(QUICK.shares) * len(QUICK.methods) and all(w is ws.train.toy for w in seen)
     assert not {topic_of(p) for p in ws.train.prompts} & set(ws.eval_topics)
     assert {topic_of(p) for p in ws.topics.prompts} <= set(ws.eval_topics)
     assert not set(map(tuple, ws.heldout.candidates)) & set(map(tuple, ws.train.candidates))
@@ -83,19 +83,6 @@ def test_heldout_never_enters_training(monkeypatch):
     a, b = pd.DataFrame(rows), pd.DataFrame(other)
     assert (a['gold_train'] - b['gold_train']).abs().max() < 1e-12
     assert (a['gold'] - b['gold']).abs().max() > 0 # the held-out sets themselves did change
-
-
-def test_crossfit_never_scores_a_prompt_with_its_own_pairs():
-    ws = tw.seed_worlds(QUICK, 1)
-    pool = tw.labelled_pool(ws.train, 200, 1)
-    used = []
-    def fit(world, sub):
-        used.append(set(sub.prompt.tolist()))
-        return torch.zeros(world.n_prompts, world.n_responses, 1)
-    tw.crossfit_rewards(ws.train.toy, pool, fit, folds=3, seed=1)
-    fold = torch.randperm(ws.train.n_prompts, generator=torch.Generator().manual_seed(1)) % 3
-    assert len(used) == 3
-    for f, u in enumerate(used): assert not u & set((fold == f).nonzero().squeeze(1).tolist())
 
 
 def test_realised_conflict_share(quick):
