@@ -12,11 +12,11 @@ __all__ = ['SCORE_MODES', 'SUBCOMMANDS', 'CLIError', 'prepare_out', 'remove_crea
            'parse_data_spec', 'load_data', 'train_reward_cli', 'score_cli', 'train_feature_heads_cli',
            'is_feature_heads', 'load_feature_heads', 'check_scorer', 'score_feature_heads_cli', 'parse_overrides',
            'cli_config', 'train_cli', 'heldout_pairs', 'eval_cli', 'Parser', 'add_common', 'print_method_key',
-           'print_written', 'add_data', 'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'print_heldout_accuracy',
-           'cmd_reward', 'feature_heads_reward', 'add_reward', 'add_feature_head_options', 'cmd_score',
-           'feature_heads_score', 'print_feature_quality', 'add_score', 'load_scored', 'cmd_select', 'add_select',
-           'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'add_train', 'print_eval', 'cmd_eval', 'add_eval',
-           'build_parser', 'main', 'console_main']
+           'print_written', 'add_data', 'cmd_toy', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'cmd_text_world',
+           'add_text_world', 'print_heldout_accuracy', 'cmd_reward', 'feature_heads_reward', 'add_reward',
+           'add_feature_head_options', 'cmd_score', 'feature_heads_score', 'print_feature_quality', 'add_score',
+           'load_scored', 'cmd_select', 'add_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train',
+           'add_train', 'print_eval', 'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #c003
 class CLIError(Exception):
@@ -591,6 +591,38 @@ def add_text_toy(sub, # `build_parser`'s sub-parsers
     add_common(t, out_required=False, resume=True, seed=False) # the protocol fixes the seeds
     t.set_defaults(handler=cmd_text_toy)
 
+# %% ../nbs/11_cli.ipynb #tw002
+def cmd_text_world(args) -> int:
+    "Run the text-feature world's conflict-share sweep; print the tables (held-out prompts and topics) and comparisons."
+    from pd_align.text_world import run_text_world, text_world_table
+    out = prepare_out(args.out, args.overwrite, resume=None) if args.out else None
+    res = run_text_world(seeds=args.seeds, shares=args.shares, out=out, quick=args.quick, seed=args.seed,
+                         ratio=args.ratio)
+    print(text_world_table(res))
+    print(f"gold: exact expected gold reward on held-out prompts (or topics), mean ± 95% t-interval over "
+          f"{res.config['seeds']} seeds; vs_full / vs_random: paired difference to ALL / RAND, ± 95% t-interval")
+    cmp = res.comparisons.assign(share=[f'{s:.0%}' for s in res.comparisons['share']],
+                                 difference=[f'{d:+.3f} ± {h:.3f}' for d, h in zip(res.comparisons['difference'],
+                                                                                res.comparisons['ci'])])
+    print("the paper's comparisons on held-out prompts (treatment - control, paired, 95% t-interval):")
+    print(cmp[['share', 'treatment', 'control', 'difference', 'n', 'verdict']].to_string(index=False))
+    print(f"{len(res.runs)} policies in {res.config['seconds']:.1f} s")
+    print_written(out, 'results.json, results.csv, runs.csv, topics.csv, comparisons.csv, table.txt and the plot')
+    return 0
+
+def add_text_world(sub, # `build_parser`'s sub-parsers
+                   ):
+    "The `text-world` sub-parser."
+    t = sub.add_parser('text-world', help='text-feature world: shared-parameter policy over text features, every '
+                                          'baseline, held-out prompts and topics (default a few CPU-min)')
+    t.add_argument('--seeds', type=int, default=None, help='seeds (default 10; 3 with --quick)')
+    t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
+    t.add_argument('--shares', default=None, help="comma-separated conflict shares in [0, 1] "
+                                                  "(default '0,0.1,0.2,0.3,0.4'; '0.1,0.3' with --quick)")
+    t.add_argument('--quick', action='store_true', help='small setting for CI: 3 seeds, 2 shares (seconds)')
+    add_common(t, out_required=False)
+    t.set_defaults(handler=cmd_text_world)
+
 # %% ../nbs/11_cli.ipynb #c031
 def print_heldout_accuracy(report:dict, # `train_reward_cli`'s report (heldout_accuracy, heldout_n per aspect)
                           ):
@@ -937,7 +969,7 @@ def add_eval(sub, # `build_parser`'s sub-parsers
     e.set_defaults(handler=cmd_eval)
 
 # %% ../nbs/11_cli.ipynb #c039
-SUBCOMMANDS = (add_toy, add_text_toy, add_reward, add_score, add_select, add_train, add_eval)
+SUBCOMMANDS = (add_toy, add_text_toy, add_text_world, add_reward, add_score, add_select, add_train, add_eval)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `pd-align` argument parser, one sub-parser per pipeline step."

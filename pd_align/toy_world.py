@@ -218,13 +218,13 @@ def _newton_bt(x:Tensor, group:Tensor, n_groups:int, offset:Tensor, ridge:Tensor
     raw = torch.ones(len(group), dtype=torch.float64) if weight is None else weight.double()
     group_total = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, raw)
     wts = raw / group_total[group]  # each group's weights sum to 1
-    outer = x[:, :, None] * x[:, None, :]
+    members = [(group == g).nonzero().squeeze(1) for g in range(n_groups)]
     theta = torch.zeros(n_groups, x.shape[1], dtype=torch.float64)
     for _ in range(iters):
         p = torch.sigmoid((theta[group] * x).sum(-1) + offset)
         grad = torch.zeros_like(theta).index_add_(0, group, ((p - 1) * wts)[:, None] * x) + 2 * ridge * theta
-        curv = (p * (1 - p) * wts)[:, None, None] * outer
-        hess = torch.zeros(n_groups, *outer.shape[1:], dtype=torch.float64).index_add_(0, group, curv)
+        curv = p * (1 - p) * wts
+        hess = torch.stack([(x[i] * curv[i, None]).T @ x[i] for i in members]) # X_g' diag(curv) X_g, no [N, D, D]
         step = torch.linalg.solve(hess + torch.diag(2 * ridge + 1e-9), grad)
         theta = theta - step
         if step.abs().max() < 1e-9: break

@@ -150,6 +150,7 @@ FAILING = { # each command, made to fail after it created its --out folder
     'train': lambda d, out: ['train', '--data', d / 'pairs.jsonl', '--model', d / 'no-such-model', '--out', out],
     'eval': lambda d, out: ['eval', '--run', d / 'no-such-run', '--out', Path(out) / 'eval.json'],
     'text-toy': lambda d, out: ['text-toy', '--quick', '--protocol', d / 'no-such-protocol.json', '--out', out],
+    'text-world': lambda d, out: ['text-world', '--seeds', 1, '--shares', 'bogus', '--out', out],
 }
 
 @pytest.mark.parametrize('command', sorted(FAILING))
