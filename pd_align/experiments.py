@@ -68,6 +68,7 @@ METHOD_STYLES = {
     'dfpo_est': Style('#c5b0d5', '<'),
     'random': Style('#17becf', 'x'),
     'random_steps': Style('#9edae5', '+'),
+    'random_epochs': Style('#0e6e78', '1', '-.'), # dark teal: RAND again, at full data's epochs
     'raf': Style('#ff7f0e', 's'),
     'pd_oracle': Style('#2ca02c', '*'), # green: most negative PD (true rewards)
     'pd': Style('#1f77b4', 'o'), # blue: most negative PD (estimated)

@@ -410,7 +410,7 @@ def plot_text_world(res:TextWorldResults, # from `simulate` (or `read_text_world
         for table, marker, ls, where in ((res.summary, 'o', '-', 'prompts'), (res.topics, 's', ':', 'topics')):
             at = table[table['method'] == m]
             x = at['share'] + (i - 1.5) * 0.006
-            bx.errorbar(x, at['d_full'], yerr=at['d_full_ci'].fillna(0), fmt=marker, ls=ls, color=f'C{i}', ms=4,
+            bx.errorbar(x, at['d_full'], yerr=at['d_full_ci'].fillna(0), fmt=marker, ls=ls, color=method_color(m), ms=4,
                         capsize=2, lw=1, label=f'{m} ({where})', mfc='none' if where == 'topics' else None)
     bx.axhline(0, color='k', lw=0.8)
     bx.set_xlabel('conflict share of every aspect sub-dataset')

@@ -412,6 +412,7 @@ def test_load_local_skip_counts():
 
 def test_load_hub_wiring_without_network(monkeypatch):
     import datasets
+    monkeypatch.delenv('PD_ALIGN_DATA_MIRROR', raising=False)   # the hub path itself, not the local mirror
     calls = []
     def fake(repo, split=None, **kw):
         calls.append((repo, split, kw))

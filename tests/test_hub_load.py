@@ -120,7 +120,7 @@ def test_cli_data_hub_names_with_the_mirror_split_limit_and_skip_counts(monkeypa
 def test_cli_hub_errors_are_one_line(monkeypatch):
     from conftest import run_cli
     monkeypatch.delenv(MIRROR_ENV, raising=False)
-    rc, out, err = run_cli('score', '--data', 'hub:nope', '--reward-model', 'x', '--out', 'y')
+    rc, out, err = run_cli('reward', '--data', 'hub:nope', '--out', 'y')   # (score checks --reward-model first)
     assert rc == 2 and "unknown hub dataset 'nope'" in err and len(err.strip().splitlines()) == 1
     rc, out, err = run_cli('reward', '--data', 'helpful=hub:hh-helpful', '--data', 'harmless=hub:hh-harmless',
                            '--split', 'test', '--limit', 5, '--out', 'never-written')
