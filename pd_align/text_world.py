@@ -20,7 +20,8 @@ from .toy import (mix_conflict, holistic_margins, relabel_flips, parse_shares, s
 from .loglinear import LoglinearRuns, train_loglinear, expected_gold, StopRule
 from .divergence import spearman
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
-                                  torch_threads, paired_ci, plot_against, legend_outside, caption, read_results)
+                                  torch_threads, paired_ci, plot_against, legend_outside, caption, read_results,
+                                  method_color)
 
 # %% auto #0
 __all__ = ['LENGTH_BIAS', 'SHARES', 'TEXT_WORLD_METHODS', 'QUICK', 'EVALS', 'PAPER_COMPARISONS', 'PAPER_SHARES', 'FIGURE_METHODS',
