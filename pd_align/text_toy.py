@@ -20,7 +20,8 @@ from .reward import AspectRewardModel, train_reward_models, score_dataset, fit_l
 from .train import (DPOConfig, train_dpo, sample_responses, evaluate_dpo, tokenize_pairs, collate_pairs,
                             _eval_mode)
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
-                                  torch_threads, mean_ci, plot_against, legend_outside, method_color)
+                                  torch_threads, mean_ci, plot_against, legend_outside, method_color,
+                                  forest_rows, plot_forest, MIN_FONT_PT)
 
 # %% auto #0
 __all__ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPENERS', 'CLOSERS', 'SENTENCES', 'POLITE_WORDS',
@@ -29,13 +30,14 @@ __all__ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPE
            'gold_weights', 'gold_reward', 'is_grammatical', 'TextToyConfig', 'make_config', 'pretrain_lm',
            'pretrained_lm', 'sample_n', 'evaluate_policy', 'preference_pairs', 'build_dataset', 'true_pd',
            'subset_conflict', 'estimate_pd', 'seed_data', 'select_indices', 'dpo_config', 'train_policy',
-           'TextToyResults', 'simulate_text_toy', 'text_toy_summary', 'text_toy_table', 'plot_results', 'run_text_toy',
-           'split_topics', 'topic_prompts', 'labelled_pool', 'mix_conflicts', 'train_proxy', 'estimated_pd',
-           'unified_margin', 'relabel', 'holistic_labels', 'likert', 'average_rating_labels', 'needed_scores',
-           'dpo_steps', 'method_data', 'kl_to_reference', 'gold_ordered_pairs', 'evaluate_heldout', 'Protocol',
-           'smoke_protocol', 'protocol_dict', 'load_protocol', 'seed_setup', 'run_share', 'confirm_seed',
-           'run_confirmatory', 'confirmatory_summary', 'hypothesis_tests', 'confirmatory_table', 'plot_confirmatory',
-           'plot_diagnostics', 'side_by_side', 'write_confirmatory', 'run_text_toy_confirmatory']
+           'TextToyResults', 'simulate_text_toy', 'text_toy_summary', 'text_toy_table', 'exploratory_title',
+           'plot_results', 'run_text_toy', 'split_topics', 'topic_prompts', 'labelled_pool', 'mix_conflicts',
+           'train_proxy', 'estimated_pd', 'unified_margin', 'relabel', 'holistic_labels', 'likert',
+           'average_rating_labels', 'needed_scores', 'dpo_steps', 'method_data', 'kl_to_reference',
+           'gold_ordered_pairs', 'evaluate_heldout', 'Protocol', 'smoke_protocol', 'protocol_dict', 'load_protocol',
+           'seed_setup', 'run_share', 'confirm_seed', 'run_confirmatory', 'confirmatory_summary', 'hypothesis_tests',
+           'confirmatory_table', 'hypothesis_rows', 'plot_confirmatory', 'plot_diagnostics', 'side_by_side',
+           'write_confirmatory', 'run_text_toy_confirmatory']
 
 # %% ../nbs/08_text_toy.ipynb #c005
 TOPICS = ('cats', 'dogs', 'birds', 'trees', 'rivers', 'trains', 'books', 'songs')
@@ -396,7 +398,7 @@ class TextToyResults(Results):
     "`pd_align.experiments.Results` (summary: a row per method and 'sft'; runs: one per (seed, method)) + plot data."
     example:dict = field(default_factory=dict) # first seed: pd_true, pd_est, selected (oracle PD-`ratio`); not written
     @property
-    def data(self) -> pandas.DataFrame: # a row per seed: pairs, conflict rates, PD-estimate quality, reward-model acc.
+    def data(self) -> pandas.DataFrame: # a row per seed: pairs, conflict shares, PD-estimate quality, reward-model acc.
         return self.tables['data']
     @property
     def samples(self) -> dict: # method -> a few responses of the first seed's policy
@@ -473,13 +475,19 @@ def text_toy_table(summary:pandas.DataFrame) -> str:
     formats = {**{a: '{:+.3f}' for a in ASPECTS}, 'grammatical': '{:.0%}', 'conflict': '{:.1%}'}
     return format_table(summary, metrics=('gold',), baselines=('sft', 'full', 'random'), formats=formats)
 
+def exploratory_title(rpo_alpha:float) -> str:
+    "The title of an exploratory run's figure: which DPO objective it used."
+    return 'Text toy, exploratory: ' + (f'RPO (rpo_alpha = {rpo_alpha:g})' if rpo_alpha > 0 else 'plain DPO')
+
 def plot_results(runs:pandas.DataFrame, # per-run rows
                  summary:pandas.DataFrame, # from `summarize`
                  axes=None, # two matplotlib axes; created when None
+                 title:str|None=None, # the figure's title, naming the run (e.g. `exploratory_title`)
                 ):
     "Left: gold reward per method (mean ± 95% CI, seeds as dots). Right: per-aspect change over the SFT model."
     import matplotlib.pyplot as plt
     if axes is None: _, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    if title: axes[0].figure.suptitle(title, y=1.03) # above the panel titles
     ax = axes[0]
     x = np.arange(len(summary))
     ax.errorbar(x, summary['gold'], yerr=np.nan_to_num(summary['gold_ci']), fmt='o', capsize=4, color='k', zorder=3)
@@ -524,7 +532,7 @@ def run_text_toy(seeds:int=3, # repetitions
     res.config['seconds'] = round(time.time() - t0, 2)
     if out is not None:
         table = text_toy_table(res.summary) + '\n' + method_key(res.summary['method']) + '\n'
-        figure = plot_results(res.runs, res.summary)[0].figure
+        figure = plot_results(res.runs, res.summary, title=exploratory_title(res.config['rpo_alpha']))[0].figure
         write_results(res, out, figures={'text_toy.png': figure}, texts={'table.txt': table})
     return res.summary
 
@@ -924,24 +932,24 @@ def confirmatory_table(summary:pandas.DataFrame, share:float|None=None) -> str:
     return format_table(s.reset_index(drop=True), metrics=('gold',), baselines=('full', 'random'), formats=formats)
 
 # %% ../nbs/08_text_toy.ipynb #c067
-def plot_confirmatory(runs:pandas.DataFrame, p:Protocol, axes=None):
-    "Left: held-out gold per method at the primary share (mean ± 95% CI, seeds as dots). Right: gold vs conflict share."
+def hypothesis_rows(runs:pandas.DataFrame, p:Protocol) -> pandas.DataFrame: # `forest_rows`, one per hypothesis
+    "The registered hypotheses' paired differences (treatment - control, per seed) at the primary share."
+    s = confirmatory_summary(runs[runs['share'] == p.primary_share])
+    rows = [forest_rows(s, baseline=b, methods=[t]) for t, b in p.hypotheses]
+    return pandas.concat(rows, ignore_index=True)
+
+def plot_confirmatory(runs:pandas.DataFrame, p:Protocol, axes=None,
+                      title:str|None='Text toy, confirmatory run 1 (protocol 1)', # the figure's title (None: none)
+                     ):
+    "Left: the hypotheses' paired differences in held-out gold (forest plot, 95% CI). Right: gold vs conflict share."
     import matplotlib.pyplot as plt
-    if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw=dict(width_ratios=[2, 1]))
-    at = runs[runs['share'] == p.primary_share]
-    order = ['sft'] + [m for m in p.methods if m in set(at['method'])]
-    ax = axes[0]
-    for i, m in enumerate(order):
-        g = at.loc[at['method'] == m, 'gold']
-        mean, half = mean_ci(g)
-        ax.errorbar(i, mean, yerr=0 if math.isnan(half) else half, fmt='o', color='k', capsize=3, zorder=3)
-        ax.scatter(np.full(len(g), i) + np.linspace(-0.15, 0.15, len(g)), g, s=10, alpha=0.6, color=method_color(m))
-    full = at.loc[at['method'] == 'full', 'gold'].mean()
-    ax.axhline(full, color='grey', ls='--', lw=0.8)
-    ax.set_xticks(range(len(order)), order, rotation=35, ha='right', fontsize=8)
-    ax.set_ylabel('gold reward, held-out prompts')
-    n_seeds = at['seed'].nunique()
-    ax.set_title(f'conflict share {p.primary_share:.0%}: mean ± 95% CI over {n_seeds} seeds (dashed: full)')
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw=dict(width_ratios=[1, 1], wspace=0.8))
+    if title: axes[0].figure.suptitle(title, y=1.03) # above the panel titles
+    rows = hypothesis_rows(runs, p)
+    plot_forest(rows, ax=axes[0], xlabel='paired difference in held-out gold (per seed)')
+    n_seeds = int(rows['n'].max()) if len(rows) else 0
+    axes[0].set_title(f'hypotheses at conflict share {p.primary_share:.0%}: mean, 95% CI, {n_seeds} seeds')
     plot_against(runs[runs['method'] != 'sft'], 'share', 'gold', methods=p.sweep_methods, ax=axes[1])
     axes[1].set_xlabel('conflict share of each sub-dataset')
     axes[1].set_ylabel('gold reward, held-out prompts')
@@ -949,10 +957,13 @@ def plot_confirmatory(runs:pandas.DataFrame, p:Protocol, axes=None):
     legend_outside(axes[1])
     return axes
 
-def plot_diagnostics(summary:pandas.DataFrame, p:Protocol, axes=None):
+def plot_diagnostics(summary:pandas.DataFrame, p:Protocol, axes=None,
+                     title:str|None='Text toy, confirmatory run 1 (protocol 1): diagnostics', # None: no title
+                    ):
     "Left: per-aspect change over the SFT model per method. Right: gold gain against KL to the reference."
     import matplotlib.pyplot as plt
-    if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw=dict(width_ratios=[2, 1]))
+    if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw=dict(width_ratios=[2, 1]))
+    if title: axes[0].figure.suptitle(title)
     at = summary[summary['share'] == p.primary_share].set_index('method')
     methods = [m for m in p.methods if m in at.index]
     w = 0.85 / len(methods)
@@ -963,7 +974,7 @@ def plot_diagnostics(summary:pandas.DataFrame, p:Protocol, axes=None):
     axes[0].set_xticks(range(len(ASPECTS)), ASPECTS)
     axes[0].set_ylabel('change over SFT')
     axes[0].set_title('per-aspect change, held-out prompts')
-    legend_outside(axes[0])
+    axes[0].legend(loc='upper center', bbox_to_anchor=(0.5, -0.12), ncol=6, fontsize=MIN_FONT_PT, frameon=False)
     for m in methods:
         x, y = at.loc[m, 'kl'], at.loc[m, 'd_sft']
         axes[1].errorbar(x, y, xerr=at.loc[m, 'kl_ci'], yerr=at.loc[m, 'd_sft_ci'], fmt='o', ms=4, capsize=2, label=m,
