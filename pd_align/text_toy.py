@@ -35,9 +35,9 @@ __all__ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPE
            'train_proxy', 'estimated_pd', 'unified_margin', 'relabel', 'holistic_labels', 'likert',
            'average_rating_labels', 'needed_scores', 'dpo_steps', 'method_data', 'kl_to_reference',
            'gold_ordered_pairs', 'evaluate_heldout', 'Protocol', 'smoke_protocol', 'protocol_dict', 'load_protocol',
-           'seed_setup', 'run_share', 'confirm_seed', 'run_confirmatory', 'confirmatory_summary', 'hypothesis_tests',
-           'confirmatory_table', 'hypothesis_rows', 'plot_confirmatory', 'plot_diagnostics', 'side_by_side',
-           'write_confirmatory', 'run_text_toy_confirmatory']
+           'seed_setup', 'share_scores', 'run_share', 'confirm_seed', 'run_confirmatory', 'confirmatory_summary',
+           'hypothesis_tests', 'confirmatory_table', 'hypothesis_rows', 'plot_confirmatory', 'plot_diagnostics',
+           'side_by_side', 'write_confirmatory', 'run_text_toy_confirmatory']
 
 # %% ../nbs/08_text_toy.ipynb #c005
 TOPICS = ('cats', 'dogs', 'birds', 'trees', 'rivers', 'trains', 'books', 'songs')
@@ -832,23 +832,30 @@ def seed_setup(model, tokenizer, c:TextToyConfig, p:Protocol, seed:int) -> dict:
     sft = evaluate_heldout(model, tokenizer, ev_prompts, pairs, c, p.eval_samples, 10_000 + seed, trained=False)
     return dict(train_topics=train_topics, eval_topics=eval_topics, pool=pool, prompts=ev_prompts, pairs=pairs, sft=sft)
 
+def share_scores(ds, model, tok, c:TextToyConfig, seed:int, methods) -> tuple[dict, dict]:
+    "The PD and margin scores the methods need (`needed_scores`), and facts about their reward models."
+    scores, info, t0 = dict(true=true_pd(ds)), {}, time.time()
+    need = needed_scores(methods)
+    if 'pd' in need:
+        scores['pd'], rep = estimated_pd(ds, model, tok, c, seed, length=True)
+        info.update(pd_spearman=spearman(scores['pd'], scores['true']),
+                    **{f'rm_acc_{a}': v for a, v in rep['heldout_accuracy'].items()})
+    if 'nl' in need:
+        scores['nl'], rep = estimated_pd(ds, model, tok, c, seed, length=False)
+        info['nl_spearman'] = spearman(scores['nl'], scores['true'])
+    if 'raf' in need:
+        scores['raf'], rep = unified_margin(ds, model, tok, c, seed)
+        info['raf_acc'] = rep['heldout_accuracy'].get('unified', float('nan'))
+    info['rm_seconds'] = time.time() - t0
+    return scores, info
+
 def run_share(model, tokenizer, c:TextToyConfig, p:Protocol, seed:int, share:float, setup:dict, methods,
              ) -> tuple[list, dict, dict]: # (rows, data row, {method: held-out samples})
     "One seed and conflict share: sub-datasets, the reward models the methods need, a LoRA-DPO policy per method."
     ds = aggregate(mix_conflicts(setup['pool'], p.n_per_aspect, share, seed))
-    scores, info, t0 = dict(true=true_pd(ds)), dict(n_pairs=len(ds), realised_share=subset_conflict(ds)), time.time()
-    need = needed_scores(methods)
-    if 'pd' in need:
-        scores['pd'], rep = estimated_pd(ds, model, tokenizer, c, seed, length=True)
-        info.update(pd_spearman=spearman(scores['pd'], scores['true']),
-                    **{f'rm_acc_{a}': v for a, v in rep['heldout_accuracy'].items()})
-    if 'nl' in need:
-        scores['nl'], rep = estimated_pd(ds, model, tokenizer, c, seed, length=False)
-        info['nl_spearman'] = spearman(scores['nl'], scores['true'])
-    if 'raf' in need:
-        scores['raf'], rep = unified_margin(ds, model, tokenizer, c, seed)
-        info['raf_acc'] = rep['heldout_accuracy'].get('unified', float('nan'))
-    info['rm_seconds'] = time.time() - t0
+    info = dict(n_pairs=len(ds), realised_share=subset_conflict(ds))
+    scores, facts = share_scores(ds, model, tokenizer, c, seed, methods)
+    info.update(facts)
     rows, samples = [], {}
     for m in methods:
         tm = time.time()

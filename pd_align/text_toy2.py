@@ -21,17 +21,16 @@ from .experiments import (Results, check_methods, method_key, summarize, format_
 from .text_toy import (TOPICS, PROMPT_TEMPLATES, ASPECTS, Grammar, TextToyConfig, make_config, make_prompt,
                                topic_of, sample_n, pretrained_lm, score_matrix, gold_weights, is_grammatical,
                                labelled_pool, mix_conflicts, subset_conflict, true_pd, estimated_pd, unified_margin,
-                               needed_scores, method_data)
+                               needed_scores, method_data, share_scores)
 
 # %% auto #0
 __all__ = ['CONFIRM2_METHODS', 'GATE_KEYS', 'PROSE_KEYS', 'split_prompts', 'candidate_set', 'candidate_gold', 'gold_pairs',
            'candidate_logps', 'exact_gold', 'candidate_kl', 'implicit_accuracy', 't_cdf', 't_ppf', 'paired_test',
            'power_paired', 'seeds_for_power', 'Protocol2', 'protocol2_dict', 'heldout_capacity', 'check_producible',
-           'load_protocol2', 'is_protocol2', 'train_config', 'epochs_steps', 'seed_setup2', 'evaluate2', 'share_scores',
-           'run_share2', 'part_path', 'read_parts', 'confirm_seed2', 'run_protocol2', 'learning_gate',
-           'UninformativeRun', 'gate_text', 'hypothesis_tests2', 'hypotheses_or_none', 'hypothesis_sentence',
-           'summary2', 'table2', 'smoke_protocol2', 'write_protocol2_results', 'read_protocol2_results',
-           'run_text_toy2']
+           'load_protocol2', 'is_protocol2', 'train_config', 'epochs_steps', 'seed_setup2', 'evaluate2', 'run_share2',
+           'part_path', 'read_parts', 'confirm_seed2', 'run_protocol2', 'learning_gate', 'UninformativeRun',
+           'gate_text', 'hypothesis_tests2', 'hypotheses_or_none', 'hypothesis_sentence', 'summary2', 'table2',
+           'smoke_protocol2', 'write_protocol2_results', 'read_protocol2_results', 'run_text_toy2']
 
 # %% ../nbs/08a_text_toy2.ipynb #c005
 def split_prompts(seed:int, # the experiment seed
@@ -346,23 +345,6 @@ def evaluate2(model, tok, setup:dict, p:Protocol2, c:TextToyConfig, seed:int,
     out.update(identical=float(np.mean([a == b for a, b in zip(flat, setup['samples'])])),
                grammatical=float(np.mean([is_grammatical(r) for r in flat])), responses=flat)
     return out
-
-def share_scores(ds, model, tok, c:TextToyConfig, seed:int, methods) -> tuple[dict, dict]:
-    "The PD and margin scores the methods need (`needed_scores`), and facts about their reward models."
-    scores, info, t0 = dict(true=true_pd(ds)), {}, time.time()
-    need = needed_scores(methods)
-    if 'pd' in need:
-        scores['pd'], rep = estimated_pd(ds, model, tok, c, seed, length=True)
-        info.update(pd_spearman=spearman(scores['pd'], scores['true']),
-                    **{f'rm_acc_{a}': v for a, v in rep['heldout_accuracy'].items()})
-    if 'nl' in need:
-        scores['nl'], rep = estimated_pd(ds, model, tok, c, seed, length=False)
-        info['nl_spearman'] = spearman(scores['nl'], scores['true'])
-    if 'raf' in need:
-        scores['raf'], rep = unified_margin(ds, model, tok, c, seed)
-        info['raf_acc'] = rep['heldout_accuracy'].get('unified', float('nan'))
-    info['rm_seconds'] = time.time() - t0
-    return scores, info
 
 _KEEP = ('gold', 'gold_topic', 'kl', 'kl_topic', 'implicit_acc') + ASPECTS + ('identical', 'grammatical')
 
