@@ -11,9 +11,9 @@ from torch import Tensor
 from .losses import dpo_loss, dfpo_loss
 
 # %% auto #0
-__all__ = ['REASONS', 'pair_features', 'implicit_margin', 'policy_logits', 'LoglinearRuns', 'loglinear_run', 'run_objective',
-           'objective_gradient', 'objective_hessian', 'StopRule', 'LoglinearFit', 'convergence', 'train_loglinear',
-           'expected_gold']
+__all__ = ['REASONS', 'pair_features', 'implicit_margin', 'policy_logits', 'LoglinearRuns', 'check_pair_loss', 'loglinear_run',
+           'run_objective', 'objective_gradient', 'objective_hessian', 'StopRule', 'LoglinearFit', 'convergence',
+           'train_loglinear', 'expected_gold']
 
 # %% ../nbs/04b_loglinear.ipynb #c005
 def _check_features(features:Tensor, name:str='features') -> Tensor:
@@ -79,6 +79,15 @@ class LoglinearRuns:
                    torch.cat([pad(r.pd, 0.0) for r in runs]), torch.cat([pad(r.aspect_weight, 1.0) for r in runs]),
                    torch.cat([r.dfpo for r in runs]))
 
+def check_pair_loss(loss:str, # 'dpo' or 'dfpo'
+                    pd, # the PD of every pair (needed by 'dfpo'), or None
+                   ):
+    "One message for a bad training-run loss: the log-linear and the tabular runs both check with it."
+    if loss not in ('dpo', 'dfpo'):
+        raise ValueError(f"loss: expected 'dpo' or 'dfpo', got {loss!r}")
+    if loss == 'dfpo' and pd is None:
+        raise ValueError("pd: the 'dfpo' loss needs the PD of every pair")
+
 def loglinear_run(features:Tensor, # [P, M, D] response features of the training prompts
                   prompt:Tensor, # [n] prompt index of each training pair
                   chosen:Tensor, # [n] chosen response (training orientation)
@@ -89,10 +98,7 @@ def loglinear_run(features:Tensor, # [P, M, D] response features of the training
                   aspect_weight:Tensor|float=1.0, # [n] or scalar w_k of each pair's labelling aspect ('dfpo'), > 0
                  ) -> LoglinearRuns: # one run (R = 1)
     "One log-linear training run from index pairs."
-    if loss not in ('dpo', 'dfpo'):
-        raise ValueError(f"loss: expected 'dpo' or 'dfpo', got {loss!r}")
-    if loss == 'dfpo' and pd is None:
-        raise ValueError("pd: the 'dfpo' loss needs the PD of every pair")
+    check_pair_loss(loss, pd)
     n = len(prompt)
     if n == 0:
         raise ValueError("prompt: the run has no training pairs")

@@ -21,7 +21,8 @@ from .selection import (select_by_pd, select_highest_pd, select_by_margin, selec
                                 select_full)
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results, read_results,
                                   torch_threads, plot_against, legend_outside, caption, paired_ci, method_style)
-from .loglinear import StopRule, LoglinearRuns, loglinear_run, train_loglinear, policy_logits, REASONS
+from .loglinear import (StopRule, LoglinearRuns, loglinear_run, train_loglinear, policy_logits, REASONS,
+                                check_pair_loss)
 
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'TOY_METHODS', 'SELECTIONS', 'SHARES', 'LENGTH_BIAS', 'SWEEP_METHODS', 'SWEEP_RATIOS',
@@ -80,10 +81,7 @@ def tabular_run(world:ToyWorld, data, # toy `Dataset` or `ToyPairs`
                 pd:Tensor|None=None, # [N] PD for 'dfpo' (dataset orientation), indexed like `data`
                ) -> TabularRuns: # one run (R = 1)
     "One training run: the selected pairs of `data`, optionally relabelled, with DPO or DFPO."
-    if loss not in ('dpo', 'dfpo'):
-        raise ValueError(f"loss: expected 'dpo' or 'dfpo', got {loss!r}")
-    if loss == 'dfpo' and pd is None:
-        raise ValueError("pd: the 'dfpo' loss needs the PD of every pair")
+    check_pair_loss(loss, pd)
     pr = toy_pairs(data, world)
     index = torch.arange(len(pr)) if index is None else torch.as_tensor(index, dtype=torch.long)
     if len(index) == 0:
