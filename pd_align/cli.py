@@ -9,14 +9,14 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['SCORE_MODES', 'SUBCOMMANDS', 'Parser', 'add_common', 'print_method_key', 'print_written', 'add_data', 'cmd_toy',
-           'add_toy', 'cmd_text_toy', 'add_text_toy', 'cmd_text_world', 'add_text_world', 'print_heldout_accuracy',
-           'cmd_reward', 'feature_heads_reward', 'add_reward', 'add_feature_head_options', 'cmd_score',
-           'feature_heads_score', 'print_feature_quality', 'add_score', 'load_scored', 'cmd_select', 'add_select',
-           'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'add_train', 'print_eval', 'cmd_eval', 'add_eval',
-           'build_parser', 'main', 'console_main', 'CLIError', 'prepare_out', 'remove_created', 'check_apart',
-           'parse_ratio', 'parse_data_spec', 'load_data', 'train_reward_cli', 'score_cli', 'train_feature_heads_cli',
-           'is_feature_heads', 'load_feature_heads', 'check_scorer', 'score_feature_heads_cli', 'parse_overrides',
-           'cli_config', 'train_cli', 'heldout_pairs', 'eval_cli']
+           'add_sweep', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'cmd_text_world', 'add_text_world',
+           'print_heldout_accuracy', 'cmd_reward', 'feature_heads_reward', 'add_reward', 'add_feature_head_options',
+           'cmd_score', 'feature_heads_score', 'print_feature_quality', 'add_score', 'load_scored', 'cmd_select',
+           'add_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'add_train', 'print_eval',
+           'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main', 'CLIError', 'prepare_out', 'remove_created',
+           'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'train_reward_cli', 'score_cli',
+           'train_feature_heads_cli', 'is_feature_heads', 'load_feature_heads', 'check_scorer',
+           'score_feature_heads_cli', 'parse_overrides', 'cli_config', 'train_cli', 'heldout_pairs', 'eval_cli']
 
 # %% ../nbs/11_cli.ipynb #c002a
 from .cli_pipeline import (CLIError, prepare_out, remove_created, check_apart, parse_ratio, parse_data_spec,
@@ -90,15 +90,20 @@ def cmd_toy(args) -> int:
     print_written(out, 'results.json, results.csv, runs.csv, worlds.csv, curves.csv, table.txt and the plots')
     return 0
 
+def add_sweep(t, # a sub-parser of an experiment world
+             ):
+    "The conflict-share sweep's options, the same in every world: --seeds, --ratio, --shares."
+    t.add_argument('--seeds', type=int, default=None, help='seeds (default 10; 3 with --quick)')
+    t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
+    t.add_argument('--shares', default=None, help="comma-separated conflict shares in [0, 1] "
+                                                  "(default '0,0.1,0.2,0.3,0.4'; '0.1,0.3' with --quick)")
+
 def add_toy(sub, # `build_parser`'s sub-parsers
             ):
     "The `toy` sub-parser."
     t = sub.add_parser('toy', help='toy world: conflict-share sweep, every baseline of the paper '
                                    '(default < 60 s on 2 CPU cores)')
-    t.add_argument('--seeds', type=int, default=None, help='seeds (default 10; 3 with --quick)')
-    t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
-    t.add_argument('--shares', default=None, help="comma-separated conflict shares in [0, 1] "
-                                                  "(default '0,0.1,0.2,0.3,0.4'; '0.1,0.3' with --quick)")
+    add_sweep(t)
     t.add_argument('--quick', action='store_true',
                    help='small setting for CI: 3 seeds, 2 shares, smaller worlds (seconds)')
     t.add_argument('--policy', choices=('tabular', 'shared', 'both'), default='both',
@@ -179,10 +184,7 @@ def add_text_world(sub, # `build_parser`'s sub-parsers
     "The `text-world` sub-parser."
     t = sub.add_parser('text-world', help='text-feature world: shared-parameter policy over text features, every '
                                           'baseline, held-out prompts and topics (default a few CPU-min)')
-    t.add_argument('--seeds', type=int, default=None, help='seeds (default 10; 3 with --quick)')
-    t.add_argument('--ratio', type=parse_ratio, default=0.3, help='selection ratio in (0, 1]')
-    t.add_argument('--shares', default=None, help="comma-separated conflict shares in [0, 1] "
-                                                  "(default '0,0.1,0.2,0.3,0.4'; '0.1,0.3' with --quick)")
+    add_sweep(t)
     t.add_argument('--quick', action='store_true', help='small setting for CI: 3 seeds, 2 shares (seconds)')
     add_common(t, out_required=False)
     t.set_defaults(handler=cmd_text_world)
