@@ -8,15 +8,16 @@ import argparse, contextlib, logging, os, re, shutil, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SCORE_MODES', 'SUBCOMMANDS', 'Parser', 'add_common', 'print_method_key', 'print_written', 'add_data', 'cmd_toy',
-           'add_sweep', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'cmd_text_world', 'add_text_world',
-           'print_heldout_accuracy', 'cmd_reward', 'feature_heads_reward', 'add_reward', 'add_feature_head_options',
-           'cmd_score', 'feature_heads_score', 'print_feature_quality', 'add_score', 'load_scored', 'cmd_select',
-           'add_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train', 'add_train', 'print_eval',
-           'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main', 'CLIError', 'prepare_out', 'remove_created',
-           'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data', 'train_reward_cli', 'score_cli',
-           'train_feature_heads_cli', 'is_feature_heads', 'load_feature_heads', 'check_scorer',
-           'score_feature_heads_cli', 'parse_overrides', 'cli_config', 'train_cli', 'heldout_pairs', 'eval_cli']
+__all__ = ['FEATURE_PRECISIONS', 'SCORE_MODES', 'SUBCOMMANDS', 'Parser', 'add_common', 'print_method_key', 'print_written',
+           'add_data', 'cmd_toy', 'add_sweep', 'add_toy', 'cmd_text_toy', 'add_text_toy', 'cmd_text_world',
+           'add_text_world', 'print_heldout_accuracy', 'cmd_reward', 'feature_heads_reward', 'add_reward',
+           'add_feature_head_options', 'cmd_score', 'feature_heads_score', 'print_feature_quality', 'add_score',
+           'load_scored', 'cmd_select', 'add_select', 'dataset_path', 'parse_sets', 'profile_sets', 'cmd_train',
+           'add_train', 'print_eval', 'cmd_eval', 'add_eval', 'build_parser', 'main', 'console_main', 'CLIError',
+           'prepare_out', 'remove_created', 'check_apart', 'parse_ratio', 'parse_data_spec', 'load_data',
+           'train_reward_cli', 'score_cli', 'train_feature_heads_cli', 'is_feature_heads', 'load_feature_heads',
+           'check_scorer', 'score_feature_heads_cli', 'parse_overrides', 'cli_config', 'train_cli', 'heldout_pairs',
+           'eval_cli']
 
 # %% ../nbs/11_cli.ipynb #c002a
 from .cli_pipeline import (CLIError, prepare_out, remove_created, check_apart, parse_ratio, parse_data_spec,
@@ -223,7 +224,8 @@ def feature_heads_reward(args, # the parsed `reward` options
     if args.base == 'tiny':
         raise CLIError("--heads features needs --base: 'smollm2', a hub name or a local model folder")
     rep = train_feature_heads_cli(ds, args.base, out, cache=args.features_cache, feature=args.feature, k=args.folds,
-                                  max_length=args.feature_max_length, rebuild=args.rebuild_features, seed=args.seed)
+                                  max_length=args.feature_max_length, rebuild=args.rebuild_features, seed=args.seed,
+                                  **({'precision': args.feature_precision} if args.feature_precision else {}))
     f = rep['features']
     print(f"features: {f['computed']} computed ({f['per_second']} responses/s), "
           f"{f['from_cache']} from the cache {rep['cache']}")
@@ -252,18 +254,25 @@ def add_reward(sub, # `build_parser`'s sub-parsers
     add_common(r)
     r.set_defaults(handler=cmd_reward)
 
+FEATURE_PRECISIONS = ('float32', 'medium', 'bf16')   # `pd_align.features.PRECISIONS` (a test checks), without importing torch
+
 def add_feature_head_options(r:argparse.ArgumentParser):
     "The `reward` options of `--heads features`."
     r.add_argument('--heads', default='model', choices=['model', 'features'],
                    help="'model': train a K-head reward model; 'features': linear heads on cached frozen features "
                         "of --base")
     r.add_argument('--features-cache', default=None,
-                   help='feature cache folder (default ~/.cache/pd_align/features/BASE)')
+                   help='feature cache folder (default ~/.cache/pd_align/features/BASE[-PRECISION])')
     r.add_argument('--feature', default=None,
                    help="--heads features: 'stack' (response means of 4 layers, the last token, response-prompt "
                         "cosines; L2 by nested cross-fitting) or a feature set such as 'mean16' "
                         "(default: mean, deepest layer)")
     r.add_argument('--feature-max-length', type=int, default=256, help='tokens per text for the feature cache')
+    r.add_argument('--feature-precision', default=None, choices=FEATURE_PRECISIONS,
+                   help="arithmetic of the backbone's forward: 'float32' (the reference), 'medium' (float32 with "
+                        "bfloat16 matrix units where the hardware has them: about 2x on such CPUs), 'bf16' (autocast: "
+                        "about 3x on CPUs with bfloat16 units and on GPUs, slower on other CPUs); each precision has "
+                        "its own cache (default: pd_align.features.DEFAULT_PRECISION)")
     r.add_argument('--folds', type=int, default=5, help='cross-fitting folds by prompt (--heads features)')
     r.add_argument('--rebuild-features', action='store_true', help='rebuild a feature cache made with other settings')
 

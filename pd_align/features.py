@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_features.ipynb #c002
 from __future__ import annotations
-import functools, hashlib, json, os, time
+import contextlib, functools, hashlib, json, os, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,12 +16,12 @@ from .divergence import preference_divergence, scale_margins
 from .reward import format_text, collate, _pad_id
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'L2_GRID', 'STACK_L2_GRID', 'ESTIMATORS', 'METRICS', 'DEFAULT_KEEP_LENGTH', 'load_backbone',
-           'forward_features', 'FeatureCacheMismatch', 'text_key', 'model_fingerprint', 'build_features',
-           'load_features', 'pair_items', 'pair_deltas', 'fit_heads', 'head_margins', 'prompt_folds',
-           'crossfit_margins', 'pd_from_margins', 'stack_feature', 'resolve_feature', 'sign_agreement',
-           'paired_bootstrap', 'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features',
-           'fit_feature_heads', 'score_feature_heads']
+__all__ = ['PRECISIONS', 'DEFAULT_PRECISION', 'CACHE_VERSION', 'L2_GRID', 'STACK_L2_GRID', 'ESTIMATORS', 'METRICS',
+           'DEFAULT_KEEP_LENGTH', 'load_backbone', 'forward_features', 'check_precision', 'backbone_precision',
+           'FeatureCacheMismatch', 'text_key', 'model_fingerprint', 'build_features', 'load_features', 'pair_items',
+           'pair_deltas', 'fit_heads', 'head_margins', 'prompt_folds', 'crossfit_margins', 'pd_from_margins',
+           'stack_feature', 'resolve_feature', 'sign_agreement', 'paired_bootstrap', 'accuracy_by_aspect',
+           'default_layers', 'default_cache', 'dataset_features', 'fit_feature_heads', 'score_feature_heads']
 
 # %% ../nbs/06a_features.ipynb #c005
 def load_backbone(name:str='smollm2', # 'smollm2', a hub name or a local folder of a causal LM
@@ -98,6 +98,31 @@ def forward_features(model:nn.Module, # a causal LM (its base model is run, with
             else:
                 raise ValueError(f"pools: unknown pooling {p!r} (use 'last', 'mean' or 'prompt')")
     return out
+
+# %% ../nbs/06a_features.ipynb #c007b
+PRECISIONS = ('float32', 'medium', 'bf16')
+DEFAULT_PRECISION = 'float32'   # chosen by `bench/feature_precision_quality.py`'s pre-registered rule
+
+def check_precision(precision:str) -> str:
+    "`precision` if it is one of `PRECISIONS`, else a ValueError naming it."
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return precision
+
+@contextlib.contextmanager
+def backbone_precision(precision:str, # one of `PRECISIONS`
+                       device_type:str='cpu', # 'cpu' or 'cuda' (autocast's device)
+                      ):
+    "Run the enclosed forward passes at `precision`; PyTorch's global matmul setting is restored on exit."
+    check_precision(precision)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision('medium' if precision == 'medium' else 'highest')
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == 'bf16'):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
 
 # %% ../nbs/06a_features.ipynb #c009
 CACHE_VERSION = 1
@@ -227,106 +252,16 @@ def _encode_items(items:list[tuple[str, str]], tokenizer, max_length:int) -> tup
     n_resp = [max(1, min(len(x) - prefix[p], max_length)) for x, (p, _) in zip(ids, items)]
     return [x[-max_length:] for x in ids], n_resp, resp_len
 
-def _common_prefix(seqs:list) -> int:
-    "Length of the longest common prefix of token lists."
-    n = min(map(len, seqs))
-    for j in range(n):
-        if any(s[j] != seqs[0][j] for s in seqs[1:]):
-            return j
-    return n
-
-def _prefix_groups(items:list, ids:list, n_resp:list, min_shared:int=16) -> tuple[list, list]:
-    "Texts of one prompt whose windows share `min_shared`+ first tokens: [(shared length, texts)], and the others."
-    by_prompt, groups, single = {}, [], []
-    for i, (p, _) in enumerate(items):
-        by_prompt.setdefault(p, []).append(i)
-    for g in by_prompt.values():
-        c = min(_common_prefix([ids[i] for i in g]), *(len(ids[i]) - n_resp[i] for i in g)) if len(g) > 1 else 0
-        if c >= min_shared:   # a short shared prefix saves less than the second forward and its padding cost
-            groups.append((c, g))
-        else:
-            single += g
-    return groups, single
-
 def _store(feats:dict, out:dict, sel:list, n:int):
     for name, v in out.items():
         feats.setdefault(name, torch.empty(n, v.shape[1]))[sel] = v.float().cpu()
 
-def _run_blocks(model, layers:list[int], **kw) -> dict:
-    "Block outputs of `layers` for one forward of the base model (stopped after the deepest)."
-    store, handles = _capture(model, layers)
-    try:
-        model.base_model(**kw)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return store
-
-def _cache_kw(model) -> str:
-    "The name of the base model's key/value cache argument (`cache` in transformers 5.2x, `past_key_values` before)."
-    import inspect
-    return 'cache' if 'cache' in inspect.signature(model.base_model.forward).parameters else 'past_key_values'
-
-def _forward_groups(model, ids:list, n_resp:list, groups:list, settings:dict, pad_id:int, device) -> tuple:
-    "Features of the texts of `groups`: each shared prompt window runs once, its keys and values serve every response."
-    from transformers import DynamicCache
-    layers, pools, ckw = settings['layers'], settings['pools'], _cache_kw(model)
-    prompts = [ids[g[0]][:c] for c, g in groups]
-    pb = collate(prompts, pad_id, 'right', device)
-    p_len = pb['attention_mask'].sum(1)
-    cache = DynamicCache()
-    pos = torch.arange(pb['input_ids'].shape[1], device=device)[None].expand_as(pb['input_ids'])
-    hp = _run_blocks(model, layers, input_ids=pb['input_ids'], attention_mask=pb['attention_mask'],
-                     position_ids=pos, use_cache=True, **{ckw: cache})
-    rep = torch.tensor([j for j, (_, g) in enumerate(groups) for _ in g], device=device)
-    cache.reorder_cache(rep)
-    sel = [i for _, g in groups for i in g]
-    c_of = [c for c, g in groups for _ in g]
-    rb = collate([ids[i][c:] for i, c in zip(sel, c_of)], pad_id, 'right', device)
-    mask = torch.cat([pb['attention_mask'][rep], rb['attention_mask']], 1)
-    rpos = p_len[rep, None] + torch.arange(rb['input_ids'].shape[1], device=device)[None]
-    hr = _run_blocks(model, layers, input_ids=rb['input_ids'], attention_mask=mask, position_ids=rpos, use_cache=True,
-                     **{ckw: cache})
-    r_n = rb['attention_mask'].sum(1)
-    start = torch.tensor([len(ids[i]) - n_resp[i] - c for i, c in zip(sel, c_of)], device=device)   # response start
-    loc = torch.arange(rb['input_ids'].shape[1], device=device)[None]
-    w_r = ((loc >= start[:, None]) & (loc < r_n[:, None]))[..., None].float()
-    w_q, w_p = (loc < start[:, None])[..., None].float(), pb['attention_mask'][..., None].float()
-    out = {}
-    for l in layers:
-        h = hr[l].float()
-        for p in pools:
-            if p == 'last':
-                out[f'last{l}'] = h[torch.arange(len(h)), r_n - 1]
-            elif p == 'mean':
-                out[f'mean{l}'] = (h * w_r).sum(1) / w_r.sum(1)
-            elif p == 'prompt':
-                num = (hp[l].float() * w_p).sum(1)[rep] + (h * w_q).sum(1)
-                out[f'prompt{l}'] = num / (w_p.sum(1)[rep] + w_q.sum(1))
-            else:
-                raise ValueError(f"pools: unknown pooling {p!r} (use 'last', 'mean' or 'prompt')")
-    return sel, out
-
-def _group_batches(groups:list, ids:list, batch_size:int) -> list:
-    "Groups sorted by their longest unshared part (the second pass's padded width), in batches of ~`batch_size` texts."
-    batches, cur = [], []
-    for g in sorted(groups, key=lambda g: (-max(len(ids[i]) for i in g[1]) + g[0], -g[0])):
-        cur.append(g)
-        if sum(len(x) for _, x in cur) >= batch_size:
-            batches, cur = batches + [cur], []
-    return batches + [cur] if cur else batches
-
-def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device, reuse_prompt:bool=False) -> dict:
+def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device) -> dict:
+    "Features of one shard's texts: sorted by length into batches (little padding), each batch one forward."
     ids, n_resp, resp_len = _encode_items(items, tokenizer, settings['max_length'])
-    groups, single = _prefix_groups(items, ids, n_resp) if reuse_prompt else ([], list(range(len(items))))
-    order = sorted(single, key=lambda i: -len(ids[i]))
+    order = sorted(range(len(items)), key=lambda i: -len(ids[i]))
     feats, t, pad = {}, time.time(), _pad_id(tokenizer)
-    with torch.inference_mode():
-        for batch in _group_batches(groups, ids, batch_size):
-            sel, out = _forward_groups(model, ids, n_resp, batch, settings, pad, device)
-            _store(feats, out, sel, len(items))
+    with torch.inference_mode(), backbone_precision(settings.get('precision', 'float32'), device.type):
         for s in range(0, len(order), batch_size):
             sel = order[s:s + batch_size]
             b = collate([ids[i] for i in sel], pad, 'right', device)
@@ -335,6 +270,7 @@ def _compute_shard(model, tokenizer, items, keys, settings, batch_size, device, 
             _store(feats, out, sel, len(items))
     return dict(keys=keys, keys_digest=_digest(keys), feats=feats, response_tokens=torch.tensor(resp_len),
                 response_chars=torch.tensor([len(y) for _, y in items]), seconds=time.time() - t)
+
 
 # %% ../nbs/06a_features.ipynb #c013
 @_cache_locked # `lock_timeout=` (seconds, default 3600): how long to wait for another process filling the same cache
@@ -348,7 +284,7 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    shard_size:int=256, # texts per shard file
                    batch_size:int=16, # texts per forward pass
                    rebuild:bool=False, # delete a cache built with another fingerprint instead of raising
-                   reuse_prompt:bool=False, # texts sharing a prompt window: run it once, reuse its keys/values
+                   precision:str=DEFAULT_PRECISION, # arithmetic of the forward (`PRECISIONS`), part of the cache settings
                    max_shards:int|None=None, # stop after computing this many new shards (simulates a killed run)
                    progress:bool=True,
                   ) -> dict: # feats {name: [N, d]}, response_tokens, response_chars [N], fingerprint, stats
@@ -356,6 +292,8 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
     cache = Path(cache)
     layers = sorted(layers or [max(1, len(_blocks(model)) // 2)])
     settings = dict(layers=layers, pools=list(pools), max_length=max_length, template=_template(tokenizer))
+    if check_precision(precision) != 'float32':   # a float32 cache keeps the fingerprint it had before precisions
+        settings['precision'] = precision
     meta = dict(version=CACHE_VERSION, model=getattr(model, 'name_or_path', type(model).__name__),
                 model_fingerprint=model_fingerprint(model), settings=settings)
     meta['fingerprint'] = _digest([meta['model_fingerprint'], json.dumps(settings, sort_keys=True), CACHE_VERSION])
@@ -368,8 +306,7 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
     n0, t = _next_shard(cache), time.time()
     device = next(model.parameters()).device
     for c, chunk in enumerate(tqdm(chunks, desc='feature shards', disable=not progress or len(chunks) < 2)):
-        shard = _compute_shard(model, tokenizer, [items[first[k]] for k in chunk], chunk, settings, batch_size, device,
-                               reuse_prompt)
+        shard = _compute_shard(model, tokenizer, [items[first[k]] for k in chunk], chunk, settings, batch_size, device)
         path = cache/f'shard-{n0 + c:05d}.pt'
         atomic_write_torch(path, {**shard, 'fingerprint': meta['fingerprint']})
         index.update({k: (path, i) for i, k in enumerate(chunk)})
@@ -646,16 +583,20 @@ def default_layers(n_blocks:int) -> list[int]:
     "Four blocks up to about half of the depth (4, 8, 12 and 16 for SmolLM2's 30): the forward stops at the deepest."
     return sorted({max(1, round(n_blocks * f)) for f in (0.13, 0.27, 0.4, 0.53)})
 
-def default_cache(base:str) -> Path:
-    "Feature cache folder of a backbone: `$PD_ALIGN_CACHE/features/<base>` (default `~/.cache/pd_align`)."
+def default_cache(base:str, # backbone name
+                  precision:str=DEFAULT_PRECISION, # its arithmetic: each precision has its own folder
+                 ) -> Path:
+    "Feature cache folder: `$PD_ALIGN_CACHE/features/<base>[-<precision>]` (default root `~/.cache/pd_align`)."
     root = Path(os.environ.get('PD_ALIGN_CACHE', Path.home()/'.cache'/'pd_align')).expanduser()
-    return root/'features'/''.join(c if c.isalnum() or c in '-_.' else '_' for c in str(base))
+    name = str(base) + ('' if check_precision(precision) == 'float32' else f'-{precision}')
+    return root/'features'/''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
 
 def dataset_features(model, tokenizer, dataset, cache, settings:dict, rebuild:bool=False, progress:bool=True):
     "`build_features` for every response of `dataset`'s pairs with the stored settings."
     return build_features(model, tokenizer, pair_items(dataset), cache, layers=settings['layers'],
                           pools=settings['pools'], max_length=settings['max_length'],
-                          batch_size=settings.get('batch_size', 16), rebuild=rebuild, progress=progress)
+                          batch_size=settings.get('batch_size', 16), precision=settings.get('precision', 'float32'),
+                          rebuild=rebuild, progress=progress)
 
 def _prompt_keys_each(prompts) -> list[str]:
     "The SHA-1 digest of each prompt (how a saved head set recognises its training prompts)."
@@ -672,12 +613,13 @@ def fit_feature_heads(data, # aggregated fine-grained pairs
                       feature:str|None=None, # 'stack' or a feature set (default 'mean{deepest layer}')
                       layers:list[int]|None=None, pools=('last', 'mean', 'prompt'), max_length:int=256,
                       k:int=5, length_balance:bool=False, rebuild:bool=False, seed:int=0, progress:bool=True,
+                      precision:str=DEFAULT_PRECISION, # the backbone's arithmetic (`PRECISIONS`)
                      ) -> tuple[dict, dict]: # (heads, report: cross-fitted held-out accuracy per aspect, settings)
     "Cache features, cross-validate and fit K linear Bradley-Terry heads on all pairs (only the cache is written)."
     model, tok = load_backbone(base)
     layers = layers or default_layers(len(_blocks(model)))
-    settings = dict(layers=layers, pools=list(pools), max_length=max_length)
-    cache = cache or default_cache(base)
+    settings = dict(layers=layers, pools=list(pools), max_length=max_length, precision=check_precision(precision))
+    cache = cache or default_cache(base, precision)
     feats = dataset_features(model, tok, data, cache, settings, rebuild, progress)
     estimator = feature or f'mean{max(layers)}'
     feature, fit = resolve_feature(estimator, layers)

@@ -36,7 +36,7 @@ def test_one_forward_per_unique_response(world, lm_tok, tmp_path):
     n_unique = len(set(items))
     assert n_unique < len(items)
     c = forwards(lm)
-    f = build_features(lm, tok, items, tmp_path/'c', layers=[1, 2], shard_size=16, progress=False, reuse_prompt=False)
+    f = build_features(lm, tok, items, tmp_path/'c', layers=[1, 2], shard_size=16, progress=False)
     assert c.rows == n_unique and f['stats']['computed'] == n_unique
     assert f['feats']['mean2'].shape == (len(items), lm.config.hidden_size) and bool(f['found'].all())
     g = build_features(lm, tok, items, tmp_path/'c', layers=[1, 2], shard_size=16, progress=False)
@@ -52,12 +52,11 @@ def test_resume_after_killed_run(world, lm_tok, tmp_path):
     n_unique = len(set(items))
     full = build_features(lm, tok, items, tmp_path/'ref', layers=[2], progress=False)
     c = forwards(lm)
-    part = build_features(lm, tok, items, tmp_path/'c', layers=[2], shard_size=16, max_shards=2, progress=False,
-                          reuse_prompt=False)  # "killed"
+    part = build_features(lm, tok, items, tmp_path/'c', layers=[2], shard_size=16, max_shards=2, progress=False)  # "killed"
     assert part['stats']['computed'] == 32 and part['stats']['missing'] == n_unique - 32
     assert int(part['found'].sum()) < len(items)
     (tmp_path/'c'/'shard-99999.tmp').write_bytes(b'half-written')   # a shard interrupted mid-write is ignored
-    rest = build_features(lm, tok, items, tmp_path/'c', layers=[2], shard_size=16, progress=False, reuse_prompt=False)
+    rest = build_features(lm, tok, items, tmp_path/'c', layers=[2], shard_size=16, progress=False)
     assert rest['stats']['from_cache'] == 32 and rest['stats']['computed'] == n_unique - 32
     assert c.rows == n_unique                                    # nothing computed twice
     assert torch.allclose(rest['feats']['mean2'], full['feats']['mean2'], atol=1e-5)
@@ -126,23 +125,38 @@ def test_cli_feature_heads_end_to_end(world, lm_tok, tmp_path, capsys):
     assert '--heads features needs --base' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('max_length', [256, 24])   # 24: most windows are cut, so few texts share a prefix
-def test_prompt_reuse_gives_the_same_features_with_fewer_tokens(world, lm_tok, tmp_path, max_length):
+def test_precisions_give_close_features_in_separate_caches(world, lm_tok, tmp_path):
     lm, tok = lm_tok
-    long = lambda p: ' '.join([p] * 12)   # prompts long enough to be worth sharing (16 tokens or more)
-    items = [(long(p), y) for p, y in pair_items(world)[:24]] + [(long(world['prompt'][0]), 'a third answer')]
-    seen = []
-    hook = lm.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
-    kw = dict(layers=[1, 2], max_length=max_length, batch_size=4, progress=False)
-    new = build_features(lm, tok, items, tmp_path/'new', reuse_prompt=True, **kw)
-    n_new, seen[:] = sum(seen), []
-    old = build_features(lm, tok, items, tmp_path/'old', reuse_prompt=False, **kw)
-    hook.remove()
-    assert sorted(new['feats']) == sorted(f'{p}{l}' for p in ('last', 'mean', 'prompt') for l in (1, 2))
-    for name in old['feats']:
-        assert torch.allclose(new['feats'][name], old['feats'][name], atol=1e-5), name
-    if max_length == 256:
-        assert n_new < 0.8 * sum(seen)   # the shared prompts went through once
+    items = pair_items(world)[:12]
+    kw = dict(layers=[1, 2], batch_size=4, progress=False)
+    ref = build_features(lm, tok, items, tmp_path/'f32', precision='float32', **kw)
+    for prec in ('medium', 'bf16'):
+        f = build_features(lm, tok, items, tmp_path/prec, precision=prec, **kw)
+        assert f['fingerprint'] != ref['fingerprint']
+        for name, v in f['feats'].items():
+            assert v.dtype == torch.float32
+            assert torch.nn.functional.cosine_similarity(v, ref['feats'][name]).min() > 0.999, (prec, name)
+    with pytest.raises(FeatureCacheMismatch, match="'precision': 'bf16'"):   # another precision is another cache
+        build_features(lm, tok, items, tmp_path/'f32', precision='bf16', **kw)
+    with pytest.raises(ValueError, match="precision: 'fp8' is not one of float32, medium, bf16"):
+        build_features(lm, tok, items, tmp_path/'x', precision='fp8', **kw)
+    assert torch.get_float32_matmul_precision() == 'highest'   # the global setting is restored
+
+def test_a_float32_cache_keeps_its_fingerprint(world, lm_tok, tmp_path):
+    "Caches written before `precision` existed (float32, no precision key) are still read without a rebuild."
+    lm, tok = lm_tok
+    items = pair_items(world)[:6]
+    build_features(lm, tok, items, tmp_path/'c', layers=[2], precision='float32', progress=False)
+    meta = json.loads((tmp_path/'c'/'meta.json').read_text())
+    assert 'precision' not in meta['settings']
+    again = build_features(lm, tok, items, tmp_path/'c', layers=[2], precision='float32', progress=False)
+    assert again['stats']['from_cache'] == len(set(items))
+
+def test_cli_precisions_match_the_library():
+    from pd_align.cli import FEATURE_PRECISIONS
+    from pd_align.features import PRECISIONS, DEFAULT_PRECISION, default_cache
+    assert FEATURE_PRECISIONS == PRECISIONS and DEFAULT_PRECISION in PRECISIONS
+    assert default_cache('smollm2', 'float32').name == 'smollm2' and default_cache('a/b', 'bf16').name == 'a_b-bf16'
 
 def test_prompt_pooling_is_the_mean_over_the_prompt_tokens(lm_tok):
     lm, tok = lm_tok
