@@ -6,7 +6,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / 'nbs'
 # the tutorial notebooks a reader opens on GitHub: each must show at least one figure
-TUTORIALS = ('02_divergence', '03_theory', '04_selection', '05_toy', '08_text_toy', '08b_text_world', '10_real_data')
+TUTORIALS = ('02_divergence', '03_theory', '04_selection', '05_toy', '07b_text_toy_world', '08_text_toy', '08b_text_world',
+             '10_real_data')
 MAX_BYTES = 2_000_000 # committed notebooks stay small: PNGs at modest dpi
 
 
