@@ -4,393 +4,53 @@
 
 # %% ../nbs/08_text_toy.ipynb #c002
 from __future__ import annotations
-import copy, io, json, math, os, random, re, time
-from dataclasses import dataclass, asdict, field, fields
+import copy, json, math, os, random, time
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import pandas
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .data import from_records, aggregate, scores_matrix, aspect_index
-from .divergence import preference_divergence, conflict_rate, spearman, normalise_weights
-from .selection import select_by_pd, select_highest_pd, select_random, select_full, select_by_margin
-from .tiny import train_tokenizer, tiny_causal_lm
+from .data import from_records, aggregate, scores_matrix
+from .divergence import spearman
+from .selection import select_by_pd, select_highest_pd, select_random, select_by_margin
 from .reward import AspectRewardModel, train_reward_models, score_dataset, fit_length_penalty, pair_scores
-from .train import (DPOConfig, train_dpo, sample_responses, evaluate_dpo, tokenize_pairs, collate_pairs,
-                            _eval_mode)
+from .train import DPOConfig, train_dpo, evaluate_dpo, tokenize_pairs, collate_pairs, _eval_mode
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
-                                  torch_threads, mean_ci, plot_against, legend_outside, method_color,
+                                  torch_threads, plot_against, legend_outside, method_color,
                                   forest_rows, plot_forest, MIN_FONT_PT)
+# the world (07b_text_toy_world), re-exported: every name stays importable from here
+# (_LM_FIELDS/_LM_CACHE too, for the record scripts under nbs/results that seed the LM cache)
+from .text_toy_world import (TOPICS, PROMPT_TEMPLATES, POSITIVE, NEGATIVE, NEUTRAL, OPENERS, CLOSERS,
+                               SENTENCES, POLITE_WORDS, make_prompt, all_prompts, Grammar, grammar_corpus, ASPECTS,
+                               TARGET_WORDS, words, topic_of, aspect_scores, score_matrix, gold_weights, gold_reward,
+                               is_grammatical, TextToyConfig, SIZES, make_config, pretrain_lm, pretrained_lm,
+                               sample_n, evaluate_policy, preference_pairs, build_dataset, true_pd, subset_conflict,
+                               estimate_pd, seed_data, DEFAULT_METHODS, ALL_METHODS, select_indices, dpo_config,
+                               train_policy, _LM_FIELDS, _LM_CACHE)
+_all_ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPENERS', 'CLOSERS', 'SENTENCES',
+         'POLITE_WORDS', 'make_prompt', 'all_prompts', 'Grammar', 'grammar_corpus', 'ASPECTS', 'TARGET_WORDS',
+         'words', 'topic_of', 'aspect_scores', 'score_matrix', 'gold_weights', 'gold_reward', 'is_grammatical',
+         'TextToyConfig', 'SIZES', 'make_config', 'pretrain_lm', 'pretrained_lm', 'sample_n', 'evaluate_policy',
+         'preference_pairs', 'build_dataset', 'true_pd', 'subset_conflict', 'estimate_pd', 'seed_data',
+         'DEFAULT_METHODS', 'ALL_METHODS', 'select_indices', 'dpo_config', 'train_policy']
 
 # %% auto #0
-__all__ = ['TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE', 'NEGATIVE', 'NEUTRAL', 'OPENERS', 'CLOSERS', 'SENTENCES', 'POLITE_WORDS',
-           'ASPECTS', 'TARGET_WORDS', 'SIZES', 'DEFAULT_METHODS', 'ALL_METHODS', 'CONFIRMATORY_METHODS', 'make_prompt',
-           'all_prompts', 'Grammar', 'grammar_corpus', 'words', 'topic_of', 'aspect_scores', 'score_matrix',
-           'gold_weights', 'gold_reward', 'is_grammatical', 'TextToyConfig', 'make_config', 'pretrain_lm',
-           'pretrained_lm', 'sample_n', 'evaluate_policy', 'preference_pairs', 'build_dataset', 'true_pd',
-           'subset_conflict', 'estimate_pd', 'seed_data', 'select_indices', 'dpo_config', 'train_policy',
-           'TextToyResults', 'simulate_text_toy', 'text_toy_summary', 'text_toy_table', 'exploratory_title',
-           'plot_results', 'run_text_toy', 'split_topics', 'topic_prompts', 'labelled_pool', 'mix_conflicts',
-           'train_proxy', 'estimated_pd', 'unified_margin', 'relabel', 'holistic_labels', 'likert',
+__all__ = ['CONFIRMATORY_METHODS', 'TextToyResults', 'simulate_text_toy', 'text_toy_summary', 'text_toy_table',
+           'exploratory_title', 'plot_results', 'run_text_toy', 'split_topics', 'topic_prompts', 'labelled_pool',
+           'mix_conflicts', 'train_proxy', 'estimated_pd', 'unified_margin', 'relabel', 'holistic_labels', 'likert',
            'average_rating_labels', 'needed_scores', 'dpo_steps', 'method_data', 'kl_to_reference',
            'gold_ordered_pairs', 'evaluate_heldout', 'Protocol', 'smoke_protocol', 'protocol_dict', 'load_protocol',
            'seed_setup', 'share_scores', 'run_share', 'confirm_seed', 'run_confirmatory', 'confirmatory_summary',
            'hypothesis_tests', 'confirmatory_table', 'hypothesis_rows', 'plot_confirmatory', 'plot_diagnostics',
-           'side_by_side', 'write_confirmatory', 'run_text_toy_confirmatory']
-
-# %% ../nbs/08_text_toy.ipynb #c005
-TOPICS = ('cats', 'dogs', 'birds', 'trees', 'rivers', 'trains', 'books', 'songs')
-PROMPT_TEMPLATES = ('tell me about {topic}.', 'what do you think of {topic}?', 'say something about {topic}.')
-POSITIVE = ('lovely', 'great', 'wonderful', 'nice')
-NEGATIVE = ('awful', 'boring', 'noisy', 'bad')
-NEUTRAL = ('common', 'small', 'old', 'quiet') # "factual" adjectives
-OPENERS = ('hello.', 'thank you for asking.', 'glad you asked, thank you.')
-CLOSERS = ('thanks.', 'please ask again.', 'i hope this helps, please ask more.')
-SENTENCES = ('{subject} are {adjective}.', 'i think {subject} are {adjective}.', 'many {subject} are {adjective}.')
-POLITE_WORDS = ('please', 'thank', 'thanks', 'glad', 'hope')
-
-def make_prompt(topic:str, # one of `TOPICS`
-                template:int|random.Random=0, # template index, or an RNG to draw one
-               ) -> str: # the prompt, ending with the newline after which the LM answers
-    "A prompt asking about `topic`."
-    if topic not in TOPICS:
-        raise ValueError(f"topic must be one of {TOPICS}, got {topic!r}")
-    t = template.randrange(len(PROMPT_TEMPLATES)) if isinstance(template, random.Random) else template
-    return PROMPT_TEMPLATES[t].format(topic=topic) + '\n'
-
-def all_prompts() -> list[str]:
-    "Every distinct prompt (topics x templates): the evaluation prompts."
-    return [make_prompt(t, i) for t in TOPICS for i in range(len(PROMPT_TEMPLATES))]
-
-@dataclass
-class Grammar:
-    "The response grammar's probabilities."
-    p_opener:float=0.5 # chance of a polite opener
-    p_closer:float=0.5 # chance of a polite closer
-    max_sentences:int=4 # sentences are 1..max_sentences, uniform
-    p_on_topic:float=0.75 # chance a sentence's subject is the prompt's topic
-
-    def response(self, topic:str, rng:random.Random) -> str:
-        "One response about `topic`."
-        parts = [rng.choice(OPENERS)] if rng.random() < self.p_opener else []
-        others = [t for t in TOPICS if t != topic]
-        for _ in range(rng.randint(1, self.max_sentences)):
-            subject = topic if rng.random() < self.p_on_topic else rng.choice(others)
-            sentence = rng.choice(SENTENCES) # drawn before the adjective: the committed results' random stream
-            parts.append(sentence.format(subject=subject, adjective=rng.choice(POSITIVE + NEGATIVE + NEUTRAL)))
-        if rng.random() < self.p_closer: parts.append(rng.choice(CLOSERS))
-        return ' '.join(parts)
-
-def grammar_corpus(n:int, # number of (prompt, response) pairs
-                   seed:int=0, # RNG seed
-                   grammar:Grammar|None=None, # probabilities (default `Grammar()`)
-                  ) -> list[tuple[str, str]]:
-    "`n` prompts with a grammar response each: the pretraining corpus."
-    grammar, rng = grammar or Grammar(), random.Random(seed)
-    out = []
-    for _ in range(n):
-        topic = rng.choice(TOPICS)
-        out.append((make_prompt(topic, rng), grammar.response(topic, rng)))
-    return out
-
-# %% ../nbs/08_text_toy.ipynb #c008
-ASPECTS = ('relevance', 'politeness', 'length', 'sentiment')
-TARGET_WORDS = 10 # the length aspect's ideal number of words
-
-_WORD = re.compile(r"[a-z]+")
-
-def words(text:str) -> list[str]:
-    "Lower-case alphabetic words of `text`."
-    return _WORD.findall(text.lower())
-
-def topic_of(prompt:str) -> str:
-    "The topic a prompt asks about."
-    ws = set(words(prompt))
-    for t in TOPICS:
-        if t in ws: return t
-    raise ValueError(f"prompt {prompt!r} names none of the topics {TOPICS}")
-
-def aspect_scores(prompt:str, # the prompt (names the topic)
-                  response:str, # the response text
-                 ) -> dict: # {aspect: score in [-1, 1]} for every aspect of `ASPECTS`
-    "The four programmatic aspects of a response."
-    topic, ws = topic_of(prompt), words(response)
-    sentences = [words(s) for s in re.split(r'[.!?]', response)]
-    facts = sum(1 for s in sentences if topic in s and any(w in NEUTRAL for w in s))
-    digressions = sum(w in TOPICS and w != topic for w in ws)
-    tone = sum(w in POSITIVE for w in ws) - sum(w in NEGATIVE for w in ws)
-    return dict(relevance=max(-1.0, (min(facts, 2) - digressions) / 2),
-                politeness=min(sum(w in POLITE_WORDS for w in ws), 3) / 3,
-                length=max(-1.0, -abs(len(ws) - TARGET_WORDS) / TARGET_WORDS),
-                sentiment=max(-2, min(2, tone)) / 2)
-
-def score_matrix(prompts:list[str], responses:list[str]) -> Tensor: # [N, K] float64, columns in `ASPECTS` order
-    "Aspect scores of many (prompt, response) pairs."
-    if len(prompts) != len(responses):
-        raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
-    rows = [[s[a] for a in ASPECTS] for s in map(aspect_scores, prompts, responses)]
-    return torch.tensor(rows, dtype=torch.float64).reshape(-1, len(ASPECTS))
-
-def gold_weights(weights=None) -> Tensor: # [K] float64 summing to 1
-    "The gold reward's aspect weights (default uniform)."
-    return normalise_weights(weights, ASPECTS, allow_zero=True)
-
-def gold_reward(prompts:list[str], responses:list[str], weights=None) -> Tensor: # [N] holistic gold reward
-    "The gold reward $\\sum_k w_k r_k$ of each response."
-    return score_matrix(prompts, responses) @ gold_weights(weights)
-
-def _alternatives(xs) -> str: return '(?:' + '|'.join(map(re.escape, xs)) + ')'
-_SENTENCE = rf"(?:i think |many )?{_alternatives(TOPICS)} are {_alternatives(POSITIVE + NEGATIVE + NEUTRAL)}\."
-
-def is_grammatical(response:str, # a response text
-                   max_sentences:int=4, # as in `Grammar`
-                  ) -> bool:
-    "Whether `response` is a sentence of the grammar (any topic): a check that a policy has not drifted off it."
-    more = rf"(?: {_SENTENCE}){{0,{max_sentences - 1}}}"
-    pattern = rf"(?:{_alternatives(OPENERS)} )?{_SENTENCE}{more}(?: {_alternatives(CLOSERS)})?"
-    return re.fullmatch(pattern, response) is not None
-
-# %% ../nbs/08_text_toy.ipynb #c016
-@dataclass
-class TextToyConfig:
-    "Every size and setting of the text-toy experiment (the presets in `SIZES` override some)."
-    # the tiny LM and its pretraining
-    n_texts:int=20000 # grammar samples in the pretraining corpus
-    pretrain_steps:int=1200 # optimizer steps
-    pretrain_batch:int=32 # sequences per step
-    pretrain_lr:float=3e-3 # AdamW peak learning rate (50 warm-up steps, then linear decay to 10%)
-    hidden_size:int=64
-    n_layers:int=2
-    n_heads:int=4
-    vocab_size:int=400 # BPE vocabulary (every word of the language fits)
-    lm_seed:int=0 # corpus, tokenizer and initialisation seed of the shared SFT model
-    # fine-grained data from the SFT model's samples
-    n_prompts:int=256 # prompts per seed; one pair per aspect each
-    n_responses:int=4 # samples per prompt to pair up
-    label_temperature:float=0.1 # BT labels: P(a > b on k) = sigmoid((r_k(a) - r_k(b)) / T)
-    max_new_tokens:int=40 # sampling length limit
-    # the K-head proxy reward model (estimated PD)
-    rm_epochs:float=4.0
-    rm_batch:int=8
-    rm_lr:float=3e-4 # backbone learning rate
-    rm_head_lr:float=3e-3 # heads' learning rate
-    # LoRA-DPO
-    dpo_lr:float=5e-3
-    dpo_epochs:int=2 # the same epochs for every subset (the paper's protocol): full data takes more steps
-    dpo_batch:int=16
-    beta:float=0.1
-    lora_r:int=8
-    lora_alpha:float=16.0
-    rpo_alpha:float=0.0 # > 0 adds rpo_alpha * NLL of the chosen responses (not the paper's; a sensitivity check)
-    # evaluation
-    eval_samples:int=16 # samples per distinct prompt (24 prompts)
-
-SIZES = {'default': {},
-         'smoke': dict(n_texts=800, pretrain_steps=60, n_prompts=24, rm_epochs=1.0, dpo_epochs=1, dpo_batch=8,
-                       eval_samples=1, max_new_tokens=24)}
-
-def make_config(size:str='default', # a key of `SIZES`
-                **overrides, # fields of `TextToyConfig`
-               ) -> TextToyConfig:
-    "The preset `size` with `overrides` applied."
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
-    known = {f.name for f in fields(TextToyConfig)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise ValueError(f"unknown TextToyConfig fields {bad}; known: {sorted(known)}")
-    return TextToyConfig(**{**SIZES[size], **overrides})
-
-# %% ../nbs/08_text_toy.ipynb #c017
-def pretrain_lm(config:TextToyConfig|None=None, # sizes (the LM fields are used)
-                grammar:Grammar|None=None, # the corpus's grammar
-                progress:bool=True,
-               ) -> tuple: # (model in eval mode, tokenizer, per-step losses)
-    "Pretrain a tiny causal LM on grammar samples: the SFT policy and DPO reference."
-    c = config or TextToyConfig()
-    texts = [p + r for p, r in grammar_corpus(c.n_texts, c.lm_seed, grammar)]
-    tok = train_tokenizer(texts[:2000], c.vocab_size)
-    special = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = tiny_causal_lm(len(tok), hidden_size=c.hidden_size, n_layers=c.n_layers, n_heads=c.n_heads,
-                           max_positions=128, seed=c.lm_seed, **special)
-    enc = tok([t + tok.eos_token for t in texts], return_tensors='pt', padding=True)
-    ids, mask = enc['input_ids'], enc['attention_mask']
-    opt = torch.optim.AdamW(model.parameters(), lr=c.pretrain_lr, weight_decay=0.0)
-    warm = min(50, c.pretrain_steps)
-    schedule = lambda s: min(1.0, (s + 1) / warm) * (1 - 0.9 * s / c.pretrain_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    g = torch.Generator().manual_seed(c.lm_seed)
-    model.train()
-    losses = []
-    for _ in tqdm(range(c.pretrain_steps), desc='pretrain', leave=False, disable=not progress):
-        idx = torch.randint(len(texts), (c.pretrain_batch,), generator=g)
-        m = mask[idx]
-        T = int(m.sum(1).max())
-        x, m = ids[idx, :T], m[:, :T]
-        loss = model(input_ids=x, attention_mask=m, labels=x.masked_fill(m == 0, -100)).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return model.eval(), tok, losses
-
-_LM_FIELDS = ('n_texts', 'pretrain_steps', 'pretrain_batch', 'pretrain_lr', 'hidden_size', 'n_layers', 'n_heads',
-              'vocab_size', 'lm_seed')
-_LM_CACHE = {}
-
-def pretrained_lm(config:TextToyConfig|None=None,
-                  progress:bool=True,
-                 ) -> tuple: # (model, tokenizer, losses), shared: deep-copy before training
-    "`pretrain_lm`, cached in this process by the LM fields of `config`."
-    c = config or TextToyConfig()
-    key = tuple(getattr(c, f) for f in _LM_FIELDS)
-    if key not in _LM_CACHE: _LM_CACHE[key] = pretrain_lm(c, progress=progress)
-    return _LM_CACHE[key]
-
-# %% ../nbs/08_text_toy.ipynb #c021
-def sample_n(model, tokenizer,
-             prompts:list[str], # prompts (ending with the newline)
-             n:int=1, # responses per prompt
-             seed:int=0, # sampling seed
-             max_new_tokens:int=40,
-             batch_size:int=512, # sequences per `generate` call
-            ) -> list[list[str]]: # n responses for each prompt
-    "Sample `n` responses per prompt, vectorised over prompts and samples."
-    flat = sample_responses(model, tokenizer, [p for p in prompts for _ in range(n)], max_new_tokens=max_new_tokens,
-                            seed=seed, batch_size=batch_size)
-    return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
-
-def evaluate_policy(model, tokenizer,
-                    prompts:list[str]|None=None, # default `all_prompts()`
-                    n:int=8, # samples per prompt
-                    seed:int=0, # sampling seed (use the same one for every policy: common random numbers)
-                    max_new_tokens:int=40,
-                    weights=None, # gold weights (default uniform)
-                   ) -> dict: # gold (mean), {aspect: mean}, grammatical (share), scores [N, K], prompts, responses
-    "Gold reward, per-aspect means and share of well-formed responses of the policy's own samples."
-    prompts = all_prompts() if prompts is None else prompts
-    outs = sample_n(model, tokenizer, prompts, n, seed, max_new_tokens)
-    P = [p for p, o in zip(prompts, outs) for _ in o]
-    R = [r for o in outs for r in o]
-    S = score_matrix(P, R)
-    return dict(gold=(S @ gold_weights(weights)).mean().item(), **dict(zip(ASPECTS, S.mean(0).tolist())),
-                grammatical=float(np.mean([is_grammatical(r) for r in R])), scores=S, prompts=P, responses=R)
-
-# %% ../nbs/08_text_toy.ipynb #c024
-def preference_pairs(prompts:list[str], # one prompt per group of responses
-                     responses:list[list[str]], # the sampled responses of each prompt
-                     seed:int=0, # pairing and labelling seed
-                     temperature:float=0.1, # BT temperature of the aspect labels
-                    ) -> dict: # {aspect: fine-grained Dataset labelled on that aspect}
-    "Per-aspect sub-datasets: per prompt and aspect a pair of distinct responses, Bradley-Terry labelled on the aspect."
-    if len(prompts) != len(responses):
-        raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) differ in length")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    rng = random.Random(seed)
-    rows = {a: [] for a in ASPECTS}
-    for i, (p, rs) in enumerate(zip(prompts, responses)):
-        uniq = list(dict.fromkeys(r for r in rs if r.strip()))
-        scores = [aspect_scores(p, r) for r in uniq]
-        pairs = [(x, y) for x in range(len(uniq)) for y in range(x + 1, len(uniq))]
-        for a in ASPECTS:
-            usable = [(x, y) for x, y in pairs if scores[x][a] != scores[y][a]]
-            if not usable: continue
-            x, y = rng.choice(usable)
-            p_x = 0.5 * (1 + math.tanh((scores[x][a] - scores[y][a]) / (2 * temperature))) # sigmoid, without overflow
-            c, r = (x, y) if rng.random() < p_x else (y, x)
-            rows[a].append(dict(id=str(i), prompt=p, chosen=uniq[c], rejected=uniq[r], aspect=a, source='text_toy',
-                                chosen_scores=scores[c], rejected_scores=scores[r]))
-    return {a: from_records(rs, aspects=list(ASPECTS), strict=False) for a, rs in rows.items()}
-
-def build_dataset(model, tokenizer,
-                  config:TextToyConfig|None=None, # n_prompts, n_responses, label_temperature, max_new_tokens
-                  seed:int=0, # prompts, samples and labels
-                 ):
-    "The aggregated fine-grained dataset (`pd_align.data.aggregate` of the sub-datasets) from the model's own samples."
-    c = config or TextToyConfig()
-    rng = random.Random(seed)
-    prompts = [make_prompt(rng.choice(TOPICS), rng) for _ in range(c.n_prompts)]
-    responses = sample_n(model, tokenizer, prompts, c.n_responses, seed, c.max_new_tokens)
-    return aggregate(preference_pairs(prompts, responses, seed, c.label_temperature))
-
-def true_pd(dataset, weights=None) -> Tensor: # [N] float64
-    "Oracle PD from the true aspect scores stored in the dataset."
-    ch, rj = scores_matrix(dataset, list(ASPECTS))
-    return preference_divergence(ch.double(), rj.double(), aspect_index(dataset, list(ASPECTS)), gold_weights(weights))
-
-def subset_conflict(dataset, index=None, weights=None) -> float:
-    "Share of (selected) pairs whose true holistic margin disagrees with their aspect label."
-    ch, rj = scores_matrix(dataset, list(ASPECTS))
-    if index is not None: ch, rj = ch[index], rj[index]
-    return conflict_rate(ch.double(), rj.double(), gold_weights(weights))
-
-# %% ../nbs/08_text_toy.ipynb #c030
-def estimate_pd(dataset, # aggregated fine-grained pairs
-                model, # the SFT model: the reward model's backbone starts from a copy of it
-                tokenizer,
-                config:TextToyConfig|None=None, # rm_* settings
-                seed:int=0,
-                progress:bool=True,
-               ) -> tuple[Tensor, dict]: # (estimated PD [N] float64, `train_reward_models` report)
-    "PD of every pair from a K-head proxy reward model trained on the sub-datasets (no length de-biasing, see above)."
-    c = config or TextToyConfig()
-    rm = AspectRewardModel(copy.deepcopy(model), list(ASPECTS), seed=seed)
-    rm.max_length = model.config.max_position_embeddings
-    report = train_reward_models(rm, tokenizer, dataset, epochs=c.rm_epochs, batch_size=c.rm_batch, lr=c.rm_lr,
-                                 head_lr=c.rm_head_lr, heldout=0.2, length_balance=False, seed=seed, progress=progress)
-    scored = score_dataset(rm, tokenizer, dataset, batch_size=256, length_correction=False, progress=progress)
-    return torch.tensor(scored['pd'], dtype=torch.float64), report
-
-_DATA_FIELDS = ('n_prompts', 'n_responses', 'label_temperature', 'max_new_tokens', 'rm_epochs', 'rm_batch', 'rm_lr',
-                'rm_head_lr')
-_DATA_CACHE = {}
-
-def seed_data(config:TextToyConfig, # sizes and settings
-              seed:int, # data seed
-              estimate:bool=True, # also train the reward model and estimate PD
-              progress:bool=True,
-             ) -> tuple: # (dataset, pd_true, pd_est or None, reward-model report or None)
-    "One seed's aggregated dataset, oracle PD and estimated PD, from the cached SFT model; cached in this process too."
-    model, tok, _ = pretrained_lm(config, progress)
-    key = (tuple(getattr(config, f) for f in _LM_FIELDS + _DATA_FIELDS), seed, estimate)
-    if key not in _DATA_CACHE:
-        ds = build_dataset(model, tok, config, seed)
-        est = estimate_pd(ds, model, tok, config, seed, progress) if estimate else (None, None)
-        _DATA_CACHE[key] = (ds, true_pd(ds), *est)
-    return _DATA_CACHE[key]
-
-# %% ../nbs/08_text_toy.ipynb #c033
-DEFAULT_METHODS = ('full', 'random', 'pd_oracle', 'pd') # run by default; names as in `pd_align.experiments.METHODS`
-ALL_METHODS = DEFAULT_METHODS + ('pd_high',) # every method this world implements
-
-def select_indices(method:str, # 'full', 'random', 'pd_oracle', 'pd' (estimated) or 'pd_high' (oracle, highest first)
-                   n:int, # dataset size
-                   ratio:float, # budget of the subset methods
-                   seed:int=0, # for 'random'
-                   pd_true:Tensor|None=None, pd_est:Tensor|None=None,
-                  ) -> Tensor:
-    "Indices of the training pairs of one method."
-    if method == 'full': return select_full(n)
-    if method == 'random': return select_random(n, ratio, seed)
-    if method in ('pd_oracle', 'pd_high', 'pd'):
-        pd = pd_est if method == 'pd' else pd_true
-        if pd is None:
-            raise ValueError(f"method {method!r} needs {'pd_est' if method == 'pd' else 'pd_true'}")
-        return select_highest_pd(pd, ratio) if method == 'pd_high' else select_by_pd(pd, ratio)
-    raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
-
-def dpo_config(config:TextToyConfig, seed:int=0) -> DPOConfig:
-    "The `pd_align.train.DPOConfig` of the text toy."
-    return DPOConfig(lr=config.dpo_lr, epochs=config.dpo_epochs, batch_size=config.dpo_batch, beta=config.beta,
-                     lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, max_length=96,
-                     max_prompt_length=16, rpo_alpha=config.rpo_alpha, seed=seed, logging_steps=10)
-
-def train_policy(model, tokenizer, dataset, config:TextToyConfig, seed:int=0):
-    "LoRA-DPO on `dataset`, starting from a deep copy of `model`: a `pd_align.train.DPOResult`."
-    return train_dpo(copy.deepcopy(model), dataset, dpo_config(config, seed), tokenizer=tokenizer)
+           'side_by_side', 'write_confirmatory', 'run_text_toy_confirmatory', 'TOPICS', 'PROMPT_TEMPLATES', 'POSITIVE',
+           'NEGATIVE', 'NEUTRAL', 'OPENERS', 'CLOSERS', 'SENTENCES', 'POLITE_WORDS', 'make_prompt', 'all_prompts',
+           'Grammar', 'grammar_corpus', 'ASPECTS', 'TARGET_WORDS', 'words', 'topic_of', 'aspect_scores', 'score_matrix',
+           'gold_weights', 'gold_reward', 'is_grammatical', 'TextToyConfig', 'SIZES', 'make_config', 'pretrain_lm',
+           'pretrained_lm', 'sample_n', 'evaluate_policy', 'preference_pairs', 'build_dataset', 'true_pd',
+           'subset_conflict', 'estimate_pd', 'seed_data', 'DEFAULT_METHODS', 'ALL_METHODS', 'select_indices',
+           'dpo_config', 'train_policy']
 
 # %% ../nbs/08_text_toy.ipynb #c039
 @dataclass

@@ -12,11 +12,12 @@ import pandas
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .text_toy import (ASPECTS, TOPICS, TARGET_WORDS, Grammar, make_prompt, words, topic_of, score_matrix,
-                               gold_weights, split_topics)
+from .text_toy_world import (ASPECTS, TOPICS, TARGET_WORDS, Grammar, make_prompt, words, topic_of,
+                                     score_matrix, gold_weights)
+from .text_toy import split_topics
 from .toy_world import ToyWorld, ToyPairs, draw_pairs, own_margin, oracle_pd, crossfit_pd
-from .toy import (mix_conflict, holistic_margins, relabel_flips, parse_shares, shared_run, _method_scores,
-                          _selector, _main_spec)
+from .toy import (mix_conflict, holistic_margins, relabel_flips, parse_shares, shared_run, selection_scores,
+                          method_selector, method_spec)
 from .loglinear import LoglinearRuns, train_loglinear, expected_gold, StopRule
 from .divergence import spearman
 from .experiments import (Results, check_methods, method_key, summarize, format_table, write_results,
@@ -257,8 +258,8 @@ def method_scores(world:TextWorld, # the training world
                   gamma:float=0.9, # margin-scaling quantile of the estimated PD
                   folds:int=2, # cross-fitting folds (by prompt) of the estimated PD
                  ) -> dict: # {name: [N] scores}, the names `pd_align.toy`'s selector reads
-    "The scores the selections rank by (`pd_align.toy._method_scores` on the world's toy view)."
-    return _method_scores(world.toy, pairs, set(methods), gamma, folds)
+    "The scores the selections rank by (`pd_align.toy.selection_scores` on the world's toy view)."
+    return selection_scores(world.toy, pairs, set(methods), gamma, folds)
 
 def method_specs(world:TextWorld, pairs:ToyPairs,
                  flips:dict, # `pd_align.toy.relabel_flips` of the pairs
@@ -266,10 +267,10 @@ def method_specs(world:TextWorld, pairs:ToyPairs,
                  methods, ratio:float,
                  seed:int=0, # random subsets
                 ) -> list[dict]: # per method: method, ratio, index, and flip / loss / pd where the method has them
-    "What each method trains on: the toy's rules (`pd_align.toy._main_spec`) on this world's pairs and scores."
-    select = _selector(len(pairs), seed, scores)
+    "What each method trains on: the toy's rules (`pd_align.toy.method_spec`) on this world's pairs and scores."
+    select = method_selector(len(pairs), seed, scores)
     quality = {m: spearman(scores[m], scores['pd_oracle']) for m in ('pd', 'pd_nl') if m in scores}
-    return [_main_spec(m, len(pairs), ratio, flips, scores, quality, select) for m in methods]
+    return [method_spec(m, len(pairs), ratio, flips, scores, quality, select) for m in methods]
 
 # %% ../nbs/08b_text_world.ipynb #c027
 EVALS = {'gold': 'heldout', 'gold_topics': 'topics', 'gold_train': 'train'} # result column -> world it is measured on

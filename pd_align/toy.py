@@ -29,13 +29,13 @@ __all__ = ['DEFAULT_METHODS', 'TOY_METHODS', 'SELECTIONS', 'SHARES', 'LENGTH_BIA
            'NOISE_LEVELS', 'RATING_NOISE', 'POLICIES', 'PANELS', 'GOLD_LABEL', 'QUICK', 'MAP_KNOB', 'MAP_VALUES',
            'MAP_RATIOS', 'MAP_METHODS', 'MAP_SETTINGS', 'KNOB_LABELS', 'TabularRuns', 'tabular_run', 'train_runs',
            'train_tabular_dpo', 'evaluate_runs', 'evaluate', 'holistic_margins', 'mix_conflict', 'relabel_flips',
-           'identity_gap', 'ToyResults', 'ToyConfig', 'simulate', 'simulate_config', 'shared_run', 'toy_summary',
-           'run_experiment', 'plot_conflict_share', 'quality_thresholds', 'plot_pd_quality', 'plot_budget',
-           'plot_example_pd', 'plot_curve_ends', 'toy_figures', 'toy_table', 'parse_shares', 'run_toy', 'map_summary',
-           'policy_map', 'plot_policy_map', 'map_sentence', 'policy_table', 'ASPECTS', 'CONFLICT_LEVELS',
-           'conflict_correlation', 'ToyWorld', 'make_world', 'ToyPairs', 'draw_pairs', 'sample_subdatasets',
-           'toy_pairs', 'gold_pair_scores', 'own_margin', 'oracle_pd', 'estimate_aspect_rewards',
-           'estimate_unified_reward', 'estimated_pd', 'crossfit_pd']
+           'selection_scores', 'method_selector', 'method_spec', 'identity_gap', 'ToyResults', 'ToyConfig', 'simulate',
+           'simulate_config', 'shared_run', 'toy_summary', 'run_experiment', 'plot_conflict_share',
+           'quality_thresholds', 'plot_pd_quality', 'plot_budget', 'plot_example_pd', 'plot_curve_ends', 'toy_figures',
+           'toy_table', 'parse_shares', 'run_toy', 'map_summary', 'policy_map', 'plot_policy_map', 'map_sentence',
+           'policy_table', 'ASPECTS', 'CONFLICT_LEVELS', 'conflict_correlation', 'ToyWorld', 'make_world', 'ToyPairs',
+           'draw_pairs', 'sample_subdatasets', 'toy_pairs', 'gold_pair_scores', 'own_margin', 'oracle_pd',
+           'estimate_aspect_rewards', 'estimate_unified_reward', 'estimated_pd', 'crossfit_pd']
 
 # %% ../nbs/05_toy.ipynb #c006
 from .toy_world import (ASPECTS, CONFLICT_LEVELS, conflict_correlation, ToyWorld, make_world, ToyPairs,
@@ -256,9 +256,35 @@ def relabel_flips(world:ToyWorld, # the world
     avg = ((ch - rj).double() + bias * dlen[:, None] + noise) @ world.weights.double()
     return dict(ova=~ova_keeps, avg=avg < 0, gold_labels=dr < 0)
 
-# %% ../nbs/05_toy.ipynb #c019
-def _selector(N:int, seed:int, scores:dict):
-    "method, ratio -> indices of the training pairs."
+# %% ../nbs/05_toy.ipynb #c017b
+def selection_scores(world:ToyWorld, # the world of the pairs (true rewards, features for the estimates)
+                     pairs:ToyPairs, # the labelled pairs
+                     wanted:set, # method names; estimated PD ('pd', 'dfpo_est', 'pd_nl') and RAF are fit only if named
+                     gamma:float=0.9, # margin-scaling quantile of the estimated PD
+                     folds:int=0, # prompt folds of the estimated PD (cross-fitted); 0: fit and score on all pairs
+                    ) -> dict: # {name: [N] scores}: 'pd_oracle', 'holistic_margin', 'margin', and 'pd'/'pd_nl'/'raf'
+    "The per-pair scores the selection rules of `wanted` rank by (true PD, margins, estimated PDs, RAF margin)."
+    ch, rj = gold_pair_scores(world, pairs)
+    own = (ch - rj).gather(1, pairs.aspect[:, None]).squeeze(1)
+    scores = dict(pd_oracle=preference_divergence(ch, rj, pairs.aspect, world.weights),
+                  holistic_margin=holistic_margin(ch, rj, world.weights), margin=own)
+    if wanted & {'pd', 'dfpo_est'}: scores['pd'] = _estimated_scores(world, pairs, True, gamma, folds)
+    if 'pd_nl' in wanted: scores['pd_nl'] = _estimated_scores(world, pairs, False, gamma, folds)
+    if 'raf' in wanted:
+        unified = estimate_unified_reward(world, pairs)
+        scores['raf'] = unified[pairs.prompt, pairs.chosen] - unified[pairs.prompt, pairs.rejected]
+    return scores
+
+def _estimated_scores(world:ToyWorld, pairs:ToyPairs, length:bool, gamma:float, folds:int) -> Tensor:
+    "[N] estimated PD, with (`length`) or without the length mitigation; cross-fitted by prompt when `folds`."
+    if folds: return crossfit_pd(world, pairs, folds, length, length, gamma)
+    return estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, length, length), gamma)
+
+def method_selector(N:int, # number of pairs
+                    seed:int, # seeds the random subsets
+                    scores:dict, # `selection_scores` of the pairs
+                   ): # select(method, ratio) -> [n] indices of the training pairs
+    "A function from a selection method and a budget to the indices of the pairs it trains on."
     def select(method:str, ratio:float) -> Tensor:
         if ratio >= 1: return select_full(N)
         if method == 'random': return select_random(N, ratio, seed)
@@ -269,6 +295,25 @@ def _selector(N:int, seed:int, scores:dict):
         raise ValueError(f"method: unknown selection {method!r}; expected one of {SELECTIONS}")
     return select
 
+def method_spec(method:str, # a name of `TOY_METHODS`
+                N:int, # number of pairs
+                ratio:float, # budget of the subset methods
+                flips:dict, # `relabel_flips` of the pairs (the relabelling methods)
+                scores:dict, # `selection_scores` of the pairs (the DFPO methods take their PD from it)
+                quality:dict, # {method: Spearman of its PD with the true PD}, recorded with the run
+                select, # `method_selector` of the pairs
+               ) -> dict: # kind, method, ratio, index, and flip (relabelling) or loss and pd (DFPO)
+    "What `method` trains on in the main table: its pairs relabelled, all pairs under the DFPO loss, or a subset."
+    if method in ('ova', 'avg', 'gold_labels'):
+        return dict(kind='main', method=method, ratio=1.0, index=select_full(N), flip=flips[method])
+    if method in ('dfpo', 'dfpo_est'):
+        pd_used = scores['pd_oracle'] if method == 'dfpo' else scores['pd']
+        return dict(kind='main', method=method, ratio=1.0, index=select_full(N), loss='dfpo', pd=pd_used)
+    r = 1.0 if method == 'full' else ratio
+    return dict(kind='main', method=method, ratio=r, index=select(method, r),
+                pd_spearman=quality.get(method, float('nan')))
+
+# %% ../nbs/05_toy.ipynb #c019
 def identity_gap(world:ToyWorld, # the world (gold rewards, reference policy)
                  pairs:ToyPairs, # the dataset
                  index:Tensor, # the run's training pairs
@@ -293,33 +338,6 @@ def identity_gap(world:ToyWorld, # the world (gold rewards, reference policy)
     l_dpo = dpo_loss(pc, pr_, rc, rr, beta=beta)[0].mean()
     return direct.item(), abs(direct - (l_dpo + (q * h).mean())).item()
 
-def _method_scores(world:ToyWorld, pairs:ToyPairs, wanted:set, gamma:float, folds:int=0) -> dict:
-    "The per-pair scores the selection rules of `wanted` rank by (true PD, margins, estimated PDs, RAF margin)."
-    ch, rj = gold_pair_scores(world, pairs)
-    own = (ch - rj).gather(1, pairs.aspect[:, None]).squeeze(1)
-    scores = dict(pd_oracle=preference_divergence(ch, rj, pairs.aspect, world.weights),
-                  holistic_margin=holistic_margin(ch, rj, world.weights), margin=own)
-    if wanted & {'pd', 'dfpo_est'}:
-        if folds: scores['pd'] = crossfit_pd(world, pairs, folds, True, True, gamma)
-        else: scores['pd'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, True, True), gamma)
-    if 'pd_nl' in wanted:
-        if folds: scores['pd_nl'] = crossfit_pd(world, pairs, folds, False, False, gamma)
-        else: scores['pd_nl'] = estimated_pd(world, pairs, estimate_aspect_rewards(world, pairs, False, False), gamma)
-    if 'raf' in wanted:
-        unified = estimate_unified_reward(world, pairs)
-        scores['raf'] = unified[pairs.prompt, pairs.chosen] - unified[pairs.prompt, pairs.rejected]
-    return scores
-
-def _main_spec(m:str, N:int, ratio:float, flips:dict, scores:dict, quality:dict, select) -> dict:
-    "The main-table run of method `m`: a relabelling, a DFPO loss or a subset."
-    if m in ('ova', 'avg', 'gold_labels'):
-        return dict(kind='main', method=m, ratio=1.0, index=select_full(N), flip=flips[m])
-    if m in ('dfpo', 'dfpo_est'):
-        pd_used = scores['pd_oracle'] if m == 'dfpo' else scores['pd']
-        return dict(kind='main', method=m, ratio=1.0, index=select_full(N), loss='dfpo', pd=pd_used)
-    r = 1.0 if m == 'full' else ratio
-    return dict(kind='main', method=m, ratio=r, index=select(m, r), pd_spearman=quality.get(m, float('nan')))
-
 def _quality_specs(world:ToyWorld, pairs:ToyPairs, seed:int, ratio:float, noise_levels, pd_true:Tensor) -> list:
     "PD-`ratio` runs ranked by the true PD plus Gaussian noise of each level (the PD-quality curve)."
     g = torch.Generator().manual_seed(10_007 * (seed + 1))
@@ -342,11 +360,11 @@ def _world_specs(world:ToyWorld, # the world of the dataset
     "The run specifications of one dataset, and its statistics."
     N = len(pairs)
     sweep_methods, sweep_ratios = (c.sweep_methods, c.sweep_ratios) if sweep else ((), ())
-    scores = _method_scores(world, pairs, set(c.methods) | set(sweep_methods), c.gamma, c.folds)
+    scores = selection_scores(world, pairs, set(c.methods) | set(sweep_methods), c.gamma, c.folds)
     pd_true = scores['pd_oracle']
     quality = {m: spearman(scores[m], pd_true) for m in ('pd_oracle', 'pd', 'pd_nl') if m in scores}
-    select = _selector(N, seed, scores)
-    specs = [_main_spec(m, N, c.ratio, flips, scores, quality, select) for m in c.methods]
+    select = method_selector(N, seed, scores)
+    specs = [method_spec(m, N, c.ratio, flips, scores, quality, select) for m in c.methods]
     done = {(s['method'], s['ratio']) for s in specs}
     specs += [dict(kind='sweep', method=m, ratio=r, index=select(m, r)) for m in sweep_methods for r in sweep_ratios
               if (m, r) not in done and r < 1]  # budget 1 is the `full` run

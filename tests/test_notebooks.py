@@ -1,12 +1,13 @@
 "Tutorial notebooks are committed executed, with their figures, and `nbdev_clean` keeps those outputs."
-import configparser, json, shutil, subprocess, sys
+import configparser, json, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / 'nbs'
 # the tutorial notebooks a reader opens on GitHub: each must show at least one figure
-TUTORIALS = ('02_divergence', '03_theory', '04_selection', '05_toy', '08_text_toy', '08b_text_world', '10_real_data')
+TUTORIALS = ('02_divergence', '03_theory', '04_selection', '05_toy', '07b_text_toy_world', '08_text_toy', '08b_text_world',
+             '10_real_data')
 MAX_BYTES = 2_000_000 # committed notebooks stay small: PNGs at modest dpi
 
 
@@ -86,3 +87,32 @@ def test_index_map_lists_every_notebook_and_its_module():
     assert list(listed) == on_disk, f'map {list(listed)} != notebooks {on_disk}'
     wrong = {n: (m, default_exp(NBS / f'{n}.ipynb')) for n, m in listed.items() if default_exp(NBS / f'{n}.ipynb') != m}
     assert not wrong, f'map says module, notebook exports: {wrong}'
+
+
+INTERNAL = re.compile(r'\bissues?\s*#?\d+|DESIGN\.md|\.\./shared') # our tracker and team notes, not the reader's
+
+
+def internal_mentions(name:str, nb:dict) -> list[str]:
+    "'notebook cell i: match' for every mention of the issue tracker or team notes in a cell's source or output."
+    out = []
+    for i, c in enumerate(nb['cells']):
+        texts = [''.join(c['source'])]
+        for o in c.get('outputs', []):
+            texts.append(''.join(o.get('text', '')))
+            texts += [''.join(v) for k, v in o.get('data', {}).items() if k.startswith('text/')]
+        out += [f'{name} cell {i}: {m.group(0)}' for t in texts for m in INTERNAL.finditer(t)]
+    return out
+
+
+def test_reader_facing_text_names_no_issue_or_team_note():
+    "Notebooks (sources and outputs) and the README speak to a reader: no issue numbers, DESIGN.md or ../shared."
+    bad = [m for p in sorted(NBS.glob('*.ipynb')) for m in internal_mentions(p.stem, json.loads(p.read_text()))]
+    bad += [f'README.md: {m.group(0)}' for m in INTERNAL.finditer((ROOT / 'README.md').read_text())]
+    assert not bad, bad
+
+
+def test_internal_mention_check_can_fail():
+    nb = {'cells': [{'cell_type': 'markdown', 'source': ['see issue 25']},
+                    {'cell_type': 'code', 'source': ['x'], 'outputs': [{'output_type': 'stream', 'text': ['(issue #3)']}]},
+                    {'cell_type': 'code', 'source': ["open('../shared/a')"], 'outputs': []}]}
+    assert internal_mentions('x', nb) == ['x cell 0: issue 25', 'x cell 1: issue #3', 'x cell 2: ../shared']
