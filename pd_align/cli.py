@@ -456,6 +456,7 @@ def profile_sets(args) -> dict:
 def cmd_train(args) -> int:
     "LoRA DPO on `--data`; checkpoints, the final model and the log history go to `--out`."
     from pd_align.train import learning_detected
+    from pd_align.io import FileLock
     sets = parse_sets(args.set)
     try:
         cli_config(args.config, sets, args.out) # every setting checked before data or model are loaded
@@ -465,8 +466,9 @@ def cmd_train(args) -> int:
     check_apart(Path(args.out), Path(data), '--data')
     sets = profile_sets(args) | parse_sets(args.set) # checked before --out is created
     out = prepare_out(args.out, args.overwrite, resume=args.resume)
-    result = train_cli(data, model=args.model, config_path=args.config, out=out, overrides=sets,
-                       eval_data=dataset_path(args.eval_data) if args.eval_data else None, resume=args.resume)
+    with FileLock(out/'.lock', timeout=0, what=f'--out {out} (another pd-align train writes it)'):
+        result = train_cli(data, model=args.model, config_path=args.config, out=out, overrides=sets,
+                           eval_data=dataset_path(args.eval_data) if args.eval_data else None, resume=args.resume)
     last = result.history[-1] if getattr(result, 'history', None) else {}
     shown = ', '.join(f'{k} {v:.4g}' for k, v in last.items() if isinstance(v, float))
     print(f'trained -> {out}' + (f' (last logged: {shown})' if shown else ''))

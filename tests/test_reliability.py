@@ -69,9 +69,10 @@ Never a traceback, never a different result, and a failed read deletes nothing.
 | `dpo_config` DPOConfig file, `train --config`              | error     | error   | error       | error   | error         | error       |
 | `results` results.json, `read_results`                     | error     | error   | error       | error   | error         | error       |
 
-Concurrency (`test_two_processes_fill_one_cache`, `test_score_refuses_a_folder_another_score_writes`): a lock file
-(O_CREAT|O_EXCL, with the owner's pid) makes a second process filling the same feature cache wait, then read what the
-first computed; a second `score` into the same --out refuses in one line; a lock left by a killed process is removed.
+Concurrency (`test_two_processes_fill_one_cache`, `test_score_refuses_a_folder_another_score_writes`,
+`test_train_refuses_a_folder_another_train_writes`): a lock file (O_CREAT|O_EXCL, with the owner's pid) makes a second
+process filling the same feature cache wait, then read what the first computed; a second `score` or `train` into the
+same --out refuses in one line; a lock left by a killed process is removed.
 """
 import ast, os, re
 from pathlib import Path
@@ -620,6 +621,25 @@ def test_score_refuses_a_folder_another_score_writes(made, tmp_path):
     rc, _, err = run_cli(*args, '--resume')
     assert rc == 0 and f'a stale lock (process {a.pid} no longer runs) was removed' in err, err
     assert same_pd(out, made/'scored') and not (out/'.lock').exists()
+
+
+def test_train_refuses_a_folder_another_train_writes(made, tmp_path):
+    "`train --resume` into a folder another process holds: one line naming the lock; once it is gone, the run goes on."
+    import json, socket, subprocess
+    out = tmp_path/'run'
+    shutil.copytree(made/'run', out)   # a finished run with its checkpoints: --resume continues it
+    holder = subprocess.Popen(['sleep', '60'])
+    (out/'.lock').write_text(json.dumps(dict(pid=holder.pid, host=socket.gethostname(), created=time.time())))
+    args = ['train', '--data', made/'sel', '--out', out, *TRAIN_SETS, '--resume']
+    try:
+        line = one_line_error(run_cli(*args), f'{out/".lock"}: --out {out}', f'in use by process {holder.pid}')
+        assert 'another pd-align train writes it' in line
+    finally:
+        holder.kill()
+        holder.wait()
+    rc, _, err = run_cli(*args)
+    assert rc == 0 and f'a stale lock (process {holder.pid} no longer runs) was removed' in err, err
+    assert not (out/'.lock').exists() and (out/'log_history.json').exists()
 
 
 def test_the_three_cases_of_the_issue(made, tmp_path):
