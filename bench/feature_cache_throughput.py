@@ -39,10 +39,11 @@ def run(model, tok, items, settings, precision:str) -> tuple[float, dict]:
         return time.perf_counter() - t, out['feats']
 
 def distance(feats:dict, ref:dict) -> dict:
-    "Largest difference relative to max(1, |x|) and smallest cosine over every feature set and text."
+    "Largest difference relative to max(1, |x|) and smallest cosine (non-zero rows) over every feature set and text."
     import torch
     rel = max(((feats[k] - ref[k]).abs() / ref[k].abs().clamp(min=1)).max().item() for k in ref)
-    cos = min(torch.nn.functional.cosine_similarity(feats[k], ref[k]).min().item() for k in ref)
+    rows = {k: ref[k].norm(dim=1) > 0 for k in ref}   # a window without prompt tokens pools to a zero 'prompt' row
+    cos = min(torch.nn.functional.cosine_similarity(feats[k][m], ref[k][m]).min().item() for k, m in rows.items())
     return dict(max_rel_diff=rel, min_cosine=cos)
 
 def main():

@@ -78,6 +78,13 @@ def accuracy_diffs(hits:dict, aspect, aspects, prompts, B:int, seed:int) -> dict
                                             diff_ci95=np.quantile(d, [0.025, 0.975]).tolist())
     return out
 
+def cache_fill(cache:Path) -> dict:
+    "Texts in a cache and the seconds their forward passes took when it was filled (from its shards, whenever filled)."
+    import torch
+    shards = [torch.load(p, weights_only=True) for p in sorted(cache.glob('shard-*.pt'))]
+    texts, secs = sum(len(s['keys']) for s in shards), sum(s['seconds'] for s in shards)
+    return dict(texts=texts, forward_seconds=round(secs, 1), responses_per_second=round(texts / secs, 2) if secs else None)
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--hh-pairs', type=int, default=0, help='HH pairs of the shuffle (0: all)')
@@ -113,12 +120,16 @@ def main():
     res = dict(benchmark='feature_precision_quality', sesoi=SESOI, estimators=list(ESTIMATORS), layers=layers,
                helpsteer=dict(n_pairs=len(hs), n_prompts=len(set(hs['prompt'])), rows={}),
                hh=dict(n_pairs=len(hh), n_prompts=len(set(hh['prompt'])), accuracy={}), feature_distance={},
-               feature_seconds=seconds, boot=a.boot, seed=0, machine=C.machine())
+               feature_seconds=seconds, cache_fill={p: cache_fill(default_cache('smollm2', p)) for p in PRECISIONS},
+               boot=a.boot, seed=0, machine=C.machine())
     for prec in PRECISIONS[1:]:
         ref, f = feats['float32']['hh']['feats'], feats[prec]['hh']['feats']
+        nonzero = {k: ref[k].norm(dim=1) > 0 for k in ref}   # a window without prompt tokens pools to a zero 'prompt' row
         res['feature_distance'][prec] = dict(
             max_rel_diff=max(((f[k] - ref[k]).abs() / ref[k].abs().clamp(min=1)).max().item() for k in ref),
-            min_cosine=min(torch.nn.functional.cosine_similarity(f[k], ref[k]).min().item() for k in ref))
+            min_cosine=min(torch.nn.functional.cosine_similarity(f[k][m], ref[k][m]).min().item()
+                           for k, m in nonzero.items()),
+            zero_rows={k: int((~m).sum()) for k, m in nonzero.items() if (~m).any()})
     decisions = []
     for est in ESTIMATORS:
         feature, fit = resolve_feature(est, layers)
