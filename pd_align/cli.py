@@ -254,7 +254,7 @@ def add_reward(sub, # `build_parser`'s sub-parsers
     add_common(r)
     r.set_defaults(handler=cmd_reward)
 
-FEATURE_PRECISIONS = ('float32', 'medium', 'bf16')   # `pd_align.features.PRECISIONS` (a test checks), without importing torch
+FEATURE_PRECISIONS = ('float32', 'medium', 'bf16')   # = `pd_align.features.PRECISIONS` (tested), without torch
 
 def add_feature_head_options(r:argparse.ArgumentParser):
     "The `reward` options of `--heads features`."

@@ -101,7 +101,7 @@ def forward_features(model:nn.Module, # a causal LM (its base model is run, with
 
 # %% ../nbs/06a_features.ipynb #c007b
 PRECISIONS = ('float32', 'medium', 'bf16')
-DEFAULT_PRECISION = 'medium'   # by `bench/feature_precision_quality.py`'s pre-registered rule: equivalent to float32, faster
+DEFAULT_PRECISION = 'medium'   # `bench/feature_precision_quality.py`'s pre-registered rule: as good as float32, faster
 
 def check_precision(precision:str) -> str:
     "`precision` if it is one of `PRECISIONS`, else a ValueError naming it."
@@ -284,7 +284,7 @@ def build_features(model:nn.Module, # frozen causal LM (see `load_backbone`)
                    shard_size:int=256, # texts per shard file
                    batch_size:int=16, # texts per forward pass
                    rebuild:bool=False, # delete a cache built with another fingerprint instead of raising
-                   precision:str=DEFAULT_PRECISION, # arithmetic of the forward (`PRECISIONS`), part of the cache settings
+                   precision:str=DEFAULT_PRECISION, # the forward's arithmetic (`PRECISIONS`), in the cache settings
                    max_shards:int|None=None, # stop after computing this many new shards (simulates a killed run)
                    progress:bool=True,
                   ) -> dict: # feats {name: [N, d]}, response_tokens, response_chars [N], fingerprint, stats

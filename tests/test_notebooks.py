@@ -105,7 +105,7 @@ def internal_mentions(name:str, nb:dict) -> list[str]:
 
 
 def test_reader_facing_text_names_no_issue_or_team_note():
-    "Notebooks (sources and outputs) and the README speak to a reader: no issue numbers, DESIGN.md or ../shared."
+    "Notebooks (sources and outputs) and the README speak to a reader: no issue numbers, the team's brief or ../shared."
     bad = [m for p in sorted(NBS.glob('*.ipynb')) for m in internal_mentions(p.stem, json.loads(p.read_text()))]
     bad += [f'README.md: {m.group(0)}' for m in INTERNAL.finditer((ROOT / 'README.md').read_text())]
     assert not bad, bad
