@@ -646,11 +646,10 @@ def plot_diagnostics(summary:pandas.DataFrame, p:Protocol, axes=None,
         x, y = at.loc[m, 'kl'], at.loc[m, 'd_sft']
         axes[1].errorbar(x, y, xerr=at.loc[m, 'kl_ci'], yerr=at.loc[m, 'd_sft_ci'], fmt='o', ms=4, capsize=2, label=m,
                          color=method_color(m))
-        axes[1].annotate(m, (x, y), fontsize=8, xytext=(3, 3), textcoords='offset points')
     axes[1].axhline(0, color='k', lw=0.8)
     axes[1].set_xlabel('KL(policy || reference) per sample')
     axes[1].set_ylabel('gold gain over SFT')
-    axes[1].set_title('what each method pays in KL')
+    axes[1].set_title('what each method pays in KL (colours: the legend)')
     return axes
 
 def side_by_side(samples:dict, # `Results.extra['samples']`
