@@ -39,12 +39,12 @@ def run(model, tok, items, settings, precision:str) -> tuple[float, dict]:
         return time.perf_counter() - t, out['feats']
 
 def distance(feats:dict, ref:dict) -> dict:
-    "Largest difference relative to max(1, |x|) and smallest cosine (non-zero rows) over every feature set and text."
+    "Largest difference relative to max(1, |x|), smallest cosine (over non-zero rows) and the zero rows per feature set."
     import torch
     rel = max(((feats[k] - ref[k]).abs() / ref[k].abs().clamp(min=1)).max().item() for k in ref)
     rows = {k: ref[k].norm(dim=1) > 0 for k in ref}   # a window without prompt tokens pools to a zero 'prompt' row
     cos = min(torch.nn.functional.cosine_similarity(feats[k][m], ref[k][m]).min().item() for k, m in rows.items())
-    return dict(max_rel_diff=rel, min_cosine=cos)
+    return dict(max_rel_diff=rel, min_cosine=cos, zero_rows={k: int((~m).sum()) for k, m in rows.items() if (~m).any()})
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -32,6 +32,7 @@ import argparse, json, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from feature_cache_throughput import distance
 
 SESOI = dict(spearman=0.02, sign_agreement=0.02, accuracy=0.01)
 ESTIMATORS = ('mean16', 'stack')
@@ -53,12 +54,6 @@ def load_data(hh_pairs, hs_prompts, seed:int=0):
     hh = aggregate({a: load_hub(f'hh-{a}', 'test', on_error='skip') for a in ('helpful', 'harmless')})
     hh = hh.select(np.random.default_rng(seed).permutation(len(hh)))
     return hs, hh.select(range(min(len(hh), hh_pairs))) if hh_pairs else hh
-
-def own_hits(margins, aspect):
-    "1 when a pair's own-aspect head prefers its chosen response, 0.5 on a tie."
-    import torch
-    own = margins[torch.arange(len(aspect)), aspect].numpy()
-    return (own > 0) + 0.5 * (own == 0)
 
 def accuracy_diffs(hits:dict, aspect, aspects, prompts, B:int, seed:int) -> dict:
     "Per aspect and precision: accuracy, its difference to float32 with prompt-clustered 90% and 95% intervals."
@@ -94,14 +89,13 @@ def main():
     p.add_argument('--out', default=str(C.RESULTS/'feature_precision_quality.json'))
     a = p.parse_args()
     import os
-    import torch
     if a.cache_root:
         os.environ['PD_ALIGN_CACHE'] = a.cache_root
     from pd_align.data import aspect_index, get_aspects
     from pd_align.reward import rating_pd
     from pd_align.features import (load_backbone, build_features, pair_items, pair_deltas, crossfit_margins,
                                    pd_from_margins, paired_bootstrap, resolve_feature, default_cache, default_layers,
-                                   _blocks, PRECISIONS)
+                                   own_aspect_hits, _blocks, PRECISIONS)
     hs, hh = load_data(a.hh_pairs, a.hs_prompts)
     model, tok = load_backbone('smollm2')
     layers = default_layers(len(_blocks(model)))
@@ -123,13 +117,7 @@ def main():
                feature_seconds=seconds, cache_fill={p: cache_fill(default_cache('smollm2', p)) for p in PRECISIONS},
                boot=a.boot, seed=0, machine=C.machine())
     for prec in PRECISIONS[1:]:
-        ref, f = feats['float32']['hh']['feats'], feats[prec]['hh']['feats']
-        nonzero = {k: ref[k].norm(dim=1) > 0 for k in ref}   # a window without prompt tokens pools to a zero 'prompt' row
-        res['feature_distance'][prec] = dict(
-            max_rel_diff=max(((f[k] - ref[k]).abs() / ref[k].abs().clamp(min=1)).max().item() for k in ref),
-            min_cosine=min(torch.nn.functional.cosine_similarity(f[k][m], ref[k][m]).min().item()
-                           for k, m in nonzero.items()),
-            zero_rows={k: int((~m).sum()) for k, m in nonzero.items() if (~m).any()})
+        res['feature_distance'][prec] = distance(feats[prec]['hh']['feats'], feats['float32']['hh']['feats'])
     decisions = []
     for est in ESTIMATORS:
         feature, fit = resolve_feature(est, layers)
@@ -140,7 +128,7 @@ def main():
             hs_pd[prec] = pd_from_margins(cf['margins'], hs_k)
             dx, dlen = pair_deltas(feats[prec]['hh'], feature)
             cf = crossfit_margins(dx, dlen, hh_k, len(hh_aspects), list(hh['prompt']), k=5, seed=0, **fit)
-            hh_hits[prec] = own_hits(cf['margins'], hh_k)
+            hh_hits[prec] = own_aspect_hits(cf['margins'], hh_k)
         rows = {lvl: {r['estimate']: r for r in paired_bootstrap(hs_pd, true_pd, list(hs['prompt']), baseline='float32',
                                                                  B=a.boot, seed=0, level=lvl)} for lvl in (0.90, 0.95)}
         for prec in PRECISIONS:

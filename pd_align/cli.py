@@ -225,7 +225,7 @@ def feature_heads_reward(args, # the parsed `reward` options
         raise CLIError("--heads features needs --base: 'smollm2', a hub name or a local model folder")
     rep = train_feature_heads_cli(ds, args.base, out, cache=args.features_cache, feature=args.feature, k=args.folds,
                                   max_length=args.feature_max_length, rebuild=args.rebuild_features, seed=args.seed,
-                                  **({'precision': args.feature_precision} if args.feature_precision else {}))
+                                  precision=args.feature_precision)
     f = rep['features']
     print(f"features: {f['computed']} computed ({f['per_second']} responses/s), "
           f"{f['from_cache']} from the cache {rep['cache']}")

@@ -20,8 +20,9 @@ __all__ = ['PRECISIONS', 'DEFAULT_PRECISION', 'CACHE_VERSION', 'L2_GRID', 'STACK
            'DEFAULT_KEEP_LENGTH', 'load_backbone', 'forward_features', 'check_precision', 'backbone_precision',
            'FeatureCacheMismatch', 'text_key', 'model_fingerprint', 'build_features', 'load_features', 'pair_items',
            'pair_deltas', 'fit_heads', 'head_margins', 'prompt_folds', 'crossfit_margins', 'pd_from_margins',
-           'stack_feature', 'resolve_feature', 'sign_agreement', 'paired_bootstrap', 'accuracy_by_aspect',
-           'default_layers', 'default_cache', 'dataset_features', 'fit_feature_heads', 'score_feature_heads']
+           'stack_feature', 'resolve_feature', 'sign_agreement', 'paired_bootstrap', 'own_aspect_hits',
+           'accuracy_by_aspect', 'default_layers', 'default_cache', 'dataset_features', 'fit_feature_heads',
+           'score_feature_heads']
 
 # %% ../nbs/06a_features.ipynb #c005
 def load_backbone(name:str='smollm2', # 'smollm2', a hub name or a local folder of a causal LM
@@ -560,14 +561,20 @@ def paired_bootstrap(estimates:dict, # {name: [N] estimated PD}
         rows.append(row)
     return rows
 
+def own_aspect_hits(margins:Tensor, # [N, K] estimated margins
+                    aspect:Tensor, # [N] label aspect
+                   ) -> np.ndarray: # [N] 1 when the pair's own head prefers its chosen response, 0.5 on a tie, else 0
+    "Whether each pair's own-aspect head agrees with its label (the unit of held-out accuracy)."
+    own = margins[torch.arange(len(aspect)), aspect].numpy()
+    return (own > 0) + 0.5 * (own == 0)
+
 def accuracy_by_aspect(margins:Tensor, # [N, K] estimated margins
                        aspect:Tensor, # [N] label aspect
                        aspects:list[str], groups=None, # [N] prompt of each pair (bootstrap clusters; default: pairs)
                        B:int=1000, seed:int=0,
                       ) -> dict: # {aspect: dict(accuracy, ci, n)}
     "Own-aspect accuracy of each head (ties count half) with a prompt-clustered bootstrap 95% interval."
-    own = margins[torch.arange(len(aspect)), aspect].numpy()
-    hit = (own > 0) + 0.5 * (own == 0)
+    hit = own_aspect_hits(margins, aspect)
     groups = np.arange(len(hit)) if groups is None else np.asarray(groups)
     rng, out = np.random.default_rng(seed), {}
     for j, a in enumerate(aspects):
@@ -613,12 +620,13 @@ def fit_feature_heads(data, # aggregated fine-grained pairs
                       feature:str|None=None, # 'stack' or a feature set (default 'mean{deepest layer}')
                       layers:list[int]|None=None, pools=('last', 'mean', 'prompt'), max_length:int=256,
                       k:int=5, length_balance:bool=False, rebuild:bool=False, seed:int=0, progress:bool=True,
-                      precision:str=DEFAULT_PRECISION, # the backbone's arithmetic (`PRECISIONS`)
+                      precision:str|None=None, # the backbone's arithmetic (`PRECISIONS`; None: `DEFAULT_PRECISION`)
                      ) -> tuple[dict, dict]: # (heads, report: cross-fitted held-out accuracy per aspect, settings)
     "Cache features, cross-validate and fit K linear Bradley-Terry heads on all pairs (only the cache is written)."
     model, tok = load_backbone(base)
     layers = layers or default_layers(len(_blocks(model)))
-    settings = dict(layers=layers, pools=list(pools), max_length=max_length, precision=check_precision(precision))
+    precision = check_precision(precision or DEFAULT_PRECISION)
+    settings = dict(layers=layers, pools=list(pools), max_length=max_length, precision=precision)
     cache = cache or default_cache(base, precision)
     feats = dataset_features(model, tok, data, cache, settings, rebuild, progress)
     estimator = feature or f'mean{max(layers)}'
